@@ -1,0 +1,199 @@
+"""Run configuration: pydantic models validated at the edge (TOML file, CLI flags).
+
+A ``RunConfig`` is loaded from a TOML file (sections ``[data]``, ``[model]``, ``[training]``,
+``[privacy]``, ``[secure_aggregation]``) and overridden by dotted ``key=value`` pairs from the CLI.
+Any wrong value raises :class:`ConfigError` with one line naming the key, the value and what is
+allowed. Inside the system the validated model is passed around as plain data
+(``RunConfig.model_dump()`` travels in Flower ``ConfigRecord``s as one JSON string).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MODALITIES: tuple[str, ...] = ("image", "text", "audio")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line meant for a person."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Fixed preprocessing applied to every site's files."""
+
+    num_classes: int = Field(4, ge=2, le=1000)
+    image_size: int = Field(32, ge=8, le=512, description="images are resized to a square")
+    image_channels: Literal[1, 3] = 1
+    max_text_tokens: int = Field(48, ge=4, le=1024)
+    vocab_size: int = Field(2048, ge=64, le=1_000_000, description="hashed token buckets")
+    signal_length: int = Field(1000, ge=64, le=1_000_000, description="samples after resampling")
+    signal_sample_rate: int = Field(200, ge=1, le=192_000, description="Hz after resampling")
+    signal_features: Literal["raw", "log_mel"] = "raw"
+    validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    min_usable_rows: int = Field(10, ge=1, description="a site with fewer usable rows stops")
+
+
+class ModelConfig(_Section):
+    """Encoders and fusion head."""
+
+    fusion: Literal["concat", "attention", "late"] = "concat"
+    text_encoder: Literal["gru", "attention"] = "attention"
+    embed_dim: int = Field(32, ge=4, le=1024)
+    hidden_dim: int = Field(64, ge=4, le=4096)
+    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    modalities: tuple[Literal["image", "text", "audio"], ...] = MODALITIES
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_modalities(self) -> ModelConfig:
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError("modalities must be a non-empty list without repeats")
+        return self
+
+
+class TrainingConfig(_Section):
+    """Federated round loop and local training."""
+
+    rounds: int = Field(6, ge=1, le=100_000)
+    local_epochs: int = Field(2, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=100_000, description="expected Poisson batch size")
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = Field(0.5, gt=0.0, le=100.0, description="local step size")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0.0, description="FedProx only")
+    server_learning_rate: float = Field(1.0, gt=0.0, description="1.0 for FedAvg/FedProx")
+    server_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    server_beta2: float = Field(0.99, ge=0.0, lt=1.0)
+    server_tau: float = Field(1e-3, gt=0.0)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    min_sites: int = Field(1, ge=1)
+    round_timeout_s: float = Field(600.0, gt=0.0)
+    seed: int = Field(0, ge=0)
+
+
+class PrivacyConfig(_Section):
+    """Sample-level DP-SGD settings requested by the run (each site's policy may refuse them)."""
+
+    enabled: bool = True
+    target_epsilon: float = Field(8.0, gt=0.0, le=1e4)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    noise_multiplier: float | None = Field(
+        None, ge=0.0, description="if set, used as is instead of deriving it from target_epsilon"
+    )
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    grad_sample_mode: Literal["auto", "hooks", "ghost"] = "auto"
+
+
+class SecureAggregationConfig(_Section):
+    """Encrypted aggregation settings (the protocol lives in a later module)."""
+
+    enabled: bool = False
+    clip_range: float = Field(8.0, gt=0.0)
+    max_weight: int = Field(100_000, ge=1)
+
+
+class RunConfig(_Section):
+    """Everything a run needs; the server sends it to every site."""
+
+    model_id: str = Field(
+        "fedmm-default",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="names the model in each site's privacy ledger: same id, same budget",
+    )
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return validate_config(json.loads(text))
+
+
+def format_validation_error(error: ValidationError, *, source: str = "config") -> str:
+    """One line per problem: ``source: key = value: what is allowed``."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        value = item.get("input")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'; remove it or check its spelling")
+        elif isinstance(value, dict):
+            lines.append(f"{source}: {key}: {item['msg']}")
+        else:
+            lines.append(f"{source}: {key} = {value!r}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def validate_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source=source)) from None
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a CLI override value as a TOML value, falling back to a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted keys (``training.rounds``) set to the given values."""
+    merged: dict[str, Any] = json.loads(json.dumps(raw))
+    for dotted, value in overrides.items():
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override: '{dotted}': '{part}' is not a section")
+            node = child
+        node[leaf] = _parse_scalar(value) if isinstance(value, str) else value
+    return merged
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing TOML file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error}); fix the syntax") from None
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a TOML file (or the defaults), apply dotted overrides, validate."""
+    raw = read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    return validate_config(apply_overrides(raw, overrides or {}), source=source)
+
+
+def parse_override_pairs(pairs: list[str]) -> dict[str, str]:
+    """Turn ``["training.rounds=3", ...]`` into a dict; a pair without '=' is an error."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{pair}': expected KEY=VALUE, e.g. training.rounds=3")
+        result[key.strip()] = value.strip()
+    return result

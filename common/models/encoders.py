@@ -1,0 +1,89 @@
+"""Modality encoders: each maps one modality's array to one ``embed_dim`` feature vector.
+
+All layers are ones Opacus computes per-sample gradients for (Conv, Linear, GroupNorm,
+Embedding, LayerNorm, DPGRU, DPMultiheadAttention): no BatchNorm, no ``nn.GRU``.
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus.layers import DPGRU, DPMultiheadAttention
+from torch import nn
+
+
+def _pooled(features: torch.Tensor) -> torch.Tensor:
+    """Concatenate global average and global max over the trailing (spatial/time) dims."""
+    flat = features.flatten(start_dim=2)
+    return torch.cat([flat.mean(dim=2), flat.amax(dim=2)], dim=1)
+
+
+class ImageEncoder(nn.Module):
+    """Three conv blocks (Conv2d → GroupNorm → ReLU) with pooling, then a linear projection."""
+
+    def __init__(self, *, channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.ReLU(),
+        )
+        self.project = nn.Linear(64, embed_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.project(_pooled(self.features(image)))
+
+
+class SignalEncoder(nn.Module):
+    """1-D conv stack over a (channels × time) signal, global pooling, linear projection."""
+
+    def __init__(self, *, channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(channels, 16, 9, stride=2, padding=4), nn.GroupNorm(4, 16), nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(16, 32, 7, stride=2, padding=3), nn.GroupNorm(8, 32), nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(32, 32, 5, stride=1, padding=2), nn.GroupNorm(8, 32), nn.ReLU(),
+        )
+        self.project = nn.Linear(64, embed_dim)
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        return self.project(_pooled(self.features(signal)))
+
+
+def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over time of ``values`` (B×T×D) where ``keep`` (B×T) is True; 0 where none kept."""
+    weights = keep.unsqueeze(-1).to(values.dtype)
+    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class GRUTextEncoder(nn.Module):
+    """Token embedding → DPGRU → mean over real (non-padding) tokens."""
+
+    def __init__(self, *, vocab_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.gru = DPGRU(embed_dim, embed_dim, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        outputs, _ = self.gru(self.embedding(tokens))
+        return _masked_mean(outputs, tokens != 0)
+
+
+class AttentionTextEncoder(nn.Module):
+    """Token + position embeddings → one DP multi-head self-attention layer → masked mean."""
+
+    def __init__(self, *, vocab_size: int, max_tokens: int, embed_dim: int, heads: int = 4):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.position = nn.Embedding(max_tokens, embed_dim)
+        self.attention = DPMultiheadAttention(embed_dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device).repeat(tokens.shape[0], 1)
+        x = self.embedding(tokens) + self.position(positions)
+        padding = tokens == 0
+        padding[:, 0] = False  # a row of all padding (text missing) must not give NaN
+        attended, _ = self.attention(x, x, x, key_padding_mask=padding, need_weights=False)
+        return _masked_mean(self.norm(x + attended), tokens != 0)

@@ -1,0 +1,72 @@
+"""Privacy accounting for DP-SGD, on top of Opacus' accountants.
+
+A site's spend is fully described by its accountant *history*: a list of
+``(noise_multiplier σ, sample_rate q, steps)`` entries, one per run of steps with the same σ and q.
+For the Poisson-subsampled Gaussian mechanism the RDP of one step at order α is ε_α(σ, q); RDP
+composes additively over steps, and (ε, δ) follows by the conversion of Balle et al. 2020, which is
+what :class:`opacus.accountants.RDPAccountant` implements. The PRV accountant (Gopi et al. 2021)
+gives a tighter numerical bound from the same history.
+
+Every ε fedmm prints is :func:`epsilon_for_history` applied to the history the site recorded for the
+steps it actually ran. Opacus (and so torch) is imported inside the functions: processes that only
+validate data or move messages stay light.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+HistoryEntry = tuple[float, float, int]
+
+
+def normalise_history(history: Iterable[Sequence[float]]) -> list[HistoryEntry]:
+    """Validate and merge neighbouring entries with the same (σ, q)."""
+    merged: list[HistoryEntry] = []
+    for entry in history:
+        if len(entry) != 3:
+            raise ValueError(f"history entry {list(entry)} must be [sigma, sample_rate, steps]")
+        sigma, rate, steps = float(entry[0]), float(entry[1]), int(entry[2])
+        if not (sigma >= 0 and 0 < rate <= 1 and steps >= 0) or math.isnan(sigma):
+            raise ValueError(f"history entry {list(entry)} is out of range")
+        if steps == 0:
+            continue
+        if merged and merged[-1][0] == sigma and merged[-1][1] == rate:
+            merged[-1] = (sigma, rate, merged[-1][2] + steps)
+        else:
+            merged.append((sigma, rate, steps))
+    return merged
+
+
+def epsilon_for_history(
+    history: Iterable[Sequence[float]], *, delta: float, accountant: str = "rdp"
+) -> float:
+    """ε spent at ``delta`` by the steps in ``history``; 0 for no steps, ∞ when σ = 0."""
+    entries = normalise_history(history)
+    if not entries:
+        return 0.0
+    if any(sigma == 0 for sigma, _, _ in entries):
+        return math.inf
+    from opacus.accountants import create_accountant
+
+    engine = create_accountant(mechanism=accountant)
+    engine.history = list(entries)
+    return float(engine.get_epsilon(delta=delta))
+
+
+def noise_for_budget(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> float:
+    """Smallest σ (to Opacus' tolerance) such that ``steps`` steps at ``sample_rate`` spend at most
+    ``target_epsilon``."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+    )

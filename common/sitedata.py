@@ -1,0 +1,252 @@
+"""Site folder format: ``manifest.csv`` plus the files it names, read and validated in one pass.
+
+``manifest.csv`` has exactly the columns ``sample_id,label,image,text,audio``, one row a sample.
+An empty cell means that modality is missing for that sample; a row must have at least one.
+Paths are relative to the site folder and may not leave it. ``label`` is an integer class in
+``[0, num_classes)``.
+
+:func:`load_site` reads every row, keeps the usable ones as arrays and lists each bad row with the
+reason (:class:`RowIssue`). The same code serves ``fedmm validate-data`` and training, so what the
+validator accepts is exactly what training uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.config import MODALITIES, DataConfig
+from common.preprocess import SampleError, read_image, read_signal, read_text, resolve_inside
+
+MANIFEST_NAME = "manifest.csv"
+SPLIT_SEED = 20_240_101  # train/validation split of every site, fixed across rounds and runs
+COLUMNS: tuple[str, ...] = ("sample_id", "label", *MODALITIES)
+
+
+class SiteDataError(ValueError):
+    """The site folder as a whole cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    line: int
+    sample_id: str
+    label: str
+    image: str
+    text: str
+    audio: str
+    problem: str = ""
+
+    def cell(self, modality: str) -> str:
+        return str(getattr(self, modality))
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    line: int
+    sample_id: str
+    column: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line} (sample '{self.sample_id}'), {self.column}: {self.reason}"
+
+
+@dataclass
+class SiteData:
+    """Usable samples as arrays; ``masks[i, m]`` is True when modality ``m`` is present."""
+
+    site_dir: Path
+    sample_ids: list[str]
+    labels: np.ndarray
+    images: np.ndarray
+    tokens: np.ndarray
+    signals: np.ndarray
+    masks: np.ndarray
+    issues: list[RowIssue] = field(default_factory=list)
+    total_rows: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def label_counts(self) -> dict[int, int]:
+        return dict(sorted(Counter(int(x) for x in self.labels).items()))
+
+    def modality_coverage(self) -> dict[str, int]:
+        return {m: int(self.masks[:, i].sum()) for i, m in enumerate(MODALITIES)}
+
+    def subset(self, index: np.ndarray) -> SiteData:
+        return SiteData(
+            site_dir=self.site_dir,
+            sample_ids=[self.sample_ids[i] for i in index],
+            labels=self.labels[index],
+            images=self.images[index],
+            tokens=self.tokens[index],
+            signals=self.signals[index],
+            masks=self.masks[index],
+            total_rows=len(index),
+        )
+
+
+def write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
+    """Write a manifest (used by the demo generator and tests)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({column: row.get(column, "") for column in COLUMNS})
+
+
+def read_manifest(site_dir: Path) -> list[ManifestRow]:
+    """Parse ``manifest.csv``; raises :class:`SiteDataError` for file-level problems."""
+    path = site_dir / MANIFEST_NAME
+    if not site_dir.is_dir():
+        raise SiteDataError(f"{site_dir}: not a folder; pass a site folder holding {MANIFEST_NAME}")
+    if not path.is_file():
+        raise SiteDataError(f"{path}: missing; a site folder needs {MANIFEST_NAME}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise SiteDataError(f"{path}: not UTF-8 text; save the manifest as UTF-8 CSV") from None
+    try:
+        dialect = csv.Sniffer().sniff(text.splitlines()[0] if text else "", delimiters=",;\t")
+        delimiter = dialect.delimiter
+    except csv.Error:
+        delimiter = ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = [name.strip() for name in next(reader, [])]
+    if tuple(header) != COLUMNS:
+        raise SiteDataError(
+            f"{path}: columns are {','.join(header) or '(none)'}; "
+            f"expected exactly {','.join(COLUMNS)}"
+        )
+    rows = []
+    for line, cells in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        problem = ""
+        if len(cells) != len(COLUMNS):
+            problem = f"{len(cells)} cells, expected {len(COLUMNS)}"
+        values = [cell.strip() for cell in [*cells, *[""] * len(COLUMNS)][: len(COLUMNS)]]
+        rows.append(ManifestRow(line, *values, problem=problem))
+    return rows
+
+
+def _parse_label(text: str, num_classes: int) -> int:
+    try:
+        label = int(text)
+    except ValueError:
+        raise SampleError(f"label '{text}' is not an integer class") from None
+    if not 0 <= label < num_classes:
+        raise SampleError(f"label {label} outside 0..{num_classes - 1}")
+    return label
+
+
+def _blank_arrays(config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image = np.zeros((config.image_channels, config.image_size, config.image_size), np.float32)
+    tokens = np.zeros(config.max_text_tokens, np.int64)
+    if config.signal_features == "log_mel":
+        frames = config.signal_length // 16 + 1
+        signal = np.zeros((32, frames), np.float32)
+    else:
+        signal = np.zeros((1, config.signal_length), np.float32)
+    return image, tokens, signal
+
+
+def load_site(site_dir: Path, config: DataConfig) -> SiteData:
+    """Read, validate and preprocess every row; bad rows become :class:`RowIssue` entries."""
+    site_dir = Path(site_dir)
+    rows = read_manifest(site_dir)
+    blank_image, blank_tokens, blank_signal = _blank_arrays(config)
+    seen: set[str] = set()
+    ids: list[str] = []
+    labels, images, tokens, signals, masks = [], [], [], [], []
+    issues: list[RowIssue] = []
+    for row in rows:
+        if row.problem:
+            issues.append(RowIssue(row.line, row.sample_id, "row", row.problem))
+            continue
+        if not row.sample_id:
+            issues.append(RowIssue(row.line, "", "sample_id", "empty sample id"))
+            continue
+        if row.sample_id in seen:
+            issues.append(RowIssue(row.line, row.sample_id, "sample_id", "duplicate sample id"))
+            continue
+        seen.add(row.sample_id)
+        try:
+            label = _parse_label(row.label, config.num_classes)
+        except SampleError as error:
+            issues.append(RowIssue(row.line, row.sample_id, "label", str(error)))
+            continue
+        present = [bool(row.cell(m)) for m in MODALITIES]
+        if not any(present):
+            issues.append(RowIssue(row.line, row.sample_id, "row", "no modality present"))
+            continue
+        try:
+            image = (
+                read_image(resolve_inside(site_dir, row.image), config)
+                if row.image
+                else blank_image
+            )
+        except SampleError as error:
+            issues.append(RowIssue(row.line, row.sample_id, f"image '{row.image}'", str(error)))
+            continue
+        try:
+            token_ids = read_text(row.text, site_dir, config) if row.text else blank_tokens
+        except SampleError as error:
+            issues.append(RowIssue(row.line, row.sample_id, "text", str(error)))
+            continue
+        try:
+            signal = (
+                read_signal(resolve_inside(site_dir, row.audio), config)
+                if row.audio
+                else blank_signal
+            )
+        except SampleError as error:
+            issues.append(RowIssue(row.line, row.sample_id, f"audio '{row.audio}'", str(error)))
+            continue
+        ids.append(row.sample_id)
+        labels.append(label)
+        images.append(image)
+        tokens.append(token_ids)
+        signals.append(signal)
+        masks.append(present)
+    count = len(ids)
+    return SiteData(
+        site_dir=site_dir,
+        sample_ids=ids,
+        labels=np.asarray(labels, dtype=np.int64).reshape(count),
+        images=np.stack(images) if count else blank_image[None][:0],
+        tokens=np.stack(tokens) if count else blank_tokens[None][:0],
+        signals=np.stack(signals) if count else blank_signal[None][:0],
+        masks=np.asarray(masks, dtype=bool).reshape(count, len(MODALITIES)),
+        issues=issues,
+        total_rows=len(rows),
+    )
+
+
+def require_usable(data: SiteData, config: DataConfig) -> SiteData:
+    """Stop with a clear message when too few rows remain after validation."""
+    if len(data) < config.min_usable_rows:
+        raise SiteDataError(
+            f"{data.site_dir}: only {len(data)} usable rows of {data.total_rows} "
+            f"({len(data.issues)} bad); at least {config.min_usable_rows} needed. "
+            f"Run 'fedmm validate-data {data.site_dir}' to see each bad row."
+        )
+    return data
+
+
+def split_train_validation(
+    data: SiteData, fraction: float, *, seed: int = SPLIT_SEED
+) -> tuple[SiteData, SiteData]:
+    """Deterministic split by a seeded permutation of the sample order."""
+    order = np.random.default_rng(seed).permutation(len(data))
+    cut = round(len(data) * fraction)
+    if fraction > 0 and len(data) > 1:
+        cut = min(max(cut, 1), len(data) - 1)
+    return data.subset(np.sort(order[cut:])), data.subset(np.sort(order[:cut]))

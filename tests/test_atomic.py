@@ -1,0 +1,36 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from common.atomic import append_line_durably, atomic_write_bytes, atomic_write_json
+
+
+def test_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "state.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["state.json"]
+
+
+def test_failed_write_keeps_the_old_content(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model.bin"
+    atomic_write_bytes(target, b"old")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("common.atomic.os.fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_append_line(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    append_line_durably(path, '{"a": 1}')
+    append_line_durably(path, '{"a": 2}\n')
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'

@@ -1,0 +1,111 @@
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.config import DataConfig
+from common.preprocess import (
+    SampleError,
+    read_image,
+    read_signal,
+    read_text,
+    resolve_inside,
+    tokenize,
+)
+
+CONFIG = DataConfig()
+
+
+def _wav(path: Path, samples: np.ndarray, rate: int, width: int = 2, channels: int = 1) -> None:
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(channels)
+        handle.setsampwidth(width)
+        handle.setframerate(rate)
+        dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}[width]
+        handle.writeframes(samples.astype(dtype).tobytes())
+
+
+def test_png_grey_and_rgb_and_npy_become_standardised_squares(tmp_path: Path) -> None:
+    grey = (np.arange(64 * 48) % 255).reshape(48, 64).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    Image.fromarray(np.stack([grey] * 3, axis=2)).save(tmp_path / "c.jpg")
+    np.save(tmp_path / "a.npy", grey.astype(np.float32))
+    for name in ("g.png", "c.jpg", "a.npy"):
+        image = read_image(tmp_path / name, CONFIG)
+        assert image.shape == (1, 32, 32) and image.dtype == np.float32
+        assert image.min() >= -2.1 and image.max() <= 2.1
+    rgb = read_image(tmp_path / "c.jpg", DataConfig(image_channels=3))
+    assert rgb.shape == (3, 32, 32)
+
+
+def test_truncated_image_is_a_clear_error(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "x.png")
+    data = (tmp_path / "x.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SampleError, match="unreadable or truncated image"):
+        read_image(tmp_path / "t.png", CONFIG)
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(SampleError, match="empty"):
+        read_image(tmp_path / "e.png", CONFIG)
+
+
+def test_tokenizer_is_deterministic_and_pads() -> None:
+    ids = tokenize("Cough, fever; COUGH", CONFIG)
+    assert ids.shape == (CONFIG.max_text_tokens,)
+    assert ids[0] == ids[2] != ids[1]
+    assert (ids[3:] == 0).all() and (ids[:3] > 0).all()
+    assert (tokenize("cough fever cough", CONFIG) == ids).all()
+
+
+def test_text_from_file_and_inline(tmp_path: Path) -> None:
+    (tmp_path / "note.txt").write_text("chest pain")
+    assert (read_text("note.txt", tmp_path, CONFIG) == read_text("chest pain", tmp_path,
+                                                                CONFIG)).all()
+    with pytest.raises(SampleError, match="no words"):
+        read_text("...", tmp_path, CONFIG)
+
+
+def test_wav_is_resampled_cropped_and_standardised(tmp_path: Path) -> None:
+    t = np.arange(8000 * 6) / 8000
+    _wav(tmp_path / "s.wav", 10000 * np.sin(2 * np.pi * 5 * t), 8000)
+    signal = read_signal(tmp_path / "s.wav", CONFIG)
+    assert signal.shape == (1, CONFIG.signal_length)
+    assert abs(float(signal.mean())) < 1e-3 and abs(float(signal.std()) - 1) < 1e-3
+    _wav(tmp_path / "st.wav", np.zeros(400), 200, width=1, channels=2)
+    assert read_signal(tmp_path / "st.wav", CONFIG).shape == (1, CONFIG.signal_length)
+
+
+def test_log_mel_features(tmp_path: Path) -> None:
+    np.save(tmp_path / "s.npy", np.random.default_rng(0).standard_normal(1000))
+    features = read_signal(tmp_path / "s.npy", DataConfig(signal_features="log_mel"))
+    assert features.shape == (32, 1000 // 16 + 1)
+    assert np.isfinite(features).all()
+
+
+def test_bad_signals_are_named(tmp_path: Path) -> None:
+    np.save(tmp_path / "nan.npy", np.array([0.0, np.nan, 1.0]))
+    with pytest.raises(SampleError, match="1 NaN or infinite"):
+        read_signal(tmp_path / "nan.npy", CONFIG)
+    np.save(tmp_path / "two.npy", np.zeros((3, 3)))
+    with pytest.raises(SampleError, match="expected a 1-D array"):
+        read_signal(tmp_path / "two.npy", CONFIG)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF0000WAVEfmt garbage")
+    with pytest.raises(SampleError, match="not a PCM WAV"):
+        read_signal(tmp_path / "bad.wav", CONFIG)
+
+
+def test_paths_may_not_leave_the_site(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (tmp_path / "secret.png").write_bytes(b"x")
+    (site / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(SampleError, match="leaves the site folder"):
+        resolve_inside(site, "../secret.png")
+    with pytest.raises(SampleError, match="leaves the site folder"):
+        resolve_inside(site, "link.png")
+    with pytest.raises(SampleError, match="absolute path"):
+        resolve_inside(site, str(tmp_path / "secret.png"))
+    with pytest.raises(SampleError, match="not found"):
+        resolve_inside(site, "missing.png")

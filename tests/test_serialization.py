@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from common.config import DataConfig, ModelConfig
+from common.models import build_model
+from common.serialization import (
+    all_finite,
+    check_compatible,
+    digest,
+    from_record,
+    load_weights,
+    model_weights,
+    to_record,
+)
+
+
+def test_record_round_trip_keeps_names_shapes_and_bytes() -> None:
+    weights = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+               "b": np.array([1.5], np.float32)}
+    back = from_record(to_record(weights))
+    assert set(back) == set(weights)
+    for name in weights:
+        assert np.array_equal(back[name], weights[name]) and back[name].dtype == np.float32
+    assert digest(back) == digest(weights)
+    assert digest({**weights, "b": np.array([1.6], np.float32)}) != digest(weights)
+
+
+def test_model_weights_load_back_and_shape_errors_name_the_array() -> None:
+    model = build_model(data=DataConfig(), model=ModelConfig(text_encoder="gru"), seed=0)
+    weights = model_weights(model)
+    other = build_model(data=DataConfig(), model=ModelConfig(text_encoder="gru"), seed=1)
+    load_weights(other, weights)
+    assert digest(model_weights(other)) == digest(weights)
+    name = next(iter(weights))
+    with pytest.raises(ValueError, match=f"'{name}' has shape"):
+        check_compatible(weights, {**weights, name: np.zeros((1, 1), np.float32)}, what="x")
+    with pytest.raises(ValueError, match="missing"):
+        check_compatible(weights, {}, what="x")
+
+
+def test_all_finite() -> None:
+    assert all_finite({"a": np.zeros(3)})
+    assert not all_finite({"a": np.array([0.0, np.nan])})
