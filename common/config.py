@@ -34,7 +34,7 @@ class DataConfig(_Section):
     image_size: int = Field(32, ge=8, le=512, description="images are resized to a square")
     image_channels: Literal[1, 3] = 1
     max_text_tokens: int = Field(48, ge=4, le=1024)
-    vocab_size: int = Field(2048, ge=64, le=1_000_000, description="hashed token buckets")
+    vocab_size: int = Field(512, ge=64, le=1_000_000, description="hashed token buckets")
     signal_length: int = Field(1000, ge=64, le=1_000_000, description="samples after resampling")
     signal_sample_rate: int = Field(200, ge=1, le=192_000, description="Hz after resampling")
     signal_features: Literal["raw", "log_mel"] = "raw"
@@ -47,8 +47,8 @@ class ModelConfig(_Section):
 
     fusion: Literal["concat", "attention", "late"] = "concat"
     text_encoder: Literal["gru", "attention"] = "attention"
-    embed_dim: int = Field(32, ge=4, le=1024)
-    hidden_dim: int = Field(64, ge=4, le=4096)
+    embed_dim: int = Field(16, ge=4, le=1024)
+    hidden_dim: int = Field(32, ge=4, le=4096)
     modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     modalities: tuple[Literal["image", "text", "audio"], ...] = MODALITIES
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -63,11 +63,16 @@ class ModelConfig(_Section):
 class TrainingConfig(_Section):
     """Federated round loop and local training."""
 
-    rounds: int = Field(6, ge=1, le=100_000)
+    rounds: int = Field(8, ge=1, le=100_000)
     local_epochs: int = Field(2, ge=1, le=1000)
-    batch_size: int = Field(64, ge=1, le=100_000, description="expected Poisson batch size")
+    batch_size: int = Field(128, ge=1, le=100_000, description="expected Poisson batch size")
     optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.5, gt=0.0, le=100.0, description="local step size")
+    learning_rate: float = Field(0.5, gt=0.0, le=100.0, description="local step size, DP-SGD")
+    non_private_learning_rate: float = Field(
+        0.05, gt=0.0, le=100.0,
+        description="local step size when privacy is off: DP-SGD's clipped, noised gradients "
+        "need a larger step than plain SGD",
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
     strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx only")

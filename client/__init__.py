@@ -1,0 +1,1 @@
+"""fedmm client layer (see docs/architecture.md)."""

@@ -1,0 +1,214 @@
+"""Local training at one site: DP-SGD through Opacus, or plain SGD when the run is non-private.
+
+One round = ``local_epochs`` epochs of Poisson-sampled batches (sampling rate q = 1/⌈N/B⌉, so
+⌈N/B⌉ steps an epoch), each step clipping per-sample gradients to ``max_grad_norm`` C and adding
+N(0, σ²C²) noise before the optimiser step. The accountant history of earlier rounds is restored
+before training, so the engine's ε is the site's total for this model.
+
+Non-private training is plain SGD with its own step size (``non_private_learning_rate``): the
+clipped, noised DP-SGD gradient is much smaller than the raw one and needs a larger step.
+
+FedProx' proximal term μ/2‖w − w_global‖² is applied as a decoupled step after each optimiser
+step (w ← w − lr·μ·(w − w_global)): it depends on no patient data, so it is post-processing and
+costs no privacy, whereas adding it to the loss would bypass Opacus' per-sample clipping.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.config import RunConfig
+from common.evaluation import dataset_of
+from common.models import build_model, count_parameters, select_device
+from common.serialization import Weights, load_weights, model_weights
+from common.sitedata import SiteData
+
+GHOST_MIN_PARAMETERS = 1_000_000
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round at this site will run; known before any training."""
+
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+
+
+@dataclass
+class TrainResult:
+    weights: Weights
+    num_examples: int
+    train_loss: float
+    steps: int
+    history: list[list[float]]
+    grad_sample_mode: str
+    seconds: float
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(num_examples / batch_size))
+
+
+def plan_round(num_examples: int, config: RunConfig, *, noise_for_budget) -> RoundPlan:
+    """σ from the explicit setting, or the smallest σ that keeps the *planned* run (every round,
+    every epoch) within ``target_epsilon``; fixed for the whole run so a resumed run repeats it."""
+    per_epoch = steps_per_epoch(num_examples, config.training.batch_size)
+    sample_rate = 1.0 / per_epoch
+    steps = per_epoch * config.training.local_epochs
+    privacy = config.privacy
+    if not privacy.enabled:
+        return RoundPlan(sample_rate, steps, 0.0)
+    if privacy.noise_multiplier is not None:
+        return RoundPlan(sample_rate, steps, privacy.noise_multiplier)
+    sigma = noise_for_budget(
+        target_epsilon=privacy.target_epsilon,
+        delta=privacy.delta,
+        sample_rate=sample_rate,
+        steps=steps * config.training.rounds,
+        accountant=privacy.accountant,
+    )
+    return RoundPlan(sample_rate, steps, sigma)
+
+
+def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    training = config.training
+    rate = step_size(config)
+    if training.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=rate)
+    return torch.optim.SGD(model.parameters(), lr=rate, momentum=training.momentum)
+
+
+def step_size(config: RunConfig) -> float:
+    training = config.training
+    return training.learning_rate if config.privacy.enabled else training.non_private_learning_rate
+
+
+def choose_grad_sample_mode(model: nn.Module, requested: str) -> str:
+    """``auto``: hooks for small models (measured faster here), ghost clipping for large ones."""
+    if requested != "auto":
+        return requested
+    return "ghost" if count_parameters(model) >= GHOST_MIN_PARAMETERS else "hooks"
+
+
+def _proximal_step(model: nn.Module, anchor: dict[str, torch.Tensor], rate: float) -> None:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.sub_(rate * (parameter - anchor[name]))
+
+
+def train_local(
+    *,
+    config: RunConfig,
+    global_weights: Weights,
+    data: SiteData,
+    plan: RoundPlan,
+    history: list[list[float]],
+) -> TrainResult:
+    """Train from ``global_weights`` on ``data``; RNG state must be set by the caller."""
+    started = time.perf_counter()
+    device = select_device(config.model.device)
+    model = build_model(data=config.data, model=config.model).to(device)
+    load_weights(model, global_weights)
+    model.train()
+    optimizer = make_optimizer(model, config)
+    loader = torch.utils.data.DataLoader(
+        dataset_of(data), batch_size=config.training.batch_size, shuffle=True
+    )
+    criterion: nn.Module = nn.CrossEntropyLoss()
+    mode = "none"
+    engine = None
+    trained: nn.Module = model
+    if config.privacy.enabled:
+        from opacus import PrivacyEngine
+
+        mode = choose_grad_sample_mode(model, config.privacy.grad_sample_mode)
+        engine = PrivacyEngine(accountant=config.privacy.accountant)
+        engine.accountant.history = [tuple(h) for h in history]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if mode == "ghost":
+                trained, optimizer, criterion, loader = engine.make_private(
+                    module=model, optimizer=optimizer, data_loader=loader,
+                    noise_multiplier=plan.noise_multiplier,
+                    max_grad_norm=config.privacy.max_grad_norm,
+                    grad_sample_mode="ghost", criterion=criterion,
+                )
+            else:
+                trained, optimizer, loader = engine.make_private(
+                    module=model, optimizer=optimizer, data_loader=loader,
+                    noise_multiplier=plan.noise_multiplier,
+                    max_grad_norm=config.privacy.max_grad_norm,
+                    grad_sample_mode=mode,
+                )
+    anchor = None
+    if config.training.strategy == "fedprox" and config.training.proximal_mu > 0:
+        anchor = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus' backward-hook notices, once per step
+        losses, steps = _run_epochs(
+            trained=trained, model=model, optimizer=optimizer, criterion=criterion,
+            loader=loader, epochs=config.training.local_epochs, private=engine is not None,
+            anchor=anchor, prox_rate=step_size(config) * config.training.proximal_mu,
+            device=device,
+        )
+    recorded = [list(h) for h in engine.accountant.history] if engine else list(history)
+    return TrainResult(
+        weights=model_weights(model),
+        num_examples=len(data),
+        train_loss=float(np.mean(losses)) if losses else float("nan"),
+        steps=steps,
+        history=recorded,
+        grad_sample_mode=mode,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run_epochs(
+    *,
+    trained: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    epochs: int,
+    private: bool,
+    anchor: dict[str, torch.Tensor] | None,
+    prox_rate: float,
+    device: torch.device,
+) -> tuple[list[float], int]:
+    """The step loop; returns the batch losses and the number of optimiser steps."""
+    losses: list[float] = []
+    steps = 0
+    for _ in range(epochs):
+        for image, tokens, signal, present, label in loader:
+            optimizer.zero_grad(set_to_none=True)
+            if label.numel() == 0:
+                if private:
+                    _noise_only_step(trained, optimizer)
+            else:
+                batch = [t.to(device) for t in (image, tokens, signal, present)]
+                loss = criterion(trained(*batch), label.to(device))
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            steps += 1
+            if anchor is not None:
+                _proximal_step(model, anchor, prox_rate)
+    return losses, steps
+
+
+def _noise_only_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """An empty Poisson batch is still a DP step: zero per-sample gradients, then noise."""
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.grad_sample = torch.zeros(0, *parameter.shape, device=parameter.device)
+            parameter.grad = torch.zeros_like(parameter)  # read by ghost clipping's optimizer
+    optimizer.step()

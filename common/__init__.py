@@ -1,0 +1,1 @@
+"""fedmm common layer (see docs/architecture.md)."""

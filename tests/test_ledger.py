@@ -1,0 +1,57 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from client.ledger import LedgerError, PrivacyLedger
+from common.privacy import epsilon_for_history
+
+
+def _reserve(ledger: PrivacyLedger, round_number: int, steps: int = 10) -> float:
+    return ledger.reserve(model_id="m", run_id="r1", round_number=round_number,
+                          noise_multiplier=1.1, sample_rate=0.1, steps=steps, delta=1e-5,
+                          accountant="rdp")
+
+
+def test_reserve_then_mark_sent(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path)
+    epsilon = _reserve(ledger, 1)
+    assert epsilon == pytest.approx(epsilon_for_history([[1.1, 0.1, 10]], delta=1e-5))
+    ledger.mark(model_id="m", run_id="r1", round_number=1, status="sent", sha256="ab")
+    spend = ledger.spend("m")
+    assert spend is not None and spend.rounds_served == 1
+    assert spend.rounds[0]["sha256"] == "ab"
+
+
+def test_history_survives_a_new_process_and_accumulates(tmp_path: Path) -> None:
+    _reserve(PrivacyLedger(tmp_path), 1)
+    after = _reserve(PrivacyLedger(tmp_path), 2)
+    ledger = PrivacyLedger(tmp_path)
+    assert ledger.history("m") == [[1.1, 0.1, 20]]
+    assert after == pytest.approx(epsilon_for_history([[1.1, 0.1, 20]], delta=1e-5))
+    assert ledger.history("other") == []
+
+
+def test_interrupted_round_stays_counted(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path)
+    _reserve(ledger, 1)  # the process dies before "sent"
+    spend = PrivacyLedger(tmp_path).spend("m")
+    assert spend is not None and spend.epsilon > 0 and spend.rounds_served == 0
+
+
+def test_corrupt_ledger_stops_training(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path)
+    _reserve(ledger, 1)
+    ledger.path.write_text(ledger.path.read_text()[:30])
+    with pytest.raises(LedgerError, match="unreadable"):
+        ledger.history("m")
+    ledger.path.write_text(json.dumps({"format": 99}))
+    with pytest.raises(LedgerError, match="unknown ledger format"):
+        ledger.history("m")
+
+
+def test_mark_without_reservation_is_an_error(tmp_path: Path) -> None:
+    ledger = PrivacyLedger(tmp_path)
+    _reserve(ledger, 1)
+    with pytest.raises(LedgerError, match="no reserved entry"):
+        ledger.mark(model_id="m", run_id="r1", round_number=5, status="sent")
