@@ -1,0 +1,1 @@
+"""fedmm server layer (see docs/architecture.md)."""

@@ -1,0 +1,71 @@
+"""The aggregation server's ServerApp (Flower Message API).
+
+``make_server_app`` builds the app around a validated :class:`RunConfig` and a run folder; the
+simulation runner and the deployment launcher both use it. The module-level ``app`` reads the
+same settings from the run config Flower hands the ServerApp (``config-file``, ``run-dir``,
+``resume``, ``test-dir``), for ``flwr run`` against a SuperLink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig, load_config
+from server.callbacks import Callback, Checkpointer, FinalOutputs, MetricsLog, Progress, RunState
+from server.federation import Federation
+
+
+def default_callbacks(
+    show: Callable[[RunState, dict[str, Any]], None] | None = None,
+) -> list[Callback]:
+    callbacks: list[Callback] = [MetricsLog(), Checkpointer()]
+    if show is not None:
+        callbacks.append(Progress(show))
+    callbacks.append(FinalOutputs())
+    return callbacks
+
+
+def make_server_app(
+    *,
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    test_dir: Path | None = None,
+    callbacks: Sequence[Callback] | None = None,
+    result: list[RunState] | None = None,
+) -> ServerApp:
+    """A ServerApp bound to ``config``; the final state is appended to ``result`` if given."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        state = Federation(
+            grid=grid, config=config, run_dir=run_dir, resume=resume, test_dir=test_dir,
+            callbacks=callbacks if callbacks is not None else default_callbacks(),
+        ).run()
+        if result is not None:
+            result.append(state)
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = context.run_config
+    config_file = settings.get("config-file")
+    config = load_config(Path(str(config_file)) if config_file else None)
+    test_dir = settings.get("test-dir")
+    Federation(
+        grid=grid, config=config, run_dir=Path(str(settings.get("run-dir", "fedmm-run"))),
+        resume=bool(settings.get("resume", False)),
+        test_dir=Path(str(test_dir)) if test_dir else None,
+        callbacks=default_callbacks(),
+    ).run()

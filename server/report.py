@@ -1,0 +1,86 @@
+"""End-of-run report: PNG plots (accuracy/loss per round, ε per site per round) and a markdown
+summary a person can read in a minute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common.atomic import atomic_write_text
+
+
+def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _series(rounds: list[dict[str, Any]], key: str) -> tuple[list, list]:
+    points = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def write_report(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    _plot(report_dir / "accuracy.png", "Accuracy per round", "accuracy", {
+        "sites' validation (federated)": _series(rounds, "accuracy"),
+        "held-out test (server)": _series(rounds, "test_accuracy"),
+    })
+    _plot(report_dir / "loss.png", "Loss per round", "cross-entropy", {
+        "sites' validation (federated)": _series(rounds, "loss"),
+        "held-out test (server)": _series(rounds, "test_loss"),
+    })
+    sites = sorted({s for r in rounds for s in r.get("sites", {})})
+    epsilon = {
+        site: ([r["round"] for r in rounds if site in r.get("sites", {})],
+               [r["sites"][site].get("epsilon", 0.0) for r in rounds if site in r.get("sites", {})])
+        for site in sites
+    }
+    _plot(report_dir / "epsilon.png", "Privacy spent per site (ε)", "ε", epsilon)
+    privacy = summary["privacy"]
+    lines = [
+        "# fedmm run report", "",
+        f"- rounds completed: {summary['rounds_completed']}"
+        + (f" (stopped: {summary['stop_reason']})" if summary.get("stop_reason") else ""),
+        f"- strategy: {summary['strategy']}; secure aggregation: "
+        f"{'on' if summary['secure_aggregation'] else 'off'}; "
+        f"DP-SGD: {'on' if summary['dp_enabled'] else 'OFF (no privacy guarantee)'}",
+        "- final metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                          summary["final_metrics"].items()),
+        f"- model: `{summary['model']['path']}` ({summary['model']['parameters']:,} parameters)",
+        "", "## Privacy per site",
+        f"(ε at δ = {privacy['delta']:g}, {privacy['accountant'].upper()} accountant, over every "
+        "DP-SGD step the site ran for this model, earlier runs included)", "",
+        "| site | ε | clip C | σ (last) | steps |", "|---|---|---|---|---|",
+    ]
+    for site, info in privacy["sites"].items():
+        history = info["history"]
+        sigma = f"{history[-1][0]:.3f}" if history else "-"
+        steps = sum(int(h[2]) for h in history)
+        lines.append(f"| {site} | {info['epsilon']:.3f} | {info['max_grad_norm']:g} | {sigma} | "
+                     f"{steps} |")
+    lines += ["", "## Rounds", "", "| round | accuracy | loss | test acc | ε max | sites ok | s |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        def fmt(key: str, r: dict[str, Any] = r) -> str:
+            return "-" if r.get(key) is None else f"{r[key]:.4f}"
+        lines.append(f"| {r['round']} | {fmt('accuracy')} | {fmt('loss')} | "
+                     f"{fmt('test_accuracy')} | {fmt('epsilon_max')} | {r.get('sites_ok', 0)} | "
+                     f"{r.get('seconds', 0):.1f} |")
+    lines += ["", "![accuracy](accuracy.png) ![loss](loss.png) ![epsilon](epsilon.png)", ""]
+    atomic_write_text(report_dir / "report.md", "\n".join(lines))
