@@ -1,0 +1,286 @@
+"""The ``fedmm`` command: a thin shell over common/, client/, server/ and simulations/.
+
+Every expected failure (bad config, bad data, a run that cannot go on) ends as one line on stderr
+and a non-zero exit: 2 for wrong configuration or arguments, 1 for data or run failures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from common.config import ConfigError, RunConfig, load_config, parse_override_pairs
+from common.sitedata import MANIFEST_NAME, SiteDataError
+
+app = typer.Typer(
+    help="Private federated learning of multimodal (image + text + signal) models across "
+    "hospitals: patient-level DP-SGD at each site, one shared model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def build_config(config_file: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    try:
+        return load_config(config_file, overrides)
+    except ConfigError as error:
+        fail(str(error), 2)
+        raise  # unreachable
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="folder to write site-01, site-02, ... and test/")],
+    sites: Annotated[int, typer.Option(min=1, max=1000, help="number of hospitals")] = 3,
+    samples_per_site: Annotated[int, typer.Option(min=10, help="patients per hospital")] = 200,
+    seed: Annotated[int, typer.Option(min=0, help="same seed, same files")] = 0,
+    scenario: Annotated[str, typer.Option(
+        help="iid | label-skew (Dirichlet) | quantity-skew | missing-modality")] = "iid",
+    test_samples: Annotated[int, typer.Option(min=0, help="held-out test patients")] = 400,
+) -> None:
+    """Write synthetic demo hospitals in the site format (manifest.csv + images, notes, ECGs).
+
+    Four classes (no finding / pneumonia / arrhythmia / both); the image shows lung opacity, the
+    ECG-like signal shows rhythm, the clinical note hints at both: only a fused model sees all.
+    """
+    from simulations.demo_data import generate_demo
+    from simulations.scenarios import Scenario
+
+    try:
+        chosen = Scenario(scenario)
+    except ValueError:
+        fail(f"--scenario '{scenario}': choose one of {', '.join(s.value for s in Scenario)}", 2)
+    dirs = generate_demo(out, sites=sites, samples_per_site=samples_per_site, seed=seed,
+                         scenario=chosen, test_samples=test_samples)
+    console.print(f"wrote {len(dirs)} hospital folders ({scenario}) and "
+                  f"{'a test folder' if test_samples else 'no test folder'} under {out}")
+
+
+@app.command("validate-data")
+def validate_data(
+    site_dir: Annotated[Path, typer.Argument(help="a site folder holding manifest.csv")],
+    config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
+) -> None:
+    """Check a site folder: rows, label counts, modality coverage and every bad row with its
+    reason. Exit 0 when usable for training, 1 when not."""
+    from common.sitedata import load_site
+
+    config = build_config(config_file, {})
+    try:
+        data = load_site(site_dir, config.data)
+    except SiteDataError as error:
+        fail(str(error))
+    usable = len(data) >= config.data.min_usable_rows
+    if as_json:
+        console.print_json(json.dumps({
+            "site": str(site_dir), "rows": data.total_rows, "usable_rows": len(data),
+            "usable": usable, "labels": data.label_counts(),
+            "modalities": data.modality_coverage(),
+            "issues": [issue.__dict__ for issue in data.issues]}))
+    else:
+        console.print(f"[bold]{site_dir}[/]: {data.total_rows} rows, {len(data)} usable, "
+                      f"{len(data.issues)} bad")
+        console.print("labels: " + ", ".join(f"{k}: {v}" for k, v in
+                                             data.label_counts().items()))
+        console.print("modalities present: " + ", ".join(
+            f"{m} {n}/{len(data)}" for m, n in data.modality_coverage().items()))
+        for issue in data.issues:
+            console.print(f"  [yellow]bad[/] {issue}", highlight=False)
+        verdict = "[green]usable[/]" if usable else (
+            f"[red]not usable[/]: fewer than {config.data.min_usable_rows} good rows")
+        console.print(verdict)
+    raise typer.Exit(0 if usable else 1)
+
+
+def _find_sites(data_dir: Path) -> tuple[list[Path], Path | None]:
+    if not data_dir.is_dir():
+        fail(f"--data {data_dir}: not a folder")
+    sites = sorted(p for p in data_dir.iterdir()
+                   if p.is_dir() and p.name != "test" and (p / MANIFEST_NAME).is_file())
+    if not sites:
+        fail(f"--data {data_dir}: no site folders (sub-folders with {MANIFEST_NAME}) found")
+    test = data_dir / "test"
+    return sites, test if (test / MANIFEST_NAME).is_file() else None
+
+
+def _show_round(total: int):
+    def show(state, record: dict[str, Any]) -> None:
+        parts = [f"round {record['round']}/{total}"]
+        for key, label in (("accuracy", "val acc"), ("test_accuracy", "test acc"),
+                           ("loss", "val loss")):
+            if record.get(key) is not None:
+                parts.append(f"{label} {record[key]:.3f}")
+        epsilon = record.get("epsilon_max")
+        parts.append("DP off" if epsilon is None else f"ε max {epsilon:.2f}")
+        sites = record.get("sites", {})
+        parts.append(f"{record.get('sites_ok', 0)}/{len(sites)} sites ok")
+        parts.append(f"{record.get('seconds', 0):.1f} s")
+        console.print(" · ".join(parts), highlight=False)
+        for site, info in sites.items():
+            if info.get("status") != "ok":
+                console.print(f"  [yellow]{site} {info.get('status')}[/] "
+                              f"({info.get('code', '')}): {info.get('reason', '')}",
+                              highlight=False)
+    return show
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="run folder (metrics, checkpoints, model, report)")
+                   ] = Path("runs/demo"),
+    sites: Annotated[int, typer.Option(min=1, help="demo hospitals to generate")] = 3,
+    samples_per_site: Annotated[int, typer.Option(min=10, help="patients per demo hospital")
+                                ] = 400,
+    scenario: Annotated[str, typer.Option(help="demo scenario: iid | label-skew | "
+                                          "quantity-skew | missing-modality")] = "iid",
+    rounds: Annotated[int | None, typer.Option(min=1, help="federated rounds")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="each site's target ε for the run")
+                       ] = None,
+    no_dp: Annotated[bool, typer.Option("--no-dp", help="train without differential "
+                                        "privacy (sites' policies must allow it)")] = False,
+    data: Annotated[Path | None, typer.Option(help="existing site folders instead of demo "
+                                              "data (a 'test' sub-folder is the test set)")
+                    ] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="seed (same seed ⇒ same result)")
+                    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue a stopped run in --out")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run in --out")] = False,
+    centralized: Annotated[bool, typer.Option(help="also train the same model on the pooled "
+                                              "data, as a reference")] = False,
+    set_values: Annotated[list[str] | None, typer.Option("--set", help="override any config "
+                                                         "key, e.g. --set model.fusion=late")
+                          ] = None,
+    parallel: Annotated[int | None, typer.Option(min=1, help="virtual hospitals training at "
+                                                 "once (default: one per core)")] = None,
+    verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
+) -> None:
+    """Run a local federated simulation: demo hospitals (or --data), DP-SGD at every site,
+    the real ServerApp and ClientApp on Flower's simulation engine."""
+    try:
+        overrides: dict[str, Any] = parse_override_pairs(set_values or [])
+    except ConfigError as error:
+        fail(str(error), 2)
+    for key, value in (("training.rounds", rounds), ("privacy.target_epsilon", epsilon),
+                       ("training.seed", seed)):
+        if value is not None:
+            overrides[key] = value
+    if no_dp:
+        overrides["privacy.enabled"] = False
+    config = build_config(config_file, overrides)
+    if resume and overwrite:
+        fail("--resume and --overwrite contradict each other; pick one", 2)
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        fail(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
+             "to replace it", 2)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if data is not None:
+        site_dirs, test_dir = _find_sites(data)
+    else:
+        from simulations.demo_data import generate_demo
+        from simulations.scenarios import Scenario
+
+        try:
+            chosen = Scenario(scenario)
+        except ValueError:
+            fail(f"--scenario '{scenario}': choose one of "
+                 f"{', '.join(s.value for s in Scenario)}", 2)
+        demo_dir = out / "data"
+        if resume and demo_dir.is_dir():
+            site_dirs, test_dir = _find_sites(demo_dir)
+        else:
+            site_dirs = generate_demo(demo_dir, sites=sites, samples_per_site=samples_per_site,
+                                      seed=config.training.seed, scenario=chosen)
+            test_dir = demo_dir / "test"
+    _configure_logging(verbose)
+    privacy = config.privacy
+    console.print(
+        f"[bold]fedmm simulate[/]: {len(site_dirs)} sites, {config.training.rounds} rounds, "
+        f"{config.model.fusion} fusion, "
+        + (f"DP-SGD target ε={privacy.target_epsilon:g} δ={privacy.delta:g} per site"
+           if privacy.enabled else "[red]DP off[/]")
+        + f", secure aggregation {'on' if config.secure_aggregation.enabled else 'off'}"
+        + f" → {out}", highlight=False)
+    from server.federation import FederationError
+    from simulations.runner import run_federated_simulation
+
+    try:
+        state = run_federated_simulation(
+            config=config, run_dir=out, site_dirs=site_dirs, test_dir=test_dir, resume=resume,
+            show=_show_round(config.training.rounds), parallel=parallel)
+    except (FederationError, SiteDataError, ConfigError) as error:
+        fail(str(error))
+    except RuntimeError as error:
+        cause = error.__cause__ or error
+        fail(f"simulation failed: {cause}")
+    summary = json.loads((out / "summary.json").read_text())
+    _print_summary(summary, out)
+    if centralized:
+        from simulations.centralized import train_centralized
+
+        console.print("training the centralized reference (pooled data, no DP) ...")
+        reference = train_centralized(config=config, site_dirs=site_dirs, test_dir=test_dir)
+        (out / "centralized.json").write_text(json.dumps(reference, indent=2) + "\n")
+        if "test_accuracy" in reference:
+            console.print(f"centralized reference: test acc {reference['test_accuracy']:.3f} "
+                          f"(federated: {summary['final_metrics'].get('test_accuracy', 0):.3f})")
+    if state.stop_reason:
+        console.print(f"[yellow]stopped early:[/] {state.stop_reason}")
+
+
+def _configure_logging(verbose: bool) -> None:
+    """fedmm's own warnings always; Flower's and Ray's chatter only with --verbose."""
+    import flwr.common.logger  # noqa: F401 - configures the 'flwr' logger on import
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("fedmm")
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+    ours.propagate = False
+    flower = logging.getLogger("flwr")
+    flower.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    flower.propagate = False
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    final = summary["final_metrics"]
+    console.print(
+        f"[bold green]done[/]: {summary['rounds_completed']} rounds; "
+        + ", ".join(f"{k} {v:.3f}" for k, v in final.items()), highlight=False)
+    if not summary["dp_enabled"]:
+        console.print("[red]DP was off: no privacy guarantee for any site's patients[/]")
+    for site, info in summary["privacy"]["sites"].items():
+        console.print(f"  {site}: ε = {info['epsilon']:.3f} (δ = "
+                      f"{summary['privacy']['delta']:g}, {summary['privacy']['accountant']})",
+                      highlight=False)
+    console.print(f"model: {out / 'model.safetensors'} · report: {out / 'report' / 'report.md'}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        errors.print("interrupted; rerun with --resume to continue from the last checkpoint")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

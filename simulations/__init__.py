@@ -1,0 +1,1 @@
+"""fedmm simulations layer (see docs/architecture.md)."""

@@ -1,0 +1,85 @@
+"""Run the real ServerApp and ClientApp on Flower's simulation engine (Ray), in one process.
+
+Process hygiene for everything Flower and Ray start: runtime dependency installation, telemetry
+and update checks off; ``FLWR_HOME`` and Ray's temp folder inside the run folder (Ray's socket
+paths must stay under ~100 characters, so a short link in the system temp folder points there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+from server.callbacks import RunState
+
+QUIET_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+def prepare_environment(run_dir: Path) -> dict[str, str]:
+    """Environment for Flower/Ray processes of this run (applied to this process too)."""
+    flwr_home = run_dir / ".flwr"
+    ray_dir = run_dir / ".ray"
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    ray_dir.mkdir(parents=True, exist_ok=True)
+    link = Path(tempfile.mkdtemp(prefix="fedmm-")) / "ray"
+    link.symlink_to(ray_dir.resolve(), target_is_directory=True)
+    env = {**QUIET_ENV, "FLWR_HOME": str(flwr_home), "RAY_TMPDIR": str(link)}
+    os.environ.update(env)
+    return env
+
+
+def backend_config(*, parallel: int | None = None) -> dict[str, Any]:
+    """One CPU per virtual hospital; as many run at once as there are cores (or ``parallel``)."""
+    cores = os.cpu_count() or 1
+    parallel = max(1, min(parallel or cores, cores))
+    import torch
+
+    gpus = 1.0 / parallel if torch.cuda.is_available() else 0.0
+    return {
+        "client_resources": {"num_cpus": max(1, cores // parallel), "num_gpus": gpus},
+        "init_args": {"num_cpus": cores, "include_dashboard": False,
+                      "logging_level": logging.ERROR, "log_to_driver": False},
+    }
+
+
+def run_federated_simulation(
+    *,
+    config: RunConfig,
+    run_dir: Path,
+    site_dirs: Sequence[Path],
+    test_dir: Path | None = None,
+    resume: bool = False,
+    show: Callable[[RunState, dict[str, Any]], None] | None = None,
+    parallel: int | None = None,
+) -> RunState:
+    """Run the whole federation; returns the server's final state."""
+    from flwr.simulation import run_simulation
+
+    from client.app import make_client_app
+    from server.app import default_callbacks, make_server_app
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_environment(run_dir)
+    result: list[RunState] = []
+    server_app = make_server_app(config=config, run_dir=run_dir, resume=resume,
+                                 test_dir=test_dir, callbacks=default_callbacks(show),
+                                 result=result)
+    client_app = make_client_app(site_dirs=[str(p.resolve()) for p in site_dirs])
+    run_simulation(server_app=server_app, client_app=client_app,
+                   num_supernodes=len(site_dirs), backend_config=backend_config(
+                       parallel=parallel))
+    if not result:
+        raise RuntimeError("the simulation ended without a result; see the log above")
+    return result[0]

@@ -1,0 +1,75 @@
+"""Helpers for end-to-end tests: run the real CLI in a subprocess with its own environment, and
+make sure every process it started (Ray's included) is gone afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class CliRun:
+    """A ``fedmm`` subprocess in its own session, with a short private TMPDIR (Ray sockets)."""
+
+    def __init__(self, args: list[str], *, cwd: Path) -> None:
+        self.tmpdir = tempfile.mkdtemp(prefix="fm", dir="/tmp")
+        self.cwd = cwd
+        env = {**os.environ, "TMPDIR": self.tmpdir, "PYTHONUNBUFFERED": "1",
+               "FLWR_HOME": str(cwd / ".flwr-home")}
+        self.log = cwd / f"cli-{int(time.time() * 1000)}.log"
+        self._log_handle = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fedmm", *args], cwd=cwd, env=env, stdout=self._log_handle,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self.stop()
+
+    def output(self) -> str:
+        self._log_handle.flush()
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        """Kill the session and any process whose command line names our TMPDIR."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        for pid in _pids_mentioning(self.tmpdir) + _pids_mentioning(str(self.cwd)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._log_handle.close()
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def run_cli(args: list[str], *, cwd: Path, timeout: float = 600) -> tuple[int, str]:
+    run = CliRun(args, cwd=cwd)
+    code = run.wait(timeout)
+    return code, run.output()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,78 @@
+"""The CLI in-process (typer's runner) for everything that does not start Flower."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedmm.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["demo-data"], ["validate-data"], ["simulate"]])
+def test_help_explains_itself(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output and len(result.output) > 300
+
+
+def test_demo_data_then_validate(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "--sites", "2",
+                                 "--samples-per-site", "12", "--test-samples", "0"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["site-01", "site-02"]
+    result = runner.invoke(app, ["validate-data", str(tmp_path / "d" / "site-01")])
+    assert result.exit_code == 0
+    assert "12 rows, 12 usable, 0 bad" in result.output and "usable" in result.output
+    result = runner.invoke(app, ["validate-data", str(tmp_path / "d" / "site-02"), "--json"])
+    report = json.loads(result.output)
+    assert report["usable"] and report["modalities"] == {"image": 12, "text": 12, "audio": 12}
+
+
+def test_validate_lists_bad_rows_and_exits_one(demo_root: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(demo_root / "site-01", site)
+    lines = (site / "manifest.csv").read_text().splitlines()
+    kept = [lines[0]] + [line.replace(",images/", ",images/x") for line in lines[1:12]]
+    (site / "manifest.csv").write_text("\n".join(kept) + "\n")
+    result = runner.invoke(app, ["validate-data", str(site)])
+    assert result.exit_code == 1
+    assert result.output.count("not found") == 11 and "not usable" in result.output
+
+
+def test_unusable_folder_is_one_line_exit_one(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate-data", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "manifest.csv: missing" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_config_is_one_line_exit_two(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text("[privacy]\ndelta = 2.0\n")
+    result = runner.invoke(app, ["simulate", "--config", str(tmp_path / "run.toml"),
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "privacy.delta = 2.0" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["simulate", "--set", "training.rounds=0",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "training.rounds = 0" in result.output
+    result = runner.invoke(app, ["simulate", "--set", "nonsense", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "expected KEY=VALUE" in result.output
+
+
+def test_simulate_will_not_overwrite_a_run_silently(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    result = runner.invoke(app, ["simulate", "--out", str(out)])
+    assert result.exit_code == 2 and "--resume" in result.output
+    result = runner.invoke(app, ["simulate", "--out", str(out), "--resume", "--overwrite"])
+    assert result.exit_code == 2 and "contradict" in result.output
+    result = runner.invoke(app, ["simulate", "--data", str(tmp_path / "none"),
+                                 "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 1 and "not a folder" in result.output

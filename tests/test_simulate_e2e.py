@@ -1,0 +1,176 @@
+"""End to end through the CLI and Flower's real simulation engine (Ray): privacy accounting,
+site policies, the ledger across runs, and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from client.ledger import PrivacyLedger
+from client.training import plan_round
+from common.config import load_config
+from common.privacy import epsilon_for_history, noise_for_budget
+from common.sitedata import load_site, split_train_validation
+from simulations.demo_data import generate_demo
+from simulations.scenarios import Scenario
+from tests.e2e import CliRun, read_jsonl, run_cli
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """\
+model_id = "e2e-model"
+[data]
+min_usable_rows = 10
+[model]
+embed_dim = 8
+hidden_dim = 16
+[training]
+rounds = 3
+local_epochs = 1
+batch_size = 16
+min_sites = 1
+[privacy]
+target_epsilon = 4.0
+"""
+
+
+def _write_config(folder: Path, **training: int) -> Path:
+    text = CONFIG
+    for key, value in training.items():
+        text = text.replace(f"{key} = ", f"{key}_old = ") + ""
+        text = text.replace("[training]\n", f"[training]\n{key} = {value}\n")
+        text = "\n".join(line for line in text.splitlines() if f"{key}_old" not in line) + "\n"
+    path = folder / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def _epsilon_after_rounds(site: Path, config_path: Path, rounds: int) -> float:
+    config = load_config(config_path)
+    train, _ = split_train_validation(load_site(site, config.data), 0.2)
+    plan = plan_round(len(train), config, noise_for_budget=noise_for_budget)
+    return epsilon_for_history([[plan.noise_multiplier, plan.sample_rate, plan.steps * rounds]],
+                               delta=config.privacy.delta)
+
+
+@pytest.fixture(scope="module")
+def policy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One run, three sites: site-01 follows the demo policy, site-02's policy demands more noise
+    than the run uses, site-03's budget lasts one round. Then a second run of the same model."""
+    root = tmp_path_factory.mktemp("policy")
+    data = root / "data"
+    generate_demo(data, sites=3, samples_per_site=70, seed=11, scenario=Scenario.IID,
+                  test_samples=60)
+    config_path = _write_config(root)
+    one = _epsilon_after_rounds(data / "site-03", config_path, 1)
+    two = _epsilon_after_rounds(data / "site-03", config_path, 2)
+    (data / "site-02" / "policy.toml").write_text("min_noise_multiplier = 50.0\n")
+    (data / "site-03" / "policy.toml").write_text(f"max_epsilon = {(one + two) / 2}\n")
+    first = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
+                     str(root / "run1")], cwd=root)
+    second = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
+                      str(root / "run2")], cwd=root)
+    return {"root": root, "data": data, "first": first, "second": second, "one": one}
+
+
+def test_run_writes_everything_and_epsilon_is_the_accountants(policy_run: dict) -> None:
+    code, output = policy_run["first"]
+    assert code == 0, output
+    run = policy_run["root"] / "run1"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    assert summary["secure_aggregation"] is False and summary["strategy"] == "fedavg"
+    assert set(summary["final_metrics"]) >= {"accuracy", "loss", "test_accuracy"}
+    privacy = summary["privacy"]
+    assert privacy["delta"] == 1e-5 and privacy["accountant"] == "rdp"
+    for site, info in privacy["sites"].items():
+        recomputed = epsilon_for_history(info["history"], delta=privacy["delta"])
+        assert info["epsilon"] == pytest.approx(recomputed, rel=1e-9), site
+        assert info["max_grad_norm"] == 1.0
+    ledger = PrivacyLedger(policy_run["data"] / "site-01" / ".fedmm")
+    assert privacy["sites"]["site-01"]["history"] == ledger.history("e2e-model")
+    assert privacy["sites"]["site-01"]["epsilon"] <= 4.0 + 1e-6
+    weights = load_file(str(run / "model.safetensors"))
+    assert summary["model"]["parameters"] == sum(v.size for v in weights.values())
+    assert json.loads((run / "model_config.json").read_text())["model_id"] == "e2e-model"
+    for name in ("accuracy.png", "loss.png", "epsilon.png", "report.md"):
+        assert (run / "report" / name).stat().st_size > 0
+    assert len(read_jsonl(run / "metrics.jsonl")) == 3
+    assert "round 3/3" in output
+
+
+def test_policy_violation_is_refused_with_its_reason(policy_run: dict) -> None:
+    records = read_jsonl(policy_run["root"] / "run1" / "metrics.jsonl")
+    for record in records:
+        site = record["sites"]["site-02"]
+        assert site["status"] == "refused" and site["code"] == "noise-too-small"
+        assert "< policy 50.000" in site["reason"]
+    assert "site-02 refused (noise-too-small)" in policy_run["first"][1]
+    assert not PrivacyLedger(policy_run["data"] / "site-02" / ".fedmm").history("e2e-model")
+
+
+def test_small_budget_is_refused_once_spent_and_the_run_goes_on(policy_run: dict) -> None:
+    records = read_jsonl(policy_run["root"] / "run1" / "metrics.jsonl")
+    assert records[0]["sites"]["site-03"]["status"] == "ok"
+    assert records[1]["sites"]["site-03"]["code"] == "budget-exhausted"
+    assert "site-03" not in records[2]["sites"]  # not asked again
+    assert all(r["sites"]["site-01"]["status"] == "ok" for r in records)
+    assert all(r["aggregated"] for r in records)
+    summary = json.loads((policy_run["root"] / "run1" / "summary.json").read_text())
+    assert summary["privacy"]["sites"]["site-03"]["epsilon"] == pytest.approx(
+        policy_run["one"], rel=1e-6)
+
+
+def test_ledger_carries_over_to_a_second_run(policy_run: dict) -> None:
+    code, output = policy_run["second"]
+    assert code == 0, output
+    first = json.loads((policy_run["root"] / "run1" / "summary.json").read_text())
+    second = json.loads((policy_run["root"] / "run2" / "summary.json").read_text())
+    history_one = first["privacy"]["sites"]["site-01"]["history"]
+    history_two = second["privacy"]["sites"]["site-01"]["history"]
+    assert history_two[0][2] == 2 * history_one[0][2]
+    assert second["privacy"]["sites"]["site-01"]["epsilon"] > first["privacy"]["sites"][
+        "site-01"]["epsilon"]
+    records = read_jsonl(policy_run["root"] / "run2" / "metrics.jsonl")
+    assert records[0]["sites"]["site-03"]["code"] == "budget-exhausted"
+    spend = PrivacyLedger(policy_run["data"] / "site-01" / ".fedmm").spend("e2e-model")
+    assert spend is not None and spend.rounds_served == 6
+    assert spend.epsilon == pytest.approx(second["privacy"]["sites"]["site-01"]["epsilon"])
+
+
+def test_resume_after_a_stop_ends_with_the_same_model(tmp_path: Path) -> None:
+    config_path = _write_config(tmp_path, rounds=4)
+    for name in ("a", "b"):
+        generate_demo(tmp_path / name, sites=2, samples_per_site=50, seed=5,
+                      scenario=Scenario.IID, test_samples=0)
+    code, output = run_cli(["simulate", "--data", str(tmp_path / "a"), "--config",
+                            str(config_path), "--out", str(tmp_path / "run-a")], cwd=tmp_path)
+    assert code == 0, output
+    stopped = CliRun(["simulate", "--data", str(tmp_path / "b"), "--config", str(config_path),
+                      "--out", str(tmp_path / "run-b")], cwd=tmp_path)
+    metrics = tmp_path / "run-b" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and stopped.process.poll() is None:
+        if metrics.is_file() and len(read_jsonl(metrics)) >= 2:
+            os.killpg(stopped.process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    stopped.stop()
+    assert not (tmp_path / "run-b" / "summary.json").exists(), "run ended before the stop"
+    code, output = run_cli(["simulate", "--data", str(tmp_path / "b"), "--config",
+                            str(config_path), "--out", str(tmp_path / "run-b"), "--resume"],
+                           cwd=tmp_path)
+    assert code == 0, output
+    assert [r["round"] for r in read_jsonl(metrics)] == [1, 2, 3, 4]
+    a = load_file(str(tmp_path / "run-a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "run-b" / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    shutil.rmtree(tmp_path / "run-b" / ".ray", ignore_errors=True)
