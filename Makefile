@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` (main job) and `make test` (test suite).
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch first, as the CPU 2.13.0 build: installing it as a dependency would pull a CUDA build.
+# On a hospital GPU host install a CUDA build of torch into the venv before `make`.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test install lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fedmm simulate --out runs/demo --overwrite --centralized
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
