@@ -38,7 +38,8 @@ class CliRun:
             self.stop()
 
     def output(self) -> str:
-        self._log_handle.flush()
+        if not self._log_handle.closed:
+            self._log_handle.flush()
         return self.log.read_text()
 
     def stop(self) -> None:
@@ -49,7 +50,8 @@ class CliRun:
         for pid in _pids_mentioning(self.tmpdir) + _pids_mentioning(str(self.cwd)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self._log_handle.close()
+        if not self._log_handle.closed:
+            self._log_handle.close()
 
 
 def _pids_mentioning(text: str) -> list[int]:

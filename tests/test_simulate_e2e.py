@@ -95,8 +95,6 @@ def test_run_writes_everything_and_epsilon_is_the_accountants(policy_run: dict) 
         recomputed = epsilon_for_history(info["history"], delta=privacy["delta"])
         assert info["epsilon"] == pytest.approx(recomputed, rel=1e-9), site
         assert info["max_grad_norm"] == 1.0
-    ledger = PrivacyLedger(policy_run["data"] / "site-01" / ".fedmm")
-    assert privacy["sites"]["site-01"]["history"] == ledger.history("e2e-model")
     assert privacy["sites"]["site-01"]["epsilon"] <= 4.0 + 1e-6
     weights = load_file(str(run / "model.safetensors"))
     assert summary["model"]["parameters"] == sum(v.size for v in weights.values())
@@ -143,6 +141,8 @@ def test_ledger_carries_over_to_a_second_run(policy_run: dict) -> None:
     assert records[0]["sites"]["site-03"]["code"] == "budget-exhausted"
     spend = PrivacyLedger(policy_run["data"] / "site-01" / ".fedmm").spend("e2e-model")
     assert spend is not None and spend.rounds_served == 6
+    assert spend.history == history_two
+    assert all(len(entry["sha256"]) == 64 for entry in spend.rounds)
     assert spend.epsilon == pytest.approx(second["privacy"]["sites"]["site-01"]["epsilon"])
 
 
