@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -28,8 +29,12 @@ from client.policy import RoundRequest, check_round
 from client.site import Site, resolve_site
 from common.config import ConfigError, RunConfig
 from common.serialization import all_finite, digest, from_record, to_record
-from common.sitedata import SiteData, SiteDataError, load_site, require_usable
+from common.sitecache import load_site_cached
+from common.sitedata import SiteData, SiteDataError, require_usable
 from common.sitedata import split_train_validation as split
+
+CACHE_DIR = "cache"
+NOISE_MEMO = "noise_multipliers.json"
 
 
 def _status(site_id: str, status: str, *, code: str = "", reason: str = "", **extra: str):
@@ -41,10 +46,26 @@ def _reply(msg: Message, **records) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
 
-def _site_and_data(context: Context, config: RunConfig, site_dirs) -> tuple[Site, SiteData]:
-    site = resolve_site(context.node_config, site_dirs)
-    data = require_usable(load_site(site.data_dir, config.data), config.data)
-    return site, data
+EXPECTED_FAILURES = (SiteDataError, ConfigError, LedgerError)
+
+
+def _failure(msg: Message, site_id: str, error: Exception) -> Message:
+    code = ("bad-ledger" if isinstance(error, LedgerError)
+            else "bad-config" if isinstance(error, ConfigError) else "bad-data")
+    return _reply(msg, status=_status(site_id, "failed", code=code, reason=str(error)))
+
+
+def _site_label(context: Context, site_dirs: Sequence[str] | None) -> str:
+    """The site's name for error replies, even when its policy or data cannot be read."""
+    config = context.node_config
+    if site_dirs is not None:
+        return Path(site_dirs[int(config["partition-id"])]).name
+    return str(config.get("site-id") or Path(str(config.get("data-dir", "unknown-site"))).name)
+
+
+def _load(site: Site, config: RunConfig) -> SiteData:
+    data = load_site_cached(site.data_dir, config.data, site.state_dir / CACHE_DIR)
+    return require_usable(data, config.data)
 
 
 def derive_seed(*parts: object) -> int:
@@ -70,13 +91,12 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
 
     @app.query("site_info")
     def site_info(msg: Message, context: Context) -> Message:
-        site = resolve_site(context.node_config, site_dirs)
-        config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
         try:
-            data = load_site(site.data_dir, config.data)
-        except SiteDataError as error:
-            return _reply(msg, status=_status(site.site_id, "failed", code="bad-data",
-                                              reason=str(error)))
+            site = resolve_site(context.node_config, site_dirs)
+            config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
+            data = load_site_cached(site.data_dir, config.data, site.state_dir / CACHE_DIR)
+        except EXPECTED_FAILURES as error:
+            return _failure(msg, _site_label(context, site_dirs), error)
         return _reply(
             msg,
             status=_status(site.site_id, "ok",
@@ -91,34 +111,30 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
         import torch
 
         torch.set_num_threads(threads)
-        config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
-        round_number = int(msg.content["config"]["round"])
-        run_id = str(msg.content["config"]["run-id"])
-        site = resolve_site(context.node_config, site_dirs)
         try:
-            return _train(msg, site, config, round_number, run_id)
-        except (SiteDataError, ConfigError, LedgerError) as error:
-            code = "bad-ledger" if isinstance(error, LedgerError) else "bad-data"
-            return _reply(msg, status=_status(site.site_id, "failed", code=code,
-                                              reason=str(error)))
+            site = resolve_site(context.node_config, site_dirs)
+            config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
+            return _train(msg, site, config, int(msg.content["config"]["round"]),
+                          str(msg.content["config"]["run-id"]))
+        except EXPECTED_FAILURES as error:
+            return _failure(msg, _site_label(context, site_dirs), error)
 
     def _train(msg: Message, site: Site, config: RunConfig, round_number: int,
                run_id: str) -> Message:
         from client.training import plan_round, train_local
-        from common.privacy import epsilon_for_history, noise_for_budget
+        from common.privacy import NoiseMemo, epsilon_for_history, normalise_history
 
-        data = require_usable(load_site(site.data_dir, config.data), config.data)
+        data = _load(site, config)
         train_data, _ = split(data, config.data.validation_fraction)
         ledger = PrivacyLedger(site.state_dir)
         history = ledger.history(config.model_id)
-        plan = plan_round(len(train_data), config, noise_for_budget=noise_for_budget)
+        plan = plan_round(len(train_data), config,
+                          noise_for_budget=NoiseMemo(site.state_dir / NOISE_MEMO))
         privacy = config.privacy
         spent = epsilon_for_history(history, delta=privacy.delta, accountant=privacy.accountant)
-        after = (
-            epsilon_for_history([*history, [plan.noise_multiplier, plan.sample_rate, plan.steps]],
-                                delta=privacy.delta, accountant=privacy.accountant)
-            if privacy.enabled else spent
-        )
+        planned = [*history, [plan.noise_multiplier, plan.sample_rate, plan.steps]]
+        after = (epsilon_for_history(planned, delta=privacy.delta, accountant=privacy.accountant)
+                 if privacy.enabled else spent)
         refusal = check_round(site.policy, RoundRequest(
             private=privacy.enabled, delta=privacy.delta, noise_multiplier=plan.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm, modalities=config.model.modalities,
@@ -148,8 +164,9 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
                                               reason="training diverged (NaN/Inf); not sent"))
         sha256 = digest(update)
         if privacy.enabled:
-            epsilon = epsilon_for_history(result.history, delta=privacy.delta,
-                                          accountant=privacy.accountant)
+            same_steps = normalise_history(result.history) == normalise_history(planned)
+            epsilon = after if same_steps else epsilon_for_history(
+                result.history, delta=privacy.delta, accountant=privacy.accountant)
             ledger.mark(model_id=config.model_id, run_id=run_id, round_number=round_number,
                         status="sent", sha256=sha256)
         metrics = {"num-examples": result.num_examples, "train-loss": result.train_loss,
@@ -176,14 +193,12 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
         from common.evaluation import evaluate_weights
 
         torch.set_num_threads(threads)
-        config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
         try:
-            site, data = _site_and_data(context, config, site_dirs)
-        except (SiteDataError, ConfigError) as error:
-            site_id = resolve_site(context.node_config, site_dirs).site_id
-            return _reply(msg, status=_status(site_id, "failed", code="bad-data",
-                                              reason=str(error)))
-        _, validation = split(data, config.data.validation_fraction)
+            site = resolve_site(context.node_config, site_dirs)
+            config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
+            _, validation = split(_load(site, config), config.data.validation_fraction)
+        except EXPECTED_FAILURES as error:
+            return _failure(msg, _site_label(context, site_dirs), error)
         metrics = evaluate_weights(config, from_record(msg.content["arrays"]), validation)
         return _reply(msg, status=_status(site.site_id, "ok"), metrics=MetricRecord(metrics))
 

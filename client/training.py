@@ -5,8 +5,9 @@ One round = ``local_epochs`` epochs of Poisson-sampled batches (sampling rate q 
 N(0, σ²C²) noise before the optimiser step. The accountant history of earlier rounds is restored
 before training, so the engine's ε is the site's total for this model.
 
-Non-private training is plain SGD with its own step size (``non_private_learning_rate``): the
-clipped, noised DP-SGD gradient is much smaller than the raw one and needs a larger step.
+Non-private training has its own optimiser and step size (``non_private_optimizer``, Adam by
+default): the clipped, noised DP-SGD gradient wants large SGD steps that make raw gradients
+diverge.
 
 FedProx' proximal term μ/2‖w − w_global‖² is applied as a decoupled step after each optimiser
 step (w ← w − lr·μ·(w − w_global)): it depends on no patient data, so it is post-processing and
@@ -81,7 +82,8 @@ def plan_round(num_examples: int, config: RunConfig, *, noise_for_budget) -> Rou
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     training = config.training
     rate = step_size(config)
-    if training.optimizer == "adam":
+    kind = training.optimizer if config.privacy.enabled else training.non_private_optimizer
+    if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=rate)
     return torch.optim.SGD(model.parameters(), lr=rate, momentum=training.momentum)
 

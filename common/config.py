@@ -63,17 +63,17 @@ class ModelConfig(_Section):
 class TrainingConfig(_Section):
     """Federated round loop and local training."""
 
-    rounds: int = Field(8, ge=1, le=100_000)
+    rounds: int = Field(12, ge=1, le=100_000)
     local_epochs: int = Field(2, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=100_000, description="expected Poisson batch size")
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="local optimiser, DP-SGD")
     learning_rate: float = Field(0.5, gt=0.0, le=100.0, description="local step size, DP-SGD")
-    non_private_learning_rate: float = Field(
-        0.05, gt=0.0, le=100.0,
-        description="local step size when privacy is off: DP-SGD's clipped, noised gradients "
-        "need a larger step than plain SGD",
-    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only")
+    # DP-SGD's clipped, noised gradients want large SGD steps; raw gradients diverge with them.
+    non_private_optimizer: Literal["sgd", "adam"] = Field(
+        "adam", description="local optimiser when privacy is off")
+    non_private_learning_rate: float = Field(
+        3e-3, gt=0.0, le=100.0, description="local step size when privacy is off")
     strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0, description="FedProx only")
     server_learning_rate: float = Field(1.0, gt=0.0, description="1.0 for FedAvg/FedProx")

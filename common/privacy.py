@@ -14,8 +14,13 @@ validate data or move messages stay light.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from common.atomic import atomic_write_json
 
 HistoryEntry = tuple[float, float, int]
 
@@ -54,11 +59,12 @@ def epsilon_for_history(
     return float(engine.get_epsilon(delta=delta))
 
 
+@functools.lru_cache(maxsize=64)
 def noise_for_budget(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
     """Smallest σ (to Opacus' tolerance) such that ``steps`` steps at ``sample_rate`` spend at most
-    ``target_epsilon``."""
+    ``target_epsilon``. A bisection over accountant evaluations (seconds): memoised."""
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(
@@ -70,3 +76,30 @@ def noise_for_budget(
             accountant=accountant,
         )
     )
+
+
+class NoiseMemo:
+    """``noise_for_budget`` remembered in a JSON file, for processes that live one message.
+
+    Only a cache: a missing or unreadable file just means computing σ again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __call__(self, *, target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                 accountant: str = "rdp") -> float:
+        key = json.dumps([target_epsilon, delta, sample_rate, steps, accountant])
+        try:
+            known = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        if not isinstance(known, dict):
+            known = {}
+        if isinstance(known.get(key), float):
+            return known[key]
+        sigma = noise_for_budget(target_epsilon=target_epsilon, delta=delta,
+                                 sample_rate=sample_rate, steps=steps, accountant=accountant)
+        known[key] = sigma
+        atomic_write_json(self.path, known)
+        return sigma

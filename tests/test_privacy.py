@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 from opacus.accountants import RDPAccountant
@@ -53,3 +54,18 @@ def test_derived_noise_reaches_the_target(accountant: str) -> None:
                              accountant=accountant)
     spent = epsilon_for_history([[sigma, 0.1, 100]], delta=1e-5, accountant=accountant)
     assert 2.9 <= spent <= 3.0
+
+
+def test_noise_memo_remembers_sigma_on_disk(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import privacy
+
+    memo = privacy.NoiseMemo(tmp_path / "memo.json")
+    first = memo(target_epsilon=5.0, delta=1e-5, sample_rate=0.2, steps=40)
+    monkeypatch.setattr(privacy, "noise_for_budget", lambda **_: pytest.fail("recomputed"))
+    again = privacy.NoiseMemo(tmp_path / "memo.json")(target_epsilon=5.0, delta=1e-5,
+                                                       sample_rate=0.2, steps=40)
+    assert again == first
+    (tmp_path / "memo.json").write_text("not json")
+    monkeypatch.setattr(privacy, "noise_for_budget", lambda **_: 1.25)
+    assert memo(target_epsilon=5.0, delta=1e-5, sample_rate=0.2, steps=40) == 1.25

@@ -174,3 +174,31 @@ def test_resume_after_a_stop_ends_with_the_same_model(tmp_path: Path) -> None:
     b = load_file(str(tmp_path / "run-b" / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     shutil.rmtree(tmp_path / "run-b" / ".ray", ignore_errors=True)
+
+
+def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
+    """The README's main job, as is (plus the centralized reference)."""
+    code, output = run_cli(["simulate", "--out", str(tmp_path / "demo"), "--centralized"],
+                           cwd=tmp_path)
+    assert code == 0, output
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["rounds_completed"] == 12 and summary["dp_enabled"]
+    assert summary["final_metrics"]["test_accuracy"] > 0.45  # 4 balanced classes: chance 0.25
+    assert all(0 < s["epsilon"] <= 8.0 + 1e-6 for s in summary["privacy"]["sites"].values())
+    reference = json.loads((tmp_path / "demo" / "centralized.json").read_text())
+    assert reference["test_accuracy"] > summary["final_metrics"]["test_accuracy"]
+    assert "centralized reference: test acc" in output
+
+
+def test_non_private_run_says_so(tmp_path: Path) -> None:
+    generate_demo(tmp_path / "data", sites=2, samples_per_site=40, seed=2,
+                  scenario=Scenario.MISSING_MODALITY, test_samples=0)
+    config_path = _write_config(tmp_path, rounds=1)
+    code, output = run_cli(["simulate", "--data", str(tmp_path / "data"), "--config",
+                            str(config_path), "--no-dp", "--out", str(tmp_path / "run")],
+                           cwd=tmp_path)
+    assert code == 0, output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dp_enabled"] is False and summary["privacy"]["sites"] == {}
+    assert "DP was off" in output and "DP off" in output
+    assert "DP-SGD: OFF" in (tmp_path / "run" / "report" / "report.md").read_text()

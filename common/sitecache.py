@@ -1,0 +1,82 @@
+"""On-disk cache of a site's preprocessed arrays, so each Flower message (a fresh process in
+deployment) does not decode every image and WAV again.
+
+The cache key is a SHA-256 over the manifest's bytes, the data config, and the size and
+modification time of every file the manifest names: change any of them and the site is read
+afresh. The cache lives in the site's *state* folder (never the data folder, which may be
+read-only) and is written atomically; an unreadable cache entry is ignored and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import atomic_write_bytes
+from common.config import MODALITIES, DataConfig
+from common.sitedata import MANIFEST_NAME, RowIssue, SiteData, load_site, read_manifest
+
+CACHE_VERSION = "1"
+
+
+def cache_key(site_dir: Path, config: DataConfig) -> str:
+    hasher = hashlib.sha256(CACHE_VERSION.encode())
+    hasher.update((site_dir / MANIFEST_NAME).read_bytes())
+    hasher.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    root = site_dir.resolve()
+    for row in read_manifest(site_dir):
+        for modality in MODALITIES:
+            cell = row.cell(modality)
+            if not cell or (modality == "text" and not cell.lower().endswith(".txt")):
+                continue
+            try:
+                stat = (root / cell).stat()
+                hasher.update(f"{cell}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            except OSError:
+                hasher.update(f"{cell}:missing".encode())
+    return hasher.hexdigest()
+
+
+def _encode(data: SiteData) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, labels=data.labels, images=data.images, tokens=data.tokens,
+             signals=data.signals, masks=data.masks,
+             sample_ids=np.asarray(data.sample_ids, dtype=np.str_),
+             meta=np.asarray(json.dumps({"total_rows": data.total_rows,
+                                         "issues": [i.__dict__ for i in data.issues]})))
+    return buffer.getvalue()
+
+
+def _decode(site_dir: Path, raw: bytes) -> SiteData:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
+        meta = json.loads(str(arrays["meta"]))
+        return SiteData(
+            site_dir=site_dir, sample_ids=[str(s) for s in arrays["sample_ids"]],
+            labels=arrays["labels"], images=arrays["images"], tokens=arrays["tokens"],
+            signals=arrays["signals"], masks=arrays["masks"],
+            issues=[RowIssue(**issue) for issue in meta["issues"]],
+            total_rows=int(meta["total_rows"]),
+        )
+
+
+def load_site_cached(site_dir: Path, config: DataConfig, cache_dir: Path | None) -> SiteData:
+    """:func:`load_site`, served from ``cache_dir`` when nothing changed since the last read."""
+    site_dir = Path(site_dir)
+    if cache_dir is None:
+        return load_site(site_dir, config)
+    read_manifest(site_dir)  # folder-level errors first, with their own message
+    path = Path(cache_dir) / f"site-{cache_key(site_dir, config)[:32]}.npz"
+    if path.is_file():
+        try:
+            return _decode(site_dir, path.read_bytes())
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable entry: rebuild below
+    data = load_site(site_dir, config)
+    for old in Path(cache_dir).glob("site-*.npz"):
+        old.unlink(missing_ok=True)
+    atomic_write_bytes(path, _encode(data))
+    return data
