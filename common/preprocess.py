@@ -5,8 +5,8 @@ validator turns those into one line per bad row. NumPy only (no torch): validati
 processes that never train.
 
 - image: PNG/JPEG (grey or RGB) via Pillow, ``.npy`` (H×W, H×W×C or C×H×W), DICOM via the optional
-  ``pydicom`` extra; resized to ``image_size``², scaled to [0, 1], then standardised to mean 0.5,
-  scale 0.25 → values roughly in [-2, 2].
+  ``pydicom`` extra; resized to ``image_size``², scaled to [0, 1] (8-bit: /255; 16-bit, CT numbers
+  and floats: per-image min-max), then standardised around 0.5 with scale 0.25 → about [-2, 2].
 - text: lower-cased word pieces ``[a-z0-9]+`` hashed by CRC-32 into ``vocab_size - 1`` buckets
   (id 0 is padding); truncated / padded to ``max_text_tokens``. No vocabulary file, no download.
 - audio / biosignal: PCM WAV (8/16/24/32-bit integer, mono or first channel) resampled linearly to
@@ -63,9 +63,9 @@ def _resize_and_standardise(pixels: np.ndarray, config: DataConfig) -> np.ndarra
 
 
 def _scale_unit(array: np.ndarray) -> np.ndarray:
-    if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        return (array.astype(np.float64) - info.min) / (info.max - info.min)
+    """8-bit pixels: /255. Anything else (16-bit scans, CT numbers, floats): per-image min-max."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float64) / 255.0
     values = array.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     return np.zeros_like(values) if high <= low else (values - low) / (high - low)

@@ -109,3 +109,20 @@ def test_paths_may_not_leave_the_site(tmp_path: Path) -> None:
         resolve_inside(site, str(tmp_path / "secret.png"))
     with pytest.raises(SampleError, match="not found"):
         resolve_inside(site, "missing.png")
+
+
+def test_real_dicom_ct_and_mr_slices() -> None:
+    """pydicom ships small real CT and MR files; they must load like any other image."""
+    from pydicom.data import get_testdata_file
+
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        image = read_image(Path(get_testdata_file(name)), CONFIG)
+        assert image.shape == (1, 32, 32)
+        assert image.min() < -1.5  # min-max scaled to [0, 1], standardised, then resized
+        assert image.max() > 1.0
+
+
+def test_unreadable_dicom_is_named(tmp_path: Path) -> None:
+    (tmp_path / "bad.dcm").write_bytes(b"not a dicom file at all" * 10)
+    with pytest.raises(SampleError, match="unreadable DICOM"):
+        read_image(tmp_path / "bad.dcm", CONFIG)
