@@ -119,9 +119,27 @@ def _find_sites(data_dir: Path) -> tuple[list[Path], Path | None]:
     return sites, test if (test / MANIFEST_NAME).is_file() else None
 
 
-def _show_round(total: int):
-    def show(state, record: dict[str, Any]) -> None:
-        parts = [f"round {record['round']}/{total}"]
+class RoundDisplay:
+    """One line per finished round, and a spinner naming the round in progress (terminals)."""
+
+    def __init__(self, total: int, first: int = 1) -> None:
+        self.total = total
+        self.status = console.status(self._waiting(first)) if console.is_terminal else None
+
+    def _waiting(self, round_number: int) -> str:
+        return f"round {round_number}/{self.total}: sites training under DP-SGD ..."
+
+    def __enter__(self) -> RoundDisplay:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def __call__(self, state: Any, record: dict[str, Any]) -> None:
+        parts = [f"round {record['round']}/{self.total}"]
         for key, label in (("accuracy", "val acc"), ("test_accuracy", "test acc"),
                            ("loss", "val loss")):
             if record.get(key) is not None:
@@ -137,7 +155,8 @@ def _show_round(total: int):
                 console.print(f"  [yellow]{site} {info.get('status')}[/] "
                               f"({info.get('code', '')}): {info.get('reason', '')}",
                               highlight=False)
-    return show
+        if self.status is not None and record["round"] < self.total:
+            self.status.update(self._waiting(record["round"] + 1))
 
 
 @app.command()
@@ -222,9 +241,10 @@ def simulate(
     from simulations.runner import run_federated_simulation
 
     try:
-        state = run_federated_simulation(
-            config=config, run_dir=out, site_dirs=site_dirs, test_dir=test_dir, resume=resume,
-            show=_show_round(config.training.rounds), parallel=parallel)
+        with RoundDisplay(config.training.rounds) as display:
+            state = run_federated_simulation(
+                config=config, run_dir=out, site_dirs=site_dirs, test_dir=test_dir,
+                resume=resume, show=display, parallel=parallel)
     except (FederationError, SiteDataError, ConfigError) as error:
         fail(str(error))
     except RuntimeError as error:
