@@ -70,8 +70,7 @@ def test_fusion_beats_every_single_modality_on_held_out_data(tmp_path: Path) -> 
     for modalities in (("image",), ("text",), ("audio",), ("image", "text", "audio")):
         config = RunConfig.model_validate({
             "model": {"modalities": list(modalities)},
-            "training": {"local_epochs": 6, "batch_size": 32, "optimizer": "adam",
-                         "learning_rate": 3e-3},
+            "training": {"local_epochs": 15, "batch_size": 32},
             "privacy": {"enabled": False, "max_grad_norm": 5.0},
         })
         train = load_site(tmp_path / "site-01", config.data)
