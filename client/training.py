@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from common.serialization import Weights, load_weights, model_weights
 from common.sitedata import SiteData
 
 GHOST_MIN_PARAMETERS = 1_000_000
+AfterBackward = Callable[[nn.Module, torch.optim.Optimizer], None]
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,13 @@ def train_local(
     data: SiteData,
     plan: RoundPlan,
     history: list[list[float]],
+    after_backward: AfterBackward | None = None,
 ) -> TrainResult:
-    """Train from ``global_weights`` on ``data``; RNG state must be set by the caller."""
+    """Train from ``global_weights`` on ``data``; RNG state must be set by the caller.
+
+    ``after_backward(model, optimizer)`` runs between each step's backward pass and optimiser
+    step (the privacy audit inserts its canary gradients there); ``None`` in normal training.
+    """
     started = time.perf_counter()
     device = select_device(config.model.device)
     model = build_model(data=config.data, model=config.model).to(device)
@@ -159,7 +166,7 @@ def train_local(
             trained=trained, model=model, optimizer=optimizer, criterion=criterion,
             loader=loader, epochs=config.training.local_epochs, private=engine is not None,
             anchor=anchor, prox_rate=step_size(config) * config.training.proximal_mu,
-            device=device,
+            device=device, after_backward=after_backward,
         )
     recorded = [list(h) for h in engine.accountant.history] if engine else list(history)
     return TrainResult(
@@ -185,6 +192,7 @@ def _run_epochs(
     anchor: dict[str, torch.Tensor] | None,
     prox_rate: float,
     device: torch.device,
+    after_backward: AfterBackward | None,
 ) -> tuple[list[float], int]:
     """The step loop; returns the batch losses and the number of optimiser steps."""
     losses: list[float] = []
@@ -199,6 +207,8 @@ def _run_epochs(
                 batch = [t.to(device) for t in (image, tokens, signal, present)]
                 loss = criterion(trained(*batch), label.to(device))
                 loss.backward()
+                if after_backward is not None:
+                    after_backward(model, optimizer)
                 optimizer.step()
                 losses.append(float(loss.detach()))
             steps += 1
