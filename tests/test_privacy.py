@@ -7,26 +7,6 @@ from opacus.accountants import RDPAccountant
 from common.privacy import epsilon_for_history, noise_for_budget, normalise_history
 
 
-def test_matches_opacus_mnist_golden_value() -> None:
-    """Opacus' MNIST example: σ = 1.1, batch 256 of 60 000, 60 epochs, δ = 1e-5 → ε ≈ 2.91.
-
-    That figure came from an older Opacus whose RDP→(ε, δ) step was the classic conversion
-    ε = min_α RDP(α) + log(1/δ)/(α − 1) (Mironov 2017; 3.01 with today's order grid). Opacus 1.6,
-    and so fedmm, uses the tighter conversion of Balle et al. 2020 (2.60). The published value
-    must lie between the two: tight ≤ 2.91 ≤ classic.
-    """
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    rate = 256 / 60_000
-    steps = 60 * math.ceil(60_000 / 256)
-    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-    rdp = compute_rdp(q=rate, noise_multiplier=1.1, steps=steps, orders=orders)
-    classic = min(r + math.log(1 / 1e-5) / (a - 1) for r, a in zip(rdp, orders, strict=True))
-    epsilon = epsilon_for_history([[1.1, rate, steps]], delta=1e-5)
-    assert epsilon == pytest.approx(2.60, abs=0.01)
-    assert epsilon <= 2.91 <= classic
-
-
 def test_equals_opacus_accountant_step_by_step() -> None:
     accountant = RDPAccountant()
     for _ in range(30):
