@@ -108,6 +108,54 @@ def validate_data(
     raise typer.Exit(0 if usable else 1)
 
 
+@app.command()
+def privacy(
+    site_dir: Annotated[Path, typer.Argument(help="a site folder (its ledger is in .fedmm/)")],
+    state_dir: Annotated[Path | None, typer.Option(help="the site's state folder, if not "
+                                                   "SITE_DIR/.fedmm")] = None,
+    policy_file: Annotated[Path | None, typer.Option("--policy", help="the site policy, if not "
+                                                     "SITE_DIR/policy.toml")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
+) -> None:
+    """What this site has spent, per model: ε (recomputed from the recorded DP-SGD steps) and ε
+    left against the site policy, δ, rounds served, σ, sample rate, steps, accountant."""
+    from client.ledger import LedgerError
+    from client.privacy_report import site_privacy_report
+    from client.site import resolve_site
+
+    node_config: dict[str, str] = {"data-dir": str(site_dir)}
+    if state_dir is not None:
+        node_config["state-dir"] = str(state_dir)
+    if policy_file is not None:
+        node_config["policy-file"] = str(policy_file)
+    try:
+        site = resolve_site(node_config, None)
+        rows = site_privacy_report(site.state_dir, site.policy)
+    except (ConfigError, LedgerError) as error:
+        fail(str(error))
+    if as_json:
+        console.print_json(json.dumps({"site": site.site_id, "policy":
+                                       site.policy.model_dump(mode="json"), "models": rows}))
+        return
+    if not rows:
+        console.print(f"{site.site_id}: no DP-SGD steps recorded in {site.state_dir}")
+        return
+    for row in rows:
+        console.print(f"[bold]{site.site_id}[/] · model [bold]{row['model_id']}[/]",
+                      highlight=False)
+        console.print(f"  ε spent {row['epsilon']:.4f} of {row['max_epsilon']:g} "
+                      f"(left {row['epsilon_left']:.4f}) at δ = {row['delta']:g}, "
+                      f"{row['accountant'].upper()} accountant", highlight=False)
+        console.print(f"  rounds served {row['rounds_served']}"
+                      + (f", interrupted {row['rounds_interrupted']} (counted as spent)"
+                         if row["rounds_interrupted"] else "")
+                      + f"; steps {row['steps']}; last σ {row['noise_multiplier']:.4f}, "
+                      f"sample rate {row['sample_rate']:.4f}", highlight=False)
+        if not row["consistent"]:
+            console.print(f"  [red]ledger's recorded ε {row['epsilon_recorded']:.4f} differs "
+                          "from the history's; the history's is shown[/]")
+
+
 def _find_sites(data_dir: Path) -> tuple[list[Path], Path | None]:
     if not data_dir.is_dir():
         fail(f"--data {data_dir}: not a folder")

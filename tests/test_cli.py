@@ -14,7 +14,8 @@ from fedmm.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["demo-data"], ["validate-data"], ["simulate"]])
+@pytest.mark.parametrize("command", [[], ["demo-data"], ["validate-data"], ["simulate"],
+                                     ["privacy"]])
 def test_help_explains_itself(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
@@ -76,3 +77,11 @@ def test_simulate_will_not_overwrite_a_run_silently(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", "--data", str(tmp_path / "none"),
                                  "--out", str(tmp_path / "o2")])
     assert result.exit_code == 1 and "not a folder" in result.output
+
+
+def test_privacy_on_a_folder_without_ledger_and_with_a_bad_policy(site_copy: Path) -> None:
+    result = runner.invoke(app, ["privacy", str(site_copy)])
+    assert result.exit_code == 0 and "no DP-SGD steps recorded" in result.output
+    (site_copy / "policy.toml").write_text("max_epsilon = -2\n")
+    result = runner.invoke(app, ["privacy", str(site_copy)])
+    assert result.exit_code == 1 and "max_epsilon = -2" in result.output

@@ -139,6 +139,12 @@ def test_ledger_carries_over_to_a_second_run(policy_run: dict) -> None:
         "site-01"]["epsilon"]
     records = read_jsonl(policy_run["root"] / "run2" / "metrics.jsonl")
     assert records[0]["sites"]["site-03"]["code"] == "budget-exhausted"
+    code, report = run_cli(["privacy", str(policy_run["data"] / "site-01"), "--json"],
+                           cwd=policy_run["root"])
+    assert code == 0, report
+    [model] = json.loads(report)["models"]
+    assert model["epsilon"] == pytest.approx(second["privacy"]["sites"]["site-01"]["epsilon"])
+    assert model["rounds_served"] == 6 and model["max_epsilon"] == 10.0
     spend = PrivacyLedger(policy_run["data"] / "site-01" / ".fedmm").spend("e2e-model")
     assert spend is not None and spend.rounds_served == 6
     assert spend.history == history_two
