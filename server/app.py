@@ -1,9 +1,7 @@
 """The aggregation server's ServerApp (Flower Message API).
 
 ``make_server_app`` builds the app around a validated :class:`RunConfig` and a run folder; the
-simulation runner and the deployment launcher both use it. The module-level ``app`` reads the
-same settings from the run config Flower hands the ServerApp (``config-file``, ``run-dir``,
-``resume``, ``test-dir``), for ``flwr run`` against a SuperLink.
+simulation runner uses it (the deployment launcher will too).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.config import RunConfig, load_config
+from common.config import RunConfig
 from server.callbacks import Callback, Checkpointer, FinalOutputs, MetricsLog, Progress, RunState
 from server.federation import Federation
 
@@ -53,19 +51,3 @@ def make_server_app(
 
     return app
 
-
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    settings = context.run_config
-    config_file = settings.get("config-file")
-    config = load_config(Path(str(config_file)) if config_file else None)
-    test_dir = settings.get("test-dir")
-    Federation(
-        grid=grid, config=config, run_dir=Path(str(settings.get("run-dir", "fedmm-run"))),
-        resume=bool(settings.get("resume", False)),
-        test_dir=Path(str(test_dir)) if test_dir else None,
-        callbacks=default_callbacks(),
-    ).run()
