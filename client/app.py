@@ -55,6 +55,13 @@ def _failure(msg: Message, site_id: str, error: Exception) -> Message:
     return _reply(msg, status=_status(site_id, "failed", code=code, reason=str(error)))
 
 
+def _request(msg: Message, context: Context,
+             site_dirs: Sequence[str] | None) -> tuple[Site, RunConfig]:
+    """The site this node serves and the run configuration the message carries."""
+    site = resolve_site(context.node_config, site_dirs)
+    return site, RunConfig.from_json(str(msg.content["config"]["run-config"]))
+
+
 def _site_label(context: Context, site_dirs: Sequence[str] | None) -> str:
     """The site's name for error replies, even when its policy or data cannot be read."""
     config = context.node_config
@@ -92,8 +99,7 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
     @app.query("site_info")
     def site_info(msg: Message, context: Context) -> Message:
         try:
-            site = resolve_site(context.node_config, site_dirs)
-            config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
+            site, config = _request(msg, context, site_dirs)
             data = load_site_cached(site.data_dir, config.data, site.state_dir / CACHE_DIR)
         except EXPECTED_FAILURES as error:
             return _failure(msg, _site_label(context, site_dirs), error)
@@ -112,8 +118,7 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
 
         torch.set_num_threads(threads)
         try:
-            site = resolve_site(context.node_config, site_dirs)
-            config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
+            site, config = _request(msg, context, site_dirs)
             return _train(msg, site, config, int(msg.content["config"]["round"]),
                           str(msg.content["config"]["run-id"]))
         except EXPECTED_FAILURES as error:
@@ -194,8 +199,7 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
 
         torch.set_num_threads(threads)
         try:
-            site = resolve_site(context.node_config, site_dirs)
-            config = RunConfig.from_json(str(msg.content["config"]["run-config"]))
+            site, config = _request(msg, context, site_dirs)
             _, validation = split(_load(site, config), config.data.validation_fraction)
         except EXPECTED_FAILURES as error:
             return _failure(msg, _site_label(context, site_dirs), error)

@@ -158,11 +158,32 @@ def _blank_arrays(config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return image, tokens, signal
 
 
+def _read_modalities(
+    row: ManifestRow, site_dir: Path, config: DataConfig, blanks: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, ...] | RowIssue:
+    """The row's image, tokens and signal (a blank where the cell is empty), or its first issue."""
+    readers = {
+        "image": lambda cell: read_image(resolve_inside(site_dir, cell), config),
+        "text": lambda cell: read_text(cell, site_dir, config),
+        "audio": lambda cell: read_signal(resolve_inside(site_dir, cell), config),
+    }
+    arrays = []
+    for modality, blank in zip(MODALITIES, blanks, strict=True):
+        cell = row.cell(modality)
+        try:
+            arrays.append(readers[modality](cell) if cell else blank)
+        except SampleError as error:
+            column = "text" if modality == "text" else f"{modality} '{cell}'"
+            return RowIssue(row.line, row.sample_id, column, str(error))
+    return tuple(arrays)
+
+
 def load_site(site_dir: Path, config: DataConfig) -> SiteData:
     """Read, validate and preprocess every row; bad rows become :class:`RowIssue` entries."""
     site_dir = Path(site_dir)
     rows = read_manifest(site_dir)
-    blank_image, blank_tokens, blank_signal = _blank_arrays(config)
+    blanks = _blank_arrays(config)
+    blank_image, blank_tokens, blank_signal = blanks
     seen: set[str] = set()
     ids: list[str] = []
     labels, images, tokens, signals, masks = [], [], [], [], []
@@ -187,29 +208,11 @@ def load_site(site_dir: Path, config: DataConfig) -> SiteData:
         if not any(present):
             issues.append(RowIssue(row.line, row.sample_id, "row", "no modality present"))
             continue
-        try:
-            image = (
-                read_image(resolve_inside(site_dir, row.image), config)
-                if row.image
-                else blank_image
-            )
-        except SampleError as error:
-            issues.append(RowIssue(row.line, row.sample_id, f"image '{row.image}'", str(error)))
+        arrays = _read_modalities(row, site_dir, config, blanks)
+        if isinstance(arrays, RowIssue):
+            issues.append(arrays)
             continue
-        try:
-            token_ids = read_text(row.text, site_dir, config) if row.text else blank_tokens
-        except SampleError as error:
-            issues.append(RowIssue(row.line, row.sample_id, "text", str(error)))
-            continue
-        try:
-            signal = (
-                read_signal(resolve_inside(site_dir, row.audio), config)
-                if row.audio
-                else blank_signal
-            )
-        except SampleError as error:
-            issues.append(RowIssue(row.line, row.sample_id, f"audio '{row.audio}'", str(error)))
-            continue
+        image, token_ids, signal = arrays
         ids.append(row.sample_id)
         labels.append(label)
         images.append(image)

@@ -276,6 +276,9 @@ def simulate(
             site_dirs = generate_demo(demo_dir, sites=sites, samples_per_site=samples_per_site,
                                       seed=config.training.seed, scenario=chosen)
             test_dir = demo_dir / "test"
+    if config.training.min_sites > len(site_dirs):
+        fail(f"training.min_sites = {config.training.min_sites} but only {len(site_dirs)} "
+             "sites are simulated; lower it or add sites", 2)
     _configure_logging(verbose)
     privacy = config.privacy
     console.print(

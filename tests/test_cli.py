@@ -85,3 +85,9 @@ def test_privacy_on_a_folder_without_ledger_and_with_a_bad_policy(site_copy: Pat
     (site_copy / "policy.toml").write_text("max_epsilon = -2\n")
     result = runner.invoke(app, ["privacy", str(site_copy)])
     assert result.exit_code == 1 and "max_epsilon = -2" in result.output
+
+
+def test_more_min_sites_than_sites_is_refused_up_front(demo_root: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["simulate", "--data", str(demo_root), "--set",
+                                 "training.min_sites=5", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "only 3 sites are simulated" in result.output
