@@ -74,6 +74,13 @@ def write_report(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str,
         steps = sum(int(h[2]) for h in history)
         lines.append(f"| {site} | {info['epsilon']:.3f} | {info['max_grad_norm']:g} | {sigma} | "
                      f"{steps} |")
+    lines += ["", "## Sites", "",
+              "| site | last status | training examples | bad rows skipped |", "|---|---|---|---|"]
+    for site in sites:
+        last = next(r["sites"][site] for r in reversed(rounds) if site in r.get("sites", {}))
+        status = last["status"] + (f" ({last['code']})" if last.get("code") else "")
+        lines.append(f"| {site} | {status} | {last.get('num_examples', '-')} | "
+                     f"{last.get('skipped_rows', '-')} |")
     lines += ["", "## Rounds", "", "| round | accuracy | loss | test acc | ε max | sites ok | s |",
               "|---|---|---|---|---|---|---|"]
     for r in rounds:

@@ -73,6 +73,11 @@ def policy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     one = _epsilon_after_rounds(data / "site-03", config_path, 1)
     two = _epsilon_after_rounds(data / "site-03", config_path, 2)
     (data / "site-02" / "policy.toml").write_text("min_noise_multiplier = 50.0\n")
+    manifest = data / "site-01" / "manifest.csv"  # two bad rows: skipped and counted
+    lines = manifest.read_text().splitlines()
+    lines[1] = lines[1].replace(",images/", ",images/missing-")
+    lines[2] = lines[2].split(",", 2)[0] + ",9," + lines[2].split(",", 2)[2]
+    manifest.write_text("\n".join(lines) + "\n")
     (data / "site-03" / "policy.toml").write_text(f"max_epsilon = {(one + two) / 2}\n")
     first = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
                      str(root / "run1")], cwd=root)
@@ -101,8 +106,12 @@ def test_run_writes_everything_and_epsilon_is_the_accountants(policy_run: dict) 
     assert json.loads((run / "model_config.json").read_text())["model_id"] == "e2e-model"
     for name in ("accuracy.png", "loss.png", "epsilon.png", "report.md"):
         assert (run / "report" / name).stat().st_size > 0
-    assert len(read_jsonl(run / "metrics.jsonl")) == 3
-    assert "round 3/3" in output
+    records = read_jsonl(run / "metrics.jsonl")
+    assert len(records) == 3 and "round 3/3" in output
+    assert all(r["sites"]["site-01"]["skipped_rows"] == 2 for r in records)
+    assert records[0]["sites"]["site-01"]["num_examples"] == round((70 - 2) * 0.8)
+    assert "| site-01 | ok | 54 | 2 |" in (run / "report" / "report.md").read_text()
+    assert "site site-01: 2 bad rows skipped" in output
 
 
 def test_policy_violation_is_refused_with_its_reason(policy_run: dict) -> None:
