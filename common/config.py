@@ -63,8 +63,8 @@ class ModelConfig(_Section):
 class TrainingConfig(_Section):
     """Federated round loop and local training."""
 
-    rounds: int = Field(12, ge=1, le=100_000)
-    local_epochs: int = Field(2, ge=1, le=1000)
+    rounds: int = Field(24, ge=1, le=100_000)
+    local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=100_000, description="expected Poisson batch size")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="local optimiser, DP-SGD")
     learning_rate: float = Field(0.5, gt=0.0, le=100.0, description="local step size, DP-SGD")

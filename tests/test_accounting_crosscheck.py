@@ -21,7 +21,7 @@ from common.privacy import epsilon_for_history
 
 HISTORIES = [
     [[1.1, 256 / 60_000, 60 * 235]],
-    [[2.0166, 1 / 3, 72]],  # the default demo run: 12 rounds × 2 epochs × 3 steps
+    [[2.0166, 1 / 3, 72]],  # the default demo run: 24 rounds × 1 epoch × 3 steps
     [[1.45, 0.25, 12], [1.45, 0.25, 12]],  # a site that served two runs
     [[0.9, 0.05, 30], [1.3, 0.1, 12], [4.0, 0.5, 3]],
 ]

@@ -197,7 +197,7 @@ def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
                            cwd=tmp_path)
     assert code == 0, output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["rounds_completed"] == 12 and summary["dp_enabled"]
+    assert summary["rounds_completed"] == 24 and summary["dp_enabled"]
     assert summary["final_metrics"]["test_accuracy"] > 0.45  # 4 balanced classes: chance 0.25
     assert all(0 < s["epsilon"] <= 8.0 + 1e-6 for s in summary["privacy"]["sites"].values())
     reference = json.loads((tmp_path / "demo" / "centralized.json").read_text())
