@@ -7,6 +7,7 @@ displays (those are :mod:`server.callbacks`). A round whose usable updates are f
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -213,8 +214,6 @@ class Federation:
             if reply.code:
                 entry.update(code=reply.code, reason=reply.reason)
             if "history" in reply.record:
-                import json
-
                 history = json.loads(reply.record["history"])
                 state.sites[reply.site_id] = {
                     "epsilon": float(reply.metrics.get("epsilon", 0.0)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,13 +66,30 @@ def run_federated_simulation(
     parallel: int | None = None,
 ) -> RunState:
     """Run the whole federation; returns the server's final state."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = prepare_environment(run_dir)
+    try:
+        return _run(config=config, run_dir=run_dir, site_dirs=site_dirs, test_dir=test_dir,
+                    resume=resume, show=show, parallel=parallel)
+    finally:
+        shutil.rmtree(Path(env["RAY_TMPDIR"]).parent, ignore_errors=True)  # the short link
+
+
+def _run(
+    *,
+    config: RunConfig,
+    run_dir: Path,
+    site_dirs: Sequence[Path],
+    test_dir: Path | None,
+    resume: bool,
+    show: Callable[[RunState, dict[str, Any]], None] | None,
+    parallel: int | None,
+) -> RunState:
     from flwr.simulation import run_simulation
 
     from client.app import make_client_app
     from server.app import default_callbacks, make_server_app
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    prepare_environment(run_dir)
     result: list[RunState] = []
     server_app = make_server_app(config=config, run_dir=run_dir, resume=resume,
                                  test_dir=test_dir, callbacks=default_callbacks(show),
