@@ -88,3 +88,13 @@ def test_evaluation_metrics(demo_root: Path, small_config: RunConfig) -> None:
     assert metrics["num-examples"] == len(data) and 0 <= metrics["accuracy"] <= 1
     assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
     assert auroc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
+
+
+def test_binary_task_reports_auroc(demo_root: Path, small_config: RunConfig) -> None:
+    data = load_site(demo_root / "test", small_config.data)
+    data.labels = (data.labels >= 2).astype(np.int64)  # arrhythmia or not
+    config = small_config.model_copy(update={"data": small_config.data.model_copy(
+        update={"num_classes": 2})})
+    weights = model_weights(build_model(data=config.data, model=config.model, seed=0))
+    metrics = evaluate_weights(config, weights, data)
+    assert 0.0 <= metrics["auroc"] <= 1.0
