@@ -29,7 +29,6 @@ def _epoch_seconds(config, data, mode: str) -> float:
 
     from client.training import plan_round, train_local
     from common.models import build_model
-    from common.privacy import noise_for_budget
     from common.serialization import model_weights
 
     privacy = {"enabled": mode != "none", "noise_multiplier": 1.0,
@@ -40,7 +39,7 @@ def _epoch_seconds(config, data, mode: str) -> float:
         "privacy": config.privacy.model_copy(update=privacy),
         "training": config.training.model_copy(update=same_optimiser)})
     weights = model_weights(build_model(data=run.data, model=run.model, seed=0))
-    plan = plan_round(len(data), run, noise_for_budget=noise_for_budget)
+    plan = plan_round(len(data), run)
     torch.manual_seed(0)
     started = time.perf_counter()
     train_local(config=run, global_weights=weights, data=data, plan=plan, history=[])

@@ -127,7 +127,7 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
     def _train(msg: Message, site: Site, config: RunConfig, round_number: int,
                run_id: str) -> Message:
         from client.training import plan_round, train_local
-        from common.privacy import NoiseMemo, epsilon_for_history, normalise_history
+        from common.privacy import NoiseMemo, epsilon_for_history
 
         data = _load(site, config)
         train_data, _ = split(data, config.data.validation_fraction)
@@ -169,9 +169,8 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
                                               reason="training diverged (NaN/Inf); not sent"))
         sha256 = digest(update)
         if privacy.enabled:
-            same_steps = normalise_history(result.history) == normalise_history(planned)
-            epsilon = after if same_steps else epsilon_for_history(
-                result.history, delta=privacy.delta, accountant=privacy.accountant)
+            epsilon = epsilon_for_history(result.history, delta=privacy.delta,
+                                          accountant=privacy.accountant)  # memoised
             ledger.mark(model_id=config.model_id, run_id=run_id, round_number=round_number,
                         status="sent", sha256=sha256)
         metrics = {"num-examples": result.num_examples, "train-loss": result.train_loss,

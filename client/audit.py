@@ -25,7 +25,7 @@ from client.training import plan_round, train_local
 from common.audit import AuditResult, audit_scores
 from common.config import RunConfig
 from common.models import build_model
-from common.privacy import epsilon_for_history, noise_for_budget
+from common.privacy import epsilon_for_history
 from common.serialization import model_weights
 from common.sitedata import SiteData
 
@@ -98,7 +98,7 @@ def run_canary_audit(*, config: RunConfig, data: SiteData, canaries: int = 1000,
         raise ValueError("the canary audit needs the text encoder (its embedding holds them)")
     config = config.model_copy(update={"privacy": config.privacy.model_copy(
         update={"enabled": True, "grad_sample_mode": "hooks"})})
-    plan = plan_round(len(data), config, noise_for_budget=noise_for_budget)
+    plan = plan_round(len(data), config)
     claimed = epsilon_for_history([[plan.noise_multiplier, plan.sample_rate, plan.steps]],
                                   delta=config.privacy.delta,
                                   accountant=config.privacy.accountant)

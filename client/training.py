@@ -1,4 +1,4 @@
-"""Local training at one site: DP-SGD through Opacus, or plain SGD when the run is non-private.
+"""Local training at one site: DP-SGD through Opacus, or ordinary training when non-private.
 
 One round = ``local_epochs`` epochs of Poisson-sampled batches (sampling rate q = 1/⌈N/B⌉, so
 ⌈N/B⌉ steps an epoch), each step clipping per-sample gradients to ``max_grad_norm`` C and adding
@@ -29,6 +29,7 @@ from torch import nn
 from common.config import RunConfig
 from common.evaluation import dataset_of
 from common.models import build_model, count_parameters, select_device
+from common.privacy import noise_for_budget
 from common.serialization import Weights, load_weights, model_weights
 from common.sitedata import SiteData
 
@@ -60,7 +61,8 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 
 
-def plan_round(num_examples: int, config: RunConfig, *, noise_for_budget) -> RoundPlan:
+def plan_round(num_examples: int, config: RunConfig, *,
+               noise_for_budget: Callable[..., float] = noise_for_budget) -> RoundPlan:
     """σ from the explicit setting, or the smallest σ that keeps the *planned* run (every round,
     every epoch) within ``target_epsilon``; fixed for the whole run so a resumed run repeats it."""
     per_epoch = steps_per_epoch(num_examples, config.training.batch_size)

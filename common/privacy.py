@@ -47,7 +47,13 @@ def epsilon_for_history(
     history: Iterable[Sequence[float]], *, delta: float, accountant: str = "rdp"
 ) -> float:
     """ε spent at ``delta`` by the steps in ``history``; 0 for no steps, ∞ when σ = 0."""
-    entries = normalise_history(history)
+    return _epsilon(tuple(normalise_history(history)), delta, accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(entries: tuple[HistoryEntry, ...], delta: float, accountant: str) -> float:
+    """Memoised: one round asks for the same history's ε in its policy check, its ledger entry
+    and its reply, and the next round starts from it (each evaluation takes ~0.2 s)."""
     if not entries:
         return 0.0
     if any(sigma == 0 for sigma, _, _ in entries):

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from common.config import ConfigError, RunConfig, load_config, parse_override_pairs
 from common.sitedata import MANIFEST_NAME, SiteDataError
+from simulations.scenarios import Scenario
 
 app = typer.Typer(
     help="Private federated learning of multimodal (image + text + signal) models across "
@@ -49,8 +50,8 @@ def demo_data(
     sites: Annotated[int, typer.Option(min=1, max=1000, help="number of hospitals")] = 3,
     samples_per_site: Annotated[int, typer.Option(min=10, help="patients per hospital")] = 200,
     seed: Annotated[int, typer.Option(min=0, help="same seed, same files")] = 0,
-    scenario: Annotated[str, typer.Option(
-        help="iid | label-skew (Dirichlet) | quantity-skew | missing-modality")] = "iid",
+    scenario: Annotated[Scenario, typer.Option(
+        help="how hospitals differ: label-skew is Dirichlet(0.5)")] = Scenario.IID,
     test_samples: Annotated[int, typer.Option(min=0, help="held-out test patients")] = 400,
 ) -> None:
     """Write synthetic demo hospitals in the site format (manifest.csv + images, notes, ECGs).
@@ -59,15 +60,10 @@ def demo_data(
     ECG-like signal shows rhythm, the clinical note hints at both: only a fused model sees all.
     """
     from simulations.demo_data import generate_demo
-    from simulations.scenarios import Scenario
 
-    try:
-        chosen = Scenario(scenario)
-    except ValueError:
-        fail(f"--scenario '{scenario}': choose one of {', '.join(s.value for s in Scenario)}", 2)
     dirs = generate_demo(out, sites=sites, samples_per_site=samples_per_site, seed=seed,
-                         scenario=chosen, test_samples=test_samples)
-    console.print(f"wrote {len(dirs)} hospital folders ({scenario}) and "
+                         scenario=scenario, test_samples=test_samples)
+    console.print(f"wrote {len(dirs)} hospital folders ({scenario.value}) and "
                   f"{'a test folder' if test_samples else 'no test folder'} under {out}")
 
 
@@ -214,8 +210,8 @@ def simulate(
     sites: Annotated[int, typer.Option(min=1, help="demo hospitals to generate")] = 3,
     samples_per_site: Annotated[int, typer.Option(min=10, help="patients per demo hospital")
                                 ] = 400,
-    scenario: Annotated[str, typer.Option(help="demo scenario: iid | label-skew | "
-                                          "quantity-skew | missing-modality")] = "iid",
+    scenario: Annotated[Scenario, typer.Option(help="how the demo hospitals differ")
+                        ] = Scenario.IID,
     rounds: Annotated[int | None, typer.Option(min=1, help="federated rounds")] = None,
     epsilon: Annotated[float | None, typer.Option(help="each site's target ε for the run")
                        ] = None,
@@ -262,19 +258,13 @@ def simulate(
         site_dirs, test_dir = _find_sites(data)
     else:
         from simulations.demo_data import generate_demo
-        from simulations.scenarios import Scenario
 
-        try:
-            chosen = Scenario(scenario)
-        except ValueError:
-            fail(f"--scenario '{scenario}': choose one of "
-                 f"{', '.join(s.value for s in Scenario)}", 2)
         demo_dir = out / "data"
         if resume and demo_dir.is_dir():
             site_dirs, test_dir = _find_sites(demo_dir)
         else:
             site_dirs = generate_demo(demo_dir, sites=sites, samples_per_site=samples_per_site,
-                                      seed=config.training.seed, scenario=chosen)
+                                      seed=config.training.seed, scenario=scenario)
             test_dir = demo_dir / "test"
     if config.training.min_sites > len(site_dirs):
         fail(f"training.min_sites = {config.training.min_sites} but only {len(site_dirs)} "

@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.atomic import append_line_durably, atomic_write_json, atomic_write_text
+from common.atomic import (
+    append_line_durably,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from common.config import RunConfig
 from common.serialization import Weights
 from server.checkpoint import Checkpoint, save_checkpoint
@@ -86,7 +91,6 @@ class FinalOutputs(Callback):
     def on_run_end(self, state: RunState) -> None:
         from safetensors.numpy import save
 
-        from common.atomic import atomic_write_bytes
         from server.report import write_report
 
         model_path = state.run_dir / MODEL_NAME

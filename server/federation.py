@@ -36,6 +36,7 @@ class FederationError(RuntimeError):
 
 @dataclass(frozen=True)
 class SiteReply:
+    node: int
     site_id: str
     status: str
     code: str
@@ -49,13 +50,14 @@ def _parse_reply(reply: Message, site_of: dict[int, str]) -> SiteReply:
     node = reply.metadata.src_node_id
     fallback = site_of.get(node, f"node-{node}")
     if reply.has_error():
-        return SiteReply(fallback, "failed", "client-error", reply.error.reason[:300], {}, {},
-                         None)
+        return SiteReply(node, fallback, "failed", "client-error", reply.error.reason[:300], {},
+                         {}, None)
     content = reply.content
     record = dict(content["status"]) if "status" in content else {}
     metrics = dict(content["metrics"]) if "metrics" in content else {}
     update = from_record(content["arrays"]) if "arrays" in content else None
-    return SiteReply(str(record.get("site-id", fallback)), str(record.get("status", "failed")),
+    return SiteReply(node, str(record.get("site-id", fallback)),
+                     str(record.get("status", "failed")),
                      str(record.get("code", "")), str(record.get("reason", "")), metrics,
                      {k: str(v) for k, v in record.items()}, update)
 
@@ -119,36 +121,35 @@ class Federation:
                                       "(training.min_sites)")
             time.sleep(1.0)
 
-    def _message(self, node: int, kind: str, state: RunState, arrays: Weights | None) -> Message:
-        content = RecordDict({"config": ConfigRecord({
-            "run-config": self.config.to_json(), "round": state.round + 1,
-            "run-id": state.run_id})})
-        if arrays is not None:
-            content["arrays"] = to_record(arrays)
-        return Message(content, dst_node_id=node, message_type=kind,
-                       group_id=str(state.round + 1))
-
     def _exchange(self, nodes: Sequence[int], kind: str, state: RunState,
                   arrays: Weights | None) -> list[SiteReply]:
-        messages = [self._message(n, kind, state, arrays) for n in nodes]
+        """Send ``kind`` to ``nodes``; one reply per node (``no-reply`` for the silent ones),
+        sorted by site id so that sums over replies are reproducible."""
+        config = ConfigRecord({"run-config": self.config.to_json(), "round": state.round + 1,
+                               "run-id": state.run_id})
+        payload = to_record(arrays) if arrays is not None else None
+        messages = []
+        for node in nodes:
+            content = RecordDict({"config": config})
+            if payload is not None:
+                content["arrays"] = payload
+            messages.append(Message(content, dst_node_id=node, message_type=kind,
+                                    group_id=str(state.round + 1)))
         replies = self.grid.send_and_receive(messages,
                                              timeout=self.config.training.round_timeout_s)
         parsed = [_parse_reply(r, self.site_of) for r in replies]
-        answered = {p.site_id for p in parsed}
-        for node in nodes:
-            site = self.site_of.get(node, f"node-{node}")
-            if site not in answered:
-                parsed.append(SiteReply(site, "failed", "no-reply", "no reply before the round "
-                                        "timeout", {}, {}, None))
+        answered = {p.node for p in parsed}
+        parsed += [SiteReply(node, self.site_of.get(node, f"node-{node}"), "failed", "no-reply",
+                             "no reply before the round timeout", {}, {}, None)
+                   for node in nodes if node not in answered]
         return sorted(parsed, key=lambda p: p.site_id)
 
     def _discover_sites(self, state: RunState) -> list[int]:
-        nodes = self._wait_for_nodes()
         usable = []
-        for node, reply in zip(nodes, self._ask_site_info(nodes, state), strict=True):
+        for reply in self._exchange(self._wait_for_nodes(), "query.site_info", state, None):
             if reply.status == "ok":
-                self.site_of[node] = reply.site_id
-                usable.append(node)
+                self.site_of[reply.node] = reply.site_id
+                usable.append(reply.node)
                 bad = int(reply.metrics.get("bad-rows", 0))
                 if bad:
                     log.warning("site %s: %d bad rows skipped", reply.site_id, bad)
@@ -158,14 +159,6 @@ class Federation:
             raise FederationError(f"only {len(usable)} usable sites; need "
                                   f"{self.config.training.min_sites}")
         return sorted(usable, key=lambda n: self.site_of[n])
-
-    def _ask_site_info(self, nodes: list[int], state: RunState) -> list[SiteReply]:
-        messages = [self._message(n, "query.site_info", state, None) for n in nodes]
-        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(
-            messages, timeout=self.config.training.round_timeout_s)}
-        return [_parse_reply(replies[n], {}) if n in replies else
-                SiteReply(f"node-{n}", "failed", "no-reply", "no reply", {}, {}, None)
-                for n in nodes]
 
     def _select(self, nodes: list[int], round_number: int) -> list[int]:
         training = self.config.training

@@ -36,7 +36,6 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
     from client.training import plan_round, train_local
     from common.evaluation import evaluate_weights
     from common.models import build_model
-    from common.privacy import noise_for_budget
     from common.serialization import model_weights
 
     plain = config.model_copy(update={
@@ -52,7 +51,7 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
     torch.manual_seed(config.training.seed)
     weights = model_weights(build_model(data=config.data, model=config.model,
                                         seed=config.training.seed))
-    plan = plan_round(len(pooled), plain, noise_for_budget=noise_for_budget)
+    plan = plan_round(len(pooled), plain)
     result = train_local(config=plain, global_weights=weights, data=pooled, plan=plan,
                          history=[])
     summary: dict[str, Any] = {"examples": len(pooled), "epochs": plain.training.local_epochs,
