@@ -23,6 +23,7 @@ RefusalCode = Literal[
     "clip-too-large",
     "modality-not-allowed",
     "non-private-refused",
+    "secure-aggregation-required",
 ]
 
 
@@ -35,6 +36,8 @@ class SitePolicy(BaseModel):
     max_grad_norm: float = Field(10.0, gt=0.0)
     allowed_modalities: tuple[Literal["image", "text", "audio"], ...] = MODALITIES
     allow_non_private: bool = False
+    require_secure_aggregation: bool = Field(
+        True, description="answer only rounds that mask the update (SecAgg+)")
 
 
 @dataclass(frozen=True)

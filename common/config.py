@@ -101,11 +101,17 @@ class PrivacyConfig(_Section):
 
 
 class SecureAggregationConfig(_Section):
-    """Encrypted aggregation settings (the protocol lives in a later module)."""
+    """SecAgg+ settings (:mod:`common.secagg`): the server learns only the sum of updates."""
 
-    enabled: bool = False
-    clip_range: float = Field(8.0, gt=0.0)
-    max_weight: int = Field(100_000, ge=1)
+    enabled: bool = True
+    clip_range: float = Field(
+        8.0, gt=0.0, le=1e6, description="each update element is clipped to ±clip_range")
+    max_weight: int = Field(
+        10_000, ge=1, le=1_000_000, description="example counts above this weigh as this")
+    threshold_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="share of a neighbourhood needed to unmask (t ≥ 2)")
+    neighbours: int | None = Field(
+        None, ge=1, description="graph degree; default: all for ≤ 10 sites, else 2·⌈log2 n⌉")
 
 
 class RunConfig(_Section):

@@ -37,6 +37,28 @@ def check_compatible(reference: Weights, other: Weights, *, what: str) -> None:
                              f"expected {array.shape}")
 
 
+def flatten(weights: Weights) -> np.ndarray:
+    """One float64 vector, arrays in name order (the order :func:`unflatten` expects)."""
+    if not weights:
+        return np.zeros(0)
+    return np.concatenate([np.asarray(weights[name], dtype=np.float64).ravel()
+                           for name in sorted(weights)])
+
+
+def unflatten(vector: np.ndarray, like: Weights) -> Weights:
+    """Arrays shaped and typed like ``like`` from a vector made by :func:`flatten`."""
+    size = sum(int(np.asarray(a).size) for a in like.values())
+    if vector.size != size:
+        raise ValueError(f"vector has {vector.size} elements, the model {size}")
+    result, offset = {}, 0
+    for name in sorted(like):
+        reference = np.asarray(like[name])
+        result[name] = vector[offset:offset + reference.size].reshape(reference.shape).astype(
+            reference.dtype)
+        offset += reference.size
+    return result
+
+
 def all_finite(weights: Weights) -> bool:
     return all(bool(np.all(np.isfinite(a))) for a in weights.values())
 

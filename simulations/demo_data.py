@@ -186,14 +186,16 @@ def write_site(
 
 DEMO_POLICY = """\
 # Site privacy policy. The hospital owns this file; the server cannot override it.
-# This folder holds SYNTHETIC demo data (no patients), so non-private training is allowed
-# here for comparison runs. A real site should keep allow_non_private = false.
+# This folder holds SYNTHETIC demo data (no patients), so non-private training
+# and plaintext aggregation are allowed here for comparison runs. A real site should keep
+# allow_non_private = false and require_secure_aggregation = true.
 max_epsilon = 10.0
 max_delta = 1e-5
 min_noise_multiplier = 0.3
 max_grad_norm = 10.0
 allowed_modalities = ["image", "text", "audio"]
 allow_non_private = true
+require_secure_aggregation = false
 """
 
 

@@ -52,3 +52,11 @@ def test_load_policy_file_and_errors(tmp_path: Path) -> None:
         load_policy(path)
     with pytest.raises(ConfigError, match="not found"):
         load_policy(tmp_path / "none.toml")
+
+
+def test_sites_require_secure_aggregation_unless_their_policy_says_otherwise(
+        tmp_path: Path) -> None:
+    assert SitePolicy().require_secure_aggregation
+    path = tmp_path / "policy.toml"
+    path.write_text("require_secure_aggregation = false\n")
+    assert not load_policy(path).require_secure_aggregation

@@ -41,3 +41,16 @@ def test_model_weights_load_back_and_shape_errors_name_the_array() -> None:
 def test_all_finite() -> None:
     assert all_finite({"a": np.zeros(3)})
     assert not all_finite({"a": np.array([0.0, np.nan])})
+
+
+def test_flatten_and_unflatten_round_trip_in_name_order() -> None:
+    from common.serialization import flatten, unflatten
+
+    weights = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.array([7.0], np.float32)}
+    vector = flatten(weights)
+    assert vector.tolist() == [7.0, 0, 1, 2, 3, 4, 5]
+    back = unflatten(vector, weights)
+    assert all(np.array_equal(back[k], weights[k]) and back[k].dtype == np.float32
+               for k in weights)
+    with pytest.raises(ValueError, match="6 elements, the model 7"):
+        unflatten(vector[:6], weights)
