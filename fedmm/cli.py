@@ -217,6 +217,9 @@ def simulate(
                        ] = None,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="train without differential "
                                         "privacy (sites' policies must allow it)")] = False,
+    no_secure_agg: Annotated[bool, typer.Option(
+        "--no-secure-agg", help="send plaintext updates: the server sees each site's update "
+        "(sites' policies must allow it)")] = False,
     data: Annotated[Path | None, typer.Option(help="existing site folders instead of demo "
                                               "data (a 'test' sub-folder is the test set)")
                     ] = None,
@@ -246,6 +249,8 @@ def simulate(
             overrides[key] = value
     if no_dp:
         overrides["privacy.enabled"] = False
+    if no_secure_agg:
+        overrides["secure_aggregation.enabled"] = False
     config = build_config(config_file, overrides)
     if resume and overwrite:
         fail("--resume and --overwrite contradict each other; pick one", 2)
@@ -276,7 +281,8 @@ def simulate(
         f"{config.model.fusion} fusion, "
         + (f"DP-SGD target ε={privacy.target_epsilon:g} δ={privacy.delta:g} per site"
            if privacy.enabled else "[red]DP off[/]")
-        + f", secure aggregation {'on' if config.secure_aggregation.enabled else 'off'}"
+        + (", secure aggregation (SecAgg+) on" if config.secure_aggregation.enabled
+           else ", [red]secure aggregation off: the server sees each site's update[/]")
         + f" → {out}", highlight=False)
     from server.federation import FederationError
     from simulations.runner import run_federated_simulation

@@ -12,54 +12,26 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
-from common.serialization import Weights, all_finite, check_compatible, from_record, to_record
+from common.serialization import Weights, all_finite, check_compatible
 from server.callbacks import Callback, RunState
 from server.checkpoint import latest_checkpoint
 from server.optimizers import build_server_optimizer, weighted_mean
+from server.replies import SiteReply, TrainOutcome, send_and_parse
+from server.secure_aggregation import SecureAggregation
 
 log = logging.getLogger("fedmm.server")
 
 
 class FederationError(RuntimeError):
     """The run cannot go on (no sites, nothing to resume from); message is for a person."""
-
-
-@dataclass(frozen=True)
-class SiteReply:
-    node: int
-    site_id: str
-    status: str
-    code: str
-    reason: str
-    metrics: dict[str, Any]
-    record: dict[str, str]
-    update: Weights | None
-
-
-def _parse_reply(reply: Message, site_of: dict[int, str]) -> SiteReply:
-    node = reply.metadata.src_node_id
-    fallback = site_of.get(node, f"node-{node}")
-    if reply.has_error():
-        return SiteReply(node, fallback, "failed", "client-error", reply.error.reason[:300], {},
-                         {}, None)
-    content = reply.content
-    record = dict(content["status"]) if "status" in content else {}
-    metrics = dict(content["metrics"]) if "metrics" in content else {}
-    update = from_record(content["arrays"]) if "arrays" in content else None
-    return SiteReply(node, str(record.get("site-id", fallback)),
-                     str(record.get("status", "failed")),
-                     str(record.get("code", "")), str(record.get("reason", "")), metrics,
-                     {k: str(v) for k, v in record.items()}, update)
 
 
 class Federation:
@@ -122,27 +94,13 @@ class Federation:
             time.sleep(1.0)
 
     def _exchange(self, nodes: Sequence[int], kind: str, state: RunState,
-                  arrays: Weights | None) -> list[SiteReply]:
-        """Send ``kind`` to ``nodes``; one reply per node (``no-reply`` for the silent ones),
-        sorted by site id so that sums over replies are reproducible."""
-        config = ConfigRecord({"run-config": self.config.to_json(), "round": state.round + 1,
-                               "run-id": state.run_id})
-        payload = to_record(arrays) if arrays is not None else None
-        messages = []
-        for node in nodes:
-            content = RecordDict({"config": config})
-            if payload is not None:
-                content["arrays"] = payload
-            messages.append(Message(content, dst_node_id=node, message_type=kind,
-                                    group_id=str(state.round + 1)))
-        replies = self.grid.send_and_receive(messages,
-                                             timeout=self.config.training.round_timeout_s)
-        parsed = [_parse_reply(r, self.site_of) for r in replies]
-        answered = {p.node for p in parsed}
-        parsed += [SiteReply(node, self.site_of.get(node, f"node-{node}"), "failed", "no-reply",
-                             "no reply before the round timeout", {}, {}, None)
-                   for node in nodes if node not in answered]
-        return sorted(parsed, key=lambda p: p.site_id)
+                  arrays: Weights | None,
+                  extra: Mapping[int, Mapping[str, Any]] | None = None) -> list[SiteReply]:
+        config = {"run-config": self.config.to_json(), "round": state.round + 1,
+                  "run-id": state.run_id}
+        return send_and_parse(self.grid, nodes, kind, config=config, arrays=arrays,
+                              extra=extra, timeout=self.config.training.round_timeout_s,
+                              group_id=str(state.round + 1), site_of=self.site_of)
 
     def _discover_sites(self, state: RunState) -> list[int]:
         usable = []
@@ -186,9 +144,9 @@ class Federation:
                 log.warning(state.stop_reason)
                 break
             selected = self._select(active, state.round + 1)
-            replies = self._exchange(selected, "train", state, state.weights)
-            record = self._aggregate(state, replies)
-            exhausted |= {r.site_id for r in replies if r.code == "budget-exhausted"}
+            outcome = self._train(state, selected)
+            record = self._aggregate(state, outcome)
+            exhausted |= {r.site_id for r in outcome.replies if r.code == "budget-exhausted"}
             state.round += 1
             record.update(self._evaluate(state, selected, test_data))
             record["seconds"] = round(time.perf_counter() - started, 3)
@@ -199,10 +157,31 @@ class Federation:
             callback.on_run_end(state)
         return state
 
-    def _aggregate(self, state: RunState, replies: list[SiteReply]) -> dict[str, Any]:
-        sites: dict[str, dict[str, Any]] = {}
+    def _train(self, state: RunState, selected: list[int]) -> TrainOutcome:
+        if self.config.secure_aggregation.enabled:
+            def exchange(nodes, kind, arrays, extra):
+                return self._exchange(nodes, kind, state, arrays, extra)
+
+            secure = SecureAggregation(settings=self.config.secure_aggregation,
+                                       exchange=exchange)
+            return secure.train(round_id=f"{state.run_id}/{state.round + 1}", nodes=selected,
+                                weights=state.weights)
         usable: list[tuple[Weights, float]] = []
-        for reply in replies:
+        replies = []
+        for reply in self._exchange(selected, "train", state, state.weights):
+            if reply.status == "ok" and reply.update is not None:
+                try:
+                    check_compatible(state.weights, reply.update, what=f"site {reply.site_id}")
+                    usable.append((reply.update, float(reply.metrics["num-examples"])))
+                except ValueError as error:
+                    reply = reply.failed("bad-shape", str(error), status="rejected")
+            replies.append(reply)
+        mean = weighted_mean(usable) if usable else None
+        return TrainOutcome(replies, mean, len(usable))
+
+    def _aggregate(self, state: RunState, outcome: TrainOutcome) -> dict[str, Any]:
+        sites: dict[str, dict[str, Any]] = {}
+        for reply in outcome.replies:
             entry: dict[str, Any] = {"status": reply.status}
             if reply.code:
                 entry.update(code=reply.code, reason=reply.reason)
@@ -215,33 +194,29 @@ class Federation:
                     "history": history,
                 }
             for key in ("epsilon", "train-loss", "num-examples", "seconds", "noise-multiplier",
-                        "skipped-rows"):
+                        "skipped-rows", "secagg-clipped"):
                 if key in reply.metrics:
                     entry[key.replace("-", "_")] = reply.metrics[key]
             if "grad-sample-mode" in reply.record:
                 entry["grad_sample_mode"] = reply.record["grad-sample-mode"]
-            if reply.status == "ok" and reply.update is not None:
-                try:
-                    check_compatible(state.weights, reply.update, what=f"site {reply.site_id}")
-                    usable.append((reply.update, float(reply.metrics["num-examples"])))
-                except ValueError as error:
-                    entry.update(status="rejected", reason=str(error))
-            elif reply.status != "ok":
+            if reply.status != "ok":
                 log.warning("site %s %s (%s): %s", reply.site_id, reply.status, reply.code,
                             reply.reason)
             sites[reply.site_id] = entry
         record: dict[str, Any] = {"round": state.round + 1, "sites": sites,
-                                  "sites_ok": len(usable)}
+                                  "sites_ok": outcome.contributors}
+        if outcome.details:
+            record["secure_aggregation"] = outcome.details
         epsilons = [s["epsilon"] for s in state.sites.values()]
         record["epsilon_max"] = max(epsilons) if epsilons else None
-        if len(usable) < self.config.training.min_sites:
+        minimum = self.config.training.min_sites
+        if outcome.mean is None or outcome.contributors < minimum:
             record["aggregated"] = False
-            record["note"] = (f"{len(usable)} usable updates < min_sites "
-                              f"{self.config.training.min_sites}; global model kept")
+            record["note"] = outcome.note or (f"{outcome.contributors} usable updates < "
+                                              f"min_sites {minimum}; global model kept")
             log.warning("round %d: %s", state.round + 1, record["note"])
             return record
-        mean = weighted_mean(usable)
-        new_weights = state.optimizer.step(state.weights, mean)
+        new_weights = state.optimizer.step(state.weights, outcome.mean)
         if not all_finite(new_weights):
             record["aggregated"] = False
             record["note"] = "aggregate not finite; global model kept"

@@ -63,11 +63,13 @@ def _epsilon_after_rounds(site: Path, config_path: Path, rounds: int) -> float:
 
 @pytest.fixture(scope="module")
 def policy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One run, three sites: site-01 follows the demo policy, site-02's policy demands more noise
-    than the run uses, site-03's budget lasts one round. Then a second run of the same model."""
+    """One securely aggregated run, four sites: site-01 and site-04 follow the demo policy,
+    site-02's policy demands more noise than the run uses, site-03's budget lasts one round
+    (their refusals are dropouts the protocol recovers from). Then a second run of the same
+    model."""
     root = tmp_path_factory.mktemp("policy")
     data = root / "data"
-    generate_demo(data, sites=3, samples_per_site=70, seed=11, scenario=Scenario.IID,
+    generate_demo(data, sites=4, samples_per_site=70, seed=11, scenario=Scenario.IID,
                   test_samples=60)
     config_path = _write_config(root)
     one = _epsilon_after_rounds(data / "site-03", config_path, 1)
@@ -92,7 +94,7 @@ def test_run_writes_everything_and_epsilon_is_the_accountants(policy_run: dict) 
     run = policy_run["root"] / "run1"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
-    assert summary["secure_aggregation"] is False and summary["strategy"] == "fedavg"
+    assert summary["secure_aggregation"] is True and summary["strategy"] == "fedavg"
     assert set(summary["final_metrics"]) >= {"accuracy", "loss", "test_accuracy"}
     privacy = summary["privacy"]
     assert privacy["delta"] == 1e-5 and privacy["accountant"] == "rdp"
@@ -131,6 +133,8 @@ def test_small_budget_is_refused_once_spent_and_the_run_goes_on(policy_run: dict
     assert "site-03" not in records[2]["sites"]  # not asked again
     assert all(r["sites"]["site-01"]["status"] == "ok" for r in records)
     assert all(r["aggregated"] for r in records)
+    assert [r["secure_aggregation"]["survivors"] for r in records] == [3, 2, 2]
+    assert all(r["sites"]["site-01"]["secagg_clipped"] == 0 for r in records)
     summary = json.loads((policy_run["root"] / "run1" / "summary.json").read_text())
     assert summary["privacy"]["sites"]["site-03"]["epsilon"] == pytest.approx(
         policy_run["one"], rel=1e-6)
@@ -217,3 +221,30 @@ def test_non_private_run_says_so(tmp_path: Path) -> None:
     assert summary["dp_enabled"] is False and summary["privacy"]["sites"] == {}
     assert "DP was off" in output and "DP off" in output
     assert "DP-SGD: OFF" in (tmp_path / "run" / "report" / "report.md").read_text()
+
+
+def test_secure_aggregation_gives_the_plaintext_model_within_the_quantisation_step(
+        tmp_path: Path) -> None:
+    from common.secagg.encoding import RingEncoding
+
+    generate_demo(tmp_path / "data", sites=3, samples_per_site=50, seed=3,
+                  scenario=Scenario.LABEL_SKEW, test_samples=0)
+    config_path = _write_config(tmp_path, rounds=1)
+    models = {}
+    for name, flags in (("secure", []), ("plain", ["--no-secure-agg"])):
+        code, output = run_cli(["simulate", "--data", str(tmp_path / "data"), "--config",
+                                str(config_path), "--out", str(tmp_path / name), *flags],
+                               cwd=tmp_path)
+        assert code == 0, output
+        models[name] = load_file(str(tmp_path / name / "model.safetensors"))
+    assert "the server sees each site's update" in output
+    [record] = read_jsonl(tmp_path / "secure" / "metrics.jsonl")
+    assert record["secure_aggregation"]["survivors"] == 3
+    config = load_config(config_path).secure_aggregation
+    step = RingEncoding(clip_range=config.clip_range, max_weight=config.max_weight,
+                        max_clients=3).tolerance(record["secure_aggregation"]["total_weight"], 3)
+    gap = max(float(np.max(np.abs(models["secure"][k] - models["plain"][k])))
+              for k in models["plain"])
+    assert 0 < gap <= step + 1e-6  # + float32 rounding of the weights
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert plain["secure_aggregation"] is False

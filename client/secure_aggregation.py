@@ -1,0 +1,142 @@
+"""The ClientApp's secure-aggregation stages (SecAgg+, :mod:`common.secagg`).
+
+``train.secagg_setup`` → ``train.secagg_share_keys`` → ``train.secagg_masked_input`` →
+``train.secagg_unmask``. The protocol state (this round's private keys, seeds and the shares
+held for neighbours) lives in the node's ``context.state`` between messages, which stays on the
+hospital's machine. Local training runs inside the masked-input stage; its update is clipped,
+weighted, quantised into Z/2^32 and masked before anything leaves — no stage ever sends it
+unmasked. Stages other than masked input import neither torch nor Opacus.
+
+Fail closed: a stage out of order, a tampered share, a server asking for both shares of one
+client or a neighbourhood below the threshold gets a ``failed`` reply with a ``secagg-*`` code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from client.replies import (
+    EXPECTED_FAILURES,
+    failure,
+    read_request,
+    reply,
+    site_label,
+    status_record,
+)
+from client.site import Site
+from common.config import RunConfig
+from common.secagg import client as protocol
+from common.secagg import messages
+from common.secagg.encoding import RingEncoding
+
+if TYPE_CHECKING:
+    from client.local_round import LocalRound
+
+STATE_RECORD = "secagg-state"
+
+
+def _load_state(context: Context) -> protocol.State:
+    if STATE_RECORD not in context.state:
+        return {}
+    return protocol.load_state(bytes(context.state[STATE_RECORD]["state"]))
+
+
+def _save_state(context: Context, state: protocol.State) -> None:
+    context.state[STATE_RECORD] = ConfigRecord({"state": protocol.dump_state(state)})
+
+
+def _rounding_rng(site: Site, config: RunConfig, msg: Message) -> np.random.Generator:
+    """Stochastic rounding needs no secrecy, only independence. In simulation it follows the run
+    seed and round (a resumed run rounds as the uninterrupted one did)."""
+    if site.simulated:
+        from client.local_round import derive_seed
+
+        round_number = int(msg.content["config"]["round"])
+        return np.random.default_rng(derive_seed(config.training.seed, site.site_id,
+                                                 round_number, "rounding"))
+    return np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
+
+
+TrainFunction = Callable[[Message, Site, RunConfig], "LocalRound"]
+
+
+def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | None,
+                                train: TrainFunction) -> None:
+    """Add the four stage handlers to ``app``; ``train`` runs one local round (the masked
+    input stage calls it and masks its update)."""
+    def stage(name: str, step: Callable[[Message, Context, Site, RunConfig], Message]):
+        def handler(msg: Message, context: Context) -> Message:
+            try:
+                site, config = read_request(msg, context, site_dirs)
+            except EXPECTED_FAILURES as error:
+                return failure(msg, site_label(context, site_dirs), error)
+            try:
+                return step(msg, context, site, config)
+            except protocol.SecAggError as error:
+                _save_state(context, {"stage": "aborted"})
+                return reply(msg, status=status_record(site.site_id, "failed", code=error.code,
+                                                       reason=str(error)))
+            except (KeyError, ValueError) as error:
+                _save_state(context, {"stage": "aborted"})
+                return reply(msg, status=status_record(
+                    site.site_id, "failed", code="secagg-malformed",
+                    reason=f"malformed secure-aggregation message ({error!r}); round refused"))
+
+        handler.__name__ = f"secagg_{name}"
+        app.train(f"secagg_{name}")(handler)
+        return handler
+
+    def setup(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
+        state, answer = protocol.setup(messages.from_records(messages.SetupRequest, msg.content))
+        _save_state(context, state)
+        return reply(msg, status=status_record(site.site_id, "ok"),
+                     **messages.to_records(answer))
+
+    def share_keys(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
+        state, answer = protocol.share_keys(
+            _load_state(context), messages.from_records(messages.ShareKeysRequest, msg.content))
+        _save_state(context, state)
+        return reply(msg, status=status_record(site.site_id, "ok"),
+                     **messages.to_records(answer))
+
+    def masked_input(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
+        from common.serialization import flatten
+
+        state = protocol.open_shares(
+            _load_state(context), messages.from_records(messages.MaskedInputRequest,
+                                                        msg.content))
+        _save_state(context, state)
+        result = train(msg, site, config)
+        if result.update is None:
+            return result.reply(msg)
+        encoding = RingEncoding(clip_range=state["clip_range"], max_weight=state["max_weight"],
+                                max_clients=state["clients"])
+        encoded = encoding.encode(flatten(result.update), int(result.metrics["num-examples"]),
+                                  _rounding_rng(site, config, msg))
+        state, masked = protocol.mask(state, encoded.vector)
+        sha256 = hashlib.sha256(masked.tobytes()).hexdigest()
+        result.mark_sent(sha256)
+        _save_state(context, state)
+        return result.reply(msg, sha256=sha256,
+                            metrics={"secagg-clipped": encoded.clipped},
+                            **messages.to_records(messages.MaskedInputReply(vector=masked)))
+
+    def unmask(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
+        state, answer = protocol.unmask(
+            _load_state(context), messages.from_records(messages.UnmaskRequest, msg.content))
+        _save_state(context, state)
+        return reply(msg, status=status_record(site.site_id, "ok"),
+                     **messages.to_records(answer))
+
+    for name, step in (("setup", setup), ("share_keys", share_keys),
+                       ("masked_input", masked_input), ("unmask", unmask)):
+        stage(name, step)
+
+

@@ -1,0 +1,56 @@
+"""Deliver Flower messages to real ClientApps in this process (no Flower runtime)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.config import RunConfig
+from common.serialization import Weights, to_record
+from server.replies import SiteReply, no_reply, parse_reply
+
+Tamper = Callable[[int, str, Message], Message | None]  # None: the node stays silent
+
+
+class InProcessSites:
+    """One ClientApp and one persistent Context per node, as a SuperNode would keep them."""
+
+    def __init__(self, app: ClientApp, site_dirs: Sequence[Path], config: RunConfig) -> None:
+        self.app, self.config = app, config
+        self.contexts = {
+            node: Context(run_id=1, node_id=node, node_config={"data-dir": str(site)},
+                          state=RecordDict(), run_config={})
+            for node, site in enumerate(site_dirs, start=1)}
+        self.site_of = {node: Path(site).name for node, site in enumerate(site_dirs, start=1)}
+        self.tamper: Tamper | None = None
+        self.sent: list[tuple[int, str]] = []
+
+    @property
+    def nodes(self) -> list[int]:
+        return sorted(self.contexts)
+
+    def exchange(self, nodes: Sequence[int], kind: str, arrays: Weights | None,
+                 extra: Mapping[int, Mapping[str, Any]] | None = None) -> list[SiteReply]:
+        replies = []
+        for node in nodes:
+            content = RecordDict({"config": ConfigRecord({
+                "run-config": self.config.to_json(), "round": 1, "run-id": "test"}),
+                **(extra or {}).get(node, {})})
+            if arrays is not None:
+                content["arrays"] = to_record(arrays)
+            message = Message(content=content, metadata=Metadata(
+                run_id=1, message_id=f"{kind}-{node}", src_node_id=0, dst_node_id=node,
+                reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600.0,
+                message_type=kind))
+            if self.tamper is not None and (message := self.tamper(node, kind, message)) is None:
+                replies.append(no_reply(node, self.site_of[node]))
+                continue
+            self.sent.append((node, kind))
+            answer = self.app(message, self.contexts[node])
+            replies.append(parse_reply(answer, self.site_of))
+        return replies

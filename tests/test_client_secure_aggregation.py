@@ -1,0 +1,83 @@
+"""The ClientApp's secure-aggregation handlers: fail closed, light imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from flwr.clientapp import ClientApp
+
+from client.app import make_client_app
+from client.secure_aggregation import register_secure_aggregation
+from common.config import RunConfig
+from common.secagg import messages
+from simulations.demo_data import DEMO_POLICY
+from tests.inprocess import InProcessSites
+
+
+def strict_site(site_copy: Path) -> Path:
+    policy = DEMO_POLICY.replace("require_secure_aggregation = false",
+                                 "require_secure_aggregation = true")
+    (site_copy / "policy.toml").write_text(policy, encoding="utf-8")
+    return site_copy
+
+
+def test_a_site_requiring_secure_aggregation_refuses_a_plaintext_round(site_copy) -> None:
+    sites = InProcessSites(make_client_app(), [strict_site(site_copy)], RunConfig())
+    [reply] = sites.exchange(sites.nodes, "train", {"w": np.zeros(2, np.float32)})
+    assert reply.status == "refused" and reply.code == "secure-aggregation-required"
+    assert reply.update is None
+    assert not (site_copy / ".fedmm" / "privacy_ledger.json").exists()  # nothing spent
+
+
+def test_a_stage_out_of_order_is_refused_without_training(site_copy) -> None:
+    calls = []
+    app = ClientApp()
+    register_secure_aggregation(app, site_dirs=None, train=lambda *a: calls.append(a))
+    sites = InProcessSites(app, [site_copy], RunConfig())
+    extra = {1: messages.to_records(messages.MaskedInputRequest(ciphertexts={}))}
+    [reply] = sites.exchange(sites.nodes, messages.MASKED_INPUT, None, extra)
+    assert reply.status == "failed" and reply.code == "secagg-out-of-order"
+    assert calls == []
+
+
+def test_a_malformed_stage_message_is_refused(site_copy) -> None:
+    sites = InProcessSites(make_client_app(), [site_copy], RunConfig())
+    [reply] = sites.exchange(sites.nodes, messages.SETUP, None)
+    assert reply.status == "failed" and reply.code == "secagg-malformed"
+
+
+def test_protocol_stages_load_neither_torch_nor_opacus(tmp_path) -> None:
+    """A whole round (with a stand-in for training) in a fresh process: Flower starts one per
+    message in deployment, so the key, share and unmask stages must start fast."""
+    code = f"""
+import sys
+from pathlib import Path
+import numpy as np
+import numpy as np
+from flwr.clientapp import ClientApp
+from client.local_round import LocalRound
+from client.secure_aggregation import register_secure_aggregation
+from common.config import RunConfig
+from server.secure_aggregation import SecureAggregation
+from tests.inprocess import InProcessSites
+
+def train(msg, site, config):
+    return LocalRound(site.site_id, "ok", metrics={{"num-examples": 10}},
+                      update={{"w": np.ones(3, np.float32)}})
+
+app = ClientApp()
+register_secure_aggregation(app, site_dirs=None, train=train)
+sites = InProcessSites(app, [Path({str(tmp_path)!r}) / f"s{{i}}" for i in range(3)], RunConfig())
+outcome = SecureAggregation(settings=RunConfig().secure_aggregation,
+                            exchange=sites.exchange).train(
+    round_id="r/1", nodes=sites.nodes, weights={{"w": np.zeros(3, np.float32)}})
+assert outcome.mean is not None and np.allclose(outcome.mean["w"], 1.0, atol=1e-5)
+print('torch' in sys.modules, 'opacus' in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False False"
