@@ -1,5 +1,6 @@
-"""``python -m benchmarks [--quick]``: DP-SGD cost per local epoch, side by side, and (without
-``--quick``) the main job timed end to end.
+"""``python -m benchmarks [--quick]``: DP-SGD cost per local epoch, side by side; secure
+aggregation vs plaintext rounds (fedmm and Flower's legacy SecAgg+, :mod:`benchmarks.secagg`);
+and (without ``--quick``) the main job timed end to end.
 
 For each fusion head, one local epoch on the same demo site is timed non-privately and with
 Opacus DP-SGD in each per-sample-gradient mode, interleaved (repeat r: plain, hooks, ghost, ...)
@@ -83,8 +84,11 @@ def dp_cost(*, quick: bool) -> list[dict]:
     return results
 
 
-def write_markdown(path: Path, command: str, rows: list[dict], job: dict | None) -> None:
+def write_markdown(path: Path, command: str, rows: list[dict], job: dict | None,
+                   secure_rows: list[dict]) -> None:
     import torch
+
+    from benchmarks.secagg import markdown as secure_markdown
 
     versions = {}
     for name in ("flwr", "opacus", "numpy"):
@@ -112,6 +116,7 @@ def write_markdown(path: Path, command: str, rows: list[dict], job: dict | None)
                      f"{row['seconds_median']:.3f} | {row['ratio_to_non_private']:.2f} |")
     lines += ["", "`grad_sample_mode = \"auto\"` picks hooks for models under 1 M parameters "
               "(faster here, see the table) and ghost clipping above.", ""]
+    lines += [*secure_markdown(secure_rows, command), ""]
     if job is not None:
         lines += [
             "## The main job (`make demo`)", "",
@@ -176,10 +181,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller site")
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args()
+    from benchmarks.secagg import secure_aggregation_cost
+
     rows = dp_cost(quick=args.quick)
+    secure_rows = secure_aggregation_cost(quick=args.quick)
     job = None if args.quick else main_job()
     command = "python -m benchmarks" + (" --quick" if args.quick else "")
-    write_markdown(args.output, command, rows, job)
+    write_markdown(args.output, command, rows, job, secure_rows)
     print(f"wrote {args.output}", file=sys.stderr)
 
 
