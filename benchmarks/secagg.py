@@ -3,8 +3,9 @@ Flower 1.42's legacy SecAgg+ workflow vs its legacy plaintext round, on the same
 
 Training is replaced by a fixed random update of P float32 parameters, so the figures are the
 protocol's cost alone (keys, shares, masks, unmasking, messaging). Each setting (n clients of 20
-simulated nodes, P parameters) runs ``rounds`` rounds per variant; reported are the median round
-time and the mean bytes each client sends (serialised Flower messages) per round.
+simulated nodes on Flower's simulation engine, P parameters) runs 3 rounds per variant (2 with
+--quick); reported are the median round time and the mean bytes each client sends (serialised
+Flower messages) per round.
 """
 
 from __future__ import annotations
