@@ -16,16 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
+from common.processes import QUIET_ENV
 from server.callbacks import RunState
-
-QUIET_ENV = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-}
 
 
 def prepare_environment(run_dir: Path) -> dict[str, str]:

@@ -1,0 +1,45 @@
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.processes import QUIET_ENV, flower_env, free_port, port_open, start, stop
+
+
+def test_flower_processes_get_a_quiet_own_environment(tmp_path) -> None:
+    env = flower_env(tmp_path / "home")
+    assert env["FLWR_HOME"] == str(tmp_path / "home") and (tmp_path / "home").is_dir()
+    assert all(env[k] == v for k, v in QUIET_ENV.items())
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+
+
+def test_stop_ends_the_whole_process_group(tmp_path) -> None:
+    script = ("import subprocess, sys, time; "
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              "time.sleep(60)")
+    process = start([sys.executable, "-c", script], env=os.environ, log=None)
+    time.sleep(1.0)
+    group = os.getpgid(process.pid)
+    stop(process, grace=2)
+    assert process.poll() is not None
+    assert living_members(group) == []
+
+
+def living_members(group: int) -> list[int]:
+    """Processes of ``group`` that are not zombies (waiting only to be reaped)."""
+    found = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True)
+    alive = []
+    for pid in found.stdout.split():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(int(pid))
+    return alive
+
+
+def test_free_port_is_free() -> None:
+    port = free_port()
+    assert not port_open("127.0.0.1", port)
