@@ -10,8 +10,8 @@ Handlers:
 - ``evaluate``: loss / accuracy (AUROC for two classes) of the global model on the site's
   validation split.
 
-Torch and Opacus are imported inside the handlers that need them: Flower starts a process per
-message.
+Every reply is recorded in the site's audit log first (:mod:`client.audit_log`). Torch and Opacus
+are imported inside the handlers that need them: Flower starts a process per message.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from functools import partial
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
+from client.audit_log import audit_log_mod
 from client.local_round import CACHE_DIR, load_site_data, local_round
 from client.replies import (
     EXPECTED_FAILURES,
@@ -40,7 +41,7 @@ from common.sitedata import split_train_validation as split
 
 def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1) -> ClientApp:
     """The ClientApp; ``site_dirs`` is given by the simulation runner only."""
-    app = ClientApp()
+    app = ClientApp(mods=[audit_log_mod(site_dirs)])
     register_secure_aggregation(app, site_dirs=site_dirs,
                                 train=partial(local_round, threads=threads))
 
