@@ -45,10 +45,12 @@ class Federation:
         resume: bool = False,
         test_dir: Path | None = None,
         wait_for_sites_s: float = 120.0,
+        expected_sites: int | None = None,
     ) -> None:
         self.grid, self.config, self.run_dir = grid, config, Path(run_dir)
         self.callbacks, self.resume, self.test_dir = list(callbacks), resume, test_dir
         self.wait_for_sites_s = wait_for_sites_s
+        self.expected_sites = expected_sites
         self.site_of: dict[int, str] = {}
 
     # -- setup -----------------------------------------------------------------------------
@@ -81,11 +83,14 @@ class Federation:
         return state
 
     def _wait_for_nodes(self) -> list[int]:
+        """Wait for ``expected_sites`` (default ``min_sites``) to connect; after the wait, go on
+        with at least ``min_sites``."""
         needed = self.config.training.min_sites
+        hoped = max(needed, self.expected_sites or needed)
         deadline = time.monotonic() + self.wait_for_sites_s
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= needed:
+            if len(nodes) >= hoped or (time.monotonic() > deadline and len(nodes) >= needed):
                 return nodes
             if time.monotonic() > deadline:
                 raise FederationError(f"only {len(nodes)} sites connected after "
@@ -148,7 +153,8 @@ class Federation:
             record = self._aggregate(state, outcome)
             exhausted |= {r.site_id for r in outcome.replies if r.code == "budget-exhausted"}
             state.round += 1
-            record.update(self._evaluate(state, selected, test_data))
+            reachable = [r.node for r in outcome.replies if r.code != "no-reply"]
+            record.update(self._evaluate(state, reachable, test_data))
             record["seconds"] = round(time.perf_counter() - started, 3)
             state.rounds.append(record)
             for callback in self.callbacks:

@@ -1,0 +1,41 @@
+import pytest
+
+from common.config import RunConfig
+from common.pki import init_keys
+from server.deployment import RUN_CONFIG_NAME
+from server.launcher import DeploymentError, ServerLauncher, ServerSettings
+
+
+def launcher(tmp_path, **settings) -> ServerLauncher:
+    values = {"run_dir": tmp_path / "run", "certs": tmp_path / "keys",
+              "allowed": [tmp_path / "keys" / "hospitals" / "a.pub"], **settings}
+    return ServerLauncher(ServerSettings(**values), RunConfig())
+
+
+def test_missing_certificates_and_keys_are_named(tmp_path) -> None:
+    with pytest.raises(DeploymentError, match=r"ca\.crt: missing; run `fedmm keys init`"):
+        launcher(tmp_path).check()
+    init_keys(tmp_path / "keys", server_hosts=["localhost"], hospitals=["a"])
+    launcher(tmp_path).check()
+    with pytest.raises(DeploymentError, match="no hospital may join"):
+        launcher(tmp_path, allowed=[]).check()
+    with pytest.raises(DeploymentError, match="not an OpenSSH public key"):
+        launcher(tmp_path, allowed=[tmp_path / "keys" / "ca.crt"]).check()
+
+
+def test_resume_needs_the_same_configuration(tmp_path) -> None:
+    with pytest.raises(DeploymentError, match="no run to resume"):
+        launcher(tmp_path, resume=True).prepare_run_dir()
+    launcher(tmp_path).prepare_run_dir()
+    assert RunConfig.from_json((tmp_path / "run" / RUN_CONFIG_NAME).read_text()) == RunConfig()
+    launcher(tmp_path, resume=True).prepare_run_dir()
+    other = ServerLauncher(ServerSettings(run_dir=tmp_path / "run", certs=tmp_path,
+                                          allowed=[], resume=True),
+                           RunConfig.model_validate({"training": {"rounds": 3}}))
+    with pytest.raises(DeploymentError, match="another configuration"):
+        other.prepare_run_dir()
+
+
+def test_the_local_address_replaces_a_wildcard_host(tmp_path) -> None:
+    assert launcher(tmp_path, host="0.0.0.0", port=9).settings.local_address == "127.0.0.1:9"
+    assert launcher(tmp_path, host="10.0.0.5", port=9).settings.local_address == "10.0.0.5:9"
