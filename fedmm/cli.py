@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -310,6 +311,186 @@ def simulate(
                           f"(federated: {summary['final_metrics'].get('test_accuracy', 0):.3f})")
     if state.stop_reason:
         console.print(f"[yellow]stopped early:[/] {state.stop_reason}")
+
+
+keys_app = typer.Typer(help="Keys and certificates for a deployment.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("init")
+def keys_init(
+    out: Annotated[Path, typer.Argument(help="folder for ca.crt, server.crt/.key, hospitals/")],
+    server_name: Annotated[list[str], typer.Option(
+        "--server-name", help="host name or IP address hospitals use to reach the server "
+        "(repeatable; all go into the certificate)")],
+    hospitals: Annotated[int | None, typer.Option(
+        "--hospitals", min=1, max=10_000, help="make keys for hospital-1 .. hospital-N")] = None,
+    hospital: Annotated[list[str] | None, typer.Option(
+        "--hospital", help="make keys for this hospital name (repeatable)")] = None,
+    force: Annotated[bool, typer.Option(help="replace existing keys")] = False,
+) -> None:
+    """Make the consortium CA, the server's TLS certificate and one node key per hospital.
+
+    Give each hospital its hospitals/NAME.key (secret) and ca.crt; give the server the .pub
+    files to --allow. Private keys are written 0600."""
+    from common.pki import KeyFileError, hospital_names, init_keys
+
+    try:
+        names = hospital_names(count=hospitals, names=hospital or [])
+        layout = init_keys(out, server_hosts=server_name, hospitals=names, force=force)
+    except KeyFileError as error:
+        fail(str(error), 2)
+    console.print(f"CA: {layout.ca_cert}\nserver: {layout.server_cert} (for "
+                  f"{', '.join(server_name)})", highlight=False)
+    for name in names:
+        console.print(f"{name}: {layout.hospital_key(name)} (secret) · "
+                      f"{layout.hospital_public(name)} (for the server's --allow)",
+                      highlight=False)
+
+
+class _Stop(Exception):
+    """SIGTERM, turned into an exception so that cleanup runs."""
+
+
+def _raise_on_sigterm() -> None:
+    import signal
+
+    def handler(signum, frame):
+        raise _Stop()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+def server(
+    config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML")
+                           ] = None,
+    certs: Annotated[Path, typer.Option(help="folder from `fedmm keys init` (ca.crt, "
+                                        "server.crt, server.key)")] = Path("keys"),
+    allow: Annotated[list[Path] | None, typer.Option(
+        "--allow", help="a hospital's public key (.pub); only these may join (repeatable)")
+                     ] = None,
+    out: Annotated[Path, typer.Option(help="run folder (metrics, checkpoints, model, report)")
+                   ] = Path("runs/server"),
+    host: Annotated[str, typer.Option(help="address to listen on")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="the one HTTPS port hospitals "
+                                      "connect to")] = 9092,
+    resume: Annotated[bool, typer.Option(help="continue a stopped run in --out")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run in --out")] = False,
+    test_data: Annotated[Path | None, typer.Option(help="held-out site folder the server "
+                                                   "evaluates on")] = None,
+    wait_for_sites: Annotated[float, typer.Option(min=1, help="seconds to wait for every "
+                                                  "allowed hospital before starting")] = 300,
+    set_values: Annotated[list[str] | None, typer.Option("--set", help="override any config "
+                                                         "key, e.g. --set training.rounds=5")
+                          ] = None,
+) -> None:
+    """Run the central aggregation server: Flower's SuperLink over TLS with node
+    authentication, the allowed hospitals registered, one run to completion.
+
+    Hospitals connect out to --port (the only port to open). Ctrl-C or SIGTERM stops the run and
+    everything started; --resume continues from the last checkpoint."""
+    from server.launcher import DeploymentError, ServerLauncher, ServerSettings
+
+    try:
+        overrides: dict[str, Any] = parse_override_pairs(set_values or [])
+    except ConfigError as error:
+        fail(str(error), 2)
+    config = build_config(config_file, overrides)
+    if resume and overwrite:
+        fail("--resume and --overwrite contradict each other; pick one", 2)
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        fail(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
+             "to replace it", 2)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    launcher = ServerLauncher(ServerSettings(
+        run_dir=out, certs=certs, allowed=allow or [], host=host, port=port, resume=resume,
+        test_dir=test_data, wait_for_sites_s=wait_for_sites), config)
+    _raise_on_sigterm()
+    try:
+        launcher.check()
+        launcher.prepare_run_dir()
+        launcher.start_superlink()
+        launcher.register_hospitals()
+        console.print(f"[bold]fedmm server[/]: listening on {host}:{port} (TLS, node "
+                      f"authentication), {len(allow or [])} hospitals allowed, "
+                      f"{config.training.rounds} rounds → {out}", highlight=False)
+        run_id = launcher.submit_run()
+        console.print(f"run {run_id} started; waiting for hospitals ...", highlight=False)
+        with RoundDisplay(config.training.rounds) as display:
+            summary = launcher.follow(lambda record: display(None, record))
+    except DeploymentError as error:
+        launcher.stop()
+        fail(str(error))
+    except (KeyboardInterrupt, _Stop):
+        launcher.stop()
+        errors.print(f"stopped; continue with: fedmm server --resume --out {out} ...")
+        raise typer.Exit(130) from None
+    launcher.stop()
+    _print_summary(summary, out)
+
+
+@app.command()
+def client(
+    data: Annotated[Path, typer.Option(help="this hospital's site folder")],
+    server: Annotated[str, typer.Option(help="the aggregation server, HOST:PORT")],
+    ca: Annotated[Path, typer.Option(help="the consortium's ca.crt")],
+    key: Annotated[Path, typer.Option(help="this hospital's node key (hospitals/NAME.key)")],
+    policy: Annotated[Path | None, typer.Option(help="site privacy policy TOML (default: "
+                                                "DATA/policy.toml, else strict defaults)")
+                      ] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="ledger, audit log, cache (default: "
+                                                   "DATA/.fedmm; set it for read-only data)")
+                         ] = None,
+    site_id: Annotated[str | None, typer.Option(help="name shown to the server (default: the "
+                                                "folder's name)")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML to "
+                                                     "validate the data against")] = None,
+    runtime_port: Annotated[int | None, typer.Option(min=1, max=65535, help="local port of "
+                                                     "the SuperNode's runtime API")] = None,
+) -> None:
+    """Join a federation as one hospital: validate the site data, check the server's TLS
+    certificate, then run Flower's SuperNode with this hospital's key.
+
+    Outbound connections only. The privacy ledger and an audit log of every message sent live
+    in the state folder; training refuses anything the site policy forbids."""
+    from client.launcher import ClientLauncher, ClientSettings, JoinError
+    from client.policy import load_policy
+    from common.sitedata import load_site, require_usable
+
+    config = build_config(config_file, {})
+    try:
+        load_policy(policy if policy is not None else (
+            data / "policy.toml" if (data / "policy.toml").is_file() else None))
+        site = load_site(data, config.data)
+        require_usable(site, config.data)
+    except (ConfigError, SiteDataError) as error:
+        fail(str(error))
+    console.print(f"site {site_id or data.name}: {len(site)} usable rows"
+                  + (f", {len(site.issues)} bad rows skipped (see fedmm validate-data)"
+                     if site.issues else ""), highlight=False)
+    launcher = ClientLauncher(ClientSettings(
+        data_dir=data, server=server, ca=ca, key=key, policy=policy, state_dir=state_dir,
+        site_id=site_id, runtime_port=runtime_port))
+    _raise_on_sigterm()
+    try:
+        while not launcher.check():
+            console.print(f"server {server}: not reachable yet; trying again in 10 s",
+                          highlight=False)
+            time.sleep(10)
+        console.print(f"server {server}: TLS certificate verified", highlight=False)
+        console.print(f"joining as a SuperNode; log: {launcher.log_path}", highlight=False)
+        launcher.supervise(lambda code: console.print(
+            f"connection to the server ended (exit {code}); reconnecting ...", highlight=False))
+    except JoinError as error:
+        launcher.stop()
+        fail(str(error))
+    except (KeyboardInterrupt, _Stop):
+        launcher.stop()
+        errors.print("stopped")
+        raise typer.Exit(130) from None
+    launcher.stop()
 
 
 def _configure_logging(verbose: bool) -> None:
