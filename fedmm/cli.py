@@ -153,6 +153,17 @@ def privacy(
                           "from the history's; the history's is shown[/]")
 
 
+def _prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs in one folder: an existing run needs --resume or --overwrite."""
+    if resume and overwrite:
+        fail("--resume and --overwrite contradict each other; pick one", 2)
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        fail(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
+             "to replace it", 2)
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+
+
 def _find_sites(data_dir: Path) -> tuple[list[Path], Path | None]:
     if not data_dir.is_dir():
         fail(f"--data {data_dir}: not a folder")
@@ -253,13 +264,7 @@ def simulate(
     if no_secure_agg:
         overrides["secure_aggregation.enabled"] = False
     config = build_config(config_file, overrides)
-    if resume and overwrite:
-        fail("--resume and --overwrite contradict each other; pick one", 2)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        fail(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
-             "to replace it", 2)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    _prepare_run_folder(out, resume=resume, overwrite=overwrite)
     if data is not None:
         site_dirs, test_dir = _find_sites(data)
     else:
@@ -397,13 +402,7 @@ def server(
     except ConfigError as error:
         fail(str(error), 2)
     config = build_config(config_file, overrides)
-    if resume and overwrite:
-        fail("--resume and --overwrite contradict each other; pick one", 2)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        fail(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
-             "to replace it", 2)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    _prepare_run_folder(out, resume=resume, overwrite=overwrite)
     launcher = ServerLauncher(ServerSettings(
         run_dir=out, certs=certs, allowed=allow or [], host=host, port=port, resume=resume,
         test_dir=test_data, wait_for_sites_s=wait_for_sites), config)
