@@ -1,0 +1,59 @@
+"""The round loop's aggregation step: a round without a usable mean keeps the global model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.config import RunConfig
+from server.callbacks import RunState
+from server.federation import Federation
+from server.optimizers import build_server_optimizer
+from server.replies import SiteReply, TrainOutcome
+
+
+def setup(tmp_path, **training):
+    config = RunConfig.model_validate({"training": {"min_sites": 2, **training}})
+    federation = Federation(grid=None, config=config, run_dir=tmp_path, callbacks=[])
+    state = RunState(config=config, run_dir=tmp_path, run_id="r",
+                     weights={"w": np.ones(3, np.float32)},
+                     optimizer=build_server_optimizer(config.training))
+    return federation, state
+
+
+def reply(site: str, status: str = "ok", code: str = "") -> SiteReply:
+    return SiteReply(1, site, status, code, "", {"num-examples": 10}, {}, None)
+
+
+def test_an_aborted_secure_round_keeps_the_previous_model_and_says_why(tmp_path) -> None:
+    federation, state = setup(tmp_path)
+    note = "secure aggregation aborted: only 1 of 3 clients sent masked input; global model kept"
+    outcome = TrainOutcome([reply("a"), reply("b", "failed", "no-reply")], None, 0, note=note,
+                           details={"clients": 3, "threshold": 2})
+    record = federation._aggregate(state, outcome)
+    assert record["aggregated"] is False and record["note"] == note
+    assert record["secure_aggregation"] == {"clients": 3, "threshold": 2}
+    assert np.array_equal(state.weights["w"], np.ones(3, np.float32))
+
+
+def test_fewer_contributors_than_min_sites_keep_the_model(tmp_path) -> None:
+    federation, state = setup(tmp_path)
+    outcome = TrainOutcome([reply("a")], {"w": np.full(3, 0.5, np.float32)}, 1)
+    record = federation._aggregate(state, outcome)
+    assert record["aggregated"] is False and "min_sites 2" in record["note"]
+    assert np.array_equal(state.weights["w"], np.ones(3, np.float32))
+
+
+def test_a_non_finite_aggregate_is_rejected(tmp_path) -> None:
+    federation, state = setup(tmp_path)
+    outcome = TrainOutcome([reply("a"), reply("b")], {"w": np.full(3, np.nan, np.float32)}, 2)
+    record = federation._aggregate(state, outcome)
+    assert record["aggregated"] is False and "not finite" in record["note"]
+    assert np.array_equal(state.weights["w"], np.ones(3, np.float32))
+
+
+def test_a_usable_mean_moves_the_model(tmp_path) -> None:
+    federation, state = setup(tmp_path)
+    outcome = TrainOutcome([reply("a"), reply("b")], {"w": np.full(3, 0.5, np.float32)}, 2)
+    record = federation._aggregate(state, outcome)
+    assert record["aggregated"] is True and record["sites_ok"] == 2
+    assert np.allclose(state.weights["w"], 1.5)
