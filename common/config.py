@@ -83,6 +83,8 @@ class TrainingConfig(_Section):
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     min_sites: int = Field(1, ge=1)
     round_timeout_s: float = Field(600.0, gt=0.0)
+    evaluate_every: int = Field(
+        1, ge=1, le=100_000, description="evaluate every N rounds (and always the last)")
     seed: int = Field(0, ge=0)
 
 

@@ -98,8 +98,8 @@ class FinalOutputs(Callback):
                                                                     state.config.model_id}))
         atomic_write_json(state.run_dir / MODEL_CONFIG_NAME, state.config.model_dump(mode="json"))
         summary = build_summary(state, model_path)
-        atomic_write_json(state.run_dir / SUMMARY_NAME, summary)
         write_report(state.run_dir, state.rounds, summary)
+        atomic_write_json(state.run_dir / SUMMARY_NAME, summary)  # last: marks the run complete
 
 
 def build_summary(state: RunState, model_path: Path) -> dict[str, Any]:

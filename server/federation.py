@@ -28,6 +28,7 @@ from server.replies import SiteReply, TrainOutcome, send_and_parse
 from server.secure_aggregation import SecureAggregation
 
 log = logging.getLogger("fedmm.server")
+MINIMUM_WAIT_S = 600.0  # deployments: how much longer to wait for min_sites after the grace
 
 
 class FederationError(RuntimeError):
@@ -83,19 +84,21 @@ class Federation:
         return state
 
     def _wait_for_nodes(self) -> list[int]:
-        """Wait for ``expected_sites`` (default ``min_sites``) to connect; after the wait, go on
-        with at least ``min_sites``."""
+        """Wait up to ``wait_for_sites_s`` for ``expected_sites`` (default ``min_sites``) to
+        connect; then go on with what is there once it is at least ``min_sites``, waiting for
+        that up to ``MINIMUM_WAIT_S`` longer."""
         needed = self.config.training.min_sites
         hoped = max(needed, self.expected_sites or needed)
-        deadline = time.monotonic() + self.wait_for_sites_s
+        limit = self.wait_for_sites_s + (MINIMUM_WAIT_S if self.expected_sites else 0.0)
+        started = time.monotonic()
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= hoped or (time.monotonic() > deadline and len(nodes) >= needed):
+            waited = time.monotonic() - started
+            if len(nodes) >= hoped or (waited > self.wait_for_sites_s and len(nodes) >= needed):
                 return nodes
-            if time.monotonic() > deadline:
+            if waited > limit:
                 raise FederationError(f"only {len(nodes)} sites connected after "
-                                      f"{self.wait_for_sites_s:.0f} s; need {needed} "
-                                      "(training.min_sites)")
+                                      f"{waited:.0f} s; need {needed} (training.min_sites)")
             time.sleep(1.0)
 
     def _exchange(self, nodes: Sequence[int], kind: str, state: RunState,
@@ -153,8 +156,10 @@ class Federation:
             record = self._aggregate(state, outcome)
             exhausted |= {r.site_id for r in outcome.replies if r.code == "budget-exhausted"}
             state.round += 1
-            reachable = [r.node for r in outcome.replies if r.code != "no-reply"]
-            record.update(self._evaluate(state, reachable, test_data))
+            training = self.config.training
+            if state.round % training.evaluate_every == 0 or state.round == training.rounds:
+                reachable = [r.node for r in outcome.replies if r.code != "no-reply"]
+                record.update(self._evaluate(state, reachable, test_data))
             record["seconds"] = round(time.perf_counter() - started, 3)
             state.rounds.append(record)
             for callback in self.callbacks:

@@ -29,7 +29,7 @@ from server.deployment import FAILED_NAME, RUN_CONFIG_NAME
 
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 CONNECTION = "fedmm"
-STATUS_EVERY_S = 5.0
+STATUS_EVERY_S = 30.0
 
 
 class DeploymentError(RuntimeError):
@@ -156,10 +156,15 @@ class ServerLauncher:
 
     # -- following the run -----------------------------------------------------------------
     def follow(self, on_round: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Report each new metrics line until the run ends; the summary when it succeeded."""
+        """Report each new metrics line until the run ends; the summary when it succeeded.
+
+        The end shows as ``summary.json`` or ``run_failed.txt`` in the run folder; Flower's run
+        status (a ``flwr list`` call, a process start) is asked only now and then, to notice a
+        ServerApp that died without writing either."""
         metrics = self.run_dir / "metrics.jsonl"
-        seen = len(metrics.read_text().splitlines()) if self.settings.resume and \
-            metrics.exists() else 0
+        summary, failed = self.run_dir / "summary.json", self.run_dir / FAILED_NAME
+        seen = (len(metrics.read_text().splitlines())
+                if self.settings.resume and metrics.exists() else 0)
         next_status = time.monotonic() + STATUS_EVERY_S
         status = "running"
         while True:
@@ -168,7 +173,7 @@ class ServerLauncher:
                 if line.strip():
                     on_round(json.loads(line))
             seen = max(seen, len(lines))
-            if status.startswith("finished"):
+            if summary.is_file() or failed.is_file() or status.startswith("finished"):
                 break
             if self.superlink is not None and self.superlink.poll() is not None:
                 raise DeploymentError(f"the SuperLink stopped (exit {self.superlink.returncode})"
@@ -177,13 +182,12 @@ class ServerLauncher:
                 status = self.run_status()
                 next_status = time.monotonic() + STATUS_EVERY_S
             time.sleep(0.5)
-        failed = self.run_dir / FAILED_NAME
         if failed.is_file():
             raise DeploymentError(failed.read_text(encoding="utf-8").strip())
-        summary = self.run_dir / "summary.json"
-        if status != "finished:completed" or not summary.is_file():
+        if not summary.is_file():
             raise DeploymentError(f"the run ended as '{status}' without a final model; see "
                                   f"{self.logs / 'superlink.log'}")
+        self.run_id = None  # complete: nothing left to stop but the SuperLink
         return json.loads(summary.read_text(encoding="utf-8"))
 
     def stop(self) -> None:

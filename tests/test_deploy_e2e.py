@@ -1,9 +1,9 @@
 """A real deployment on loopback: `fedmm keys init`, one `fedmm server` (Flower SuperLink with TLS
 and node authentication), three `fedmm client` hospitals (SuperNodes), DP-SGD and secure
 aggregation on. In the same run: an unregistered hospital and a hospital with the wrong CA are
-refused with clear messages; one hospital is SIGKILLed in the middle of a securely aggregated
-round (the others finish it through the dropout path); the server is SIGKILLed after round 2 and
-restarted with --resume, and the run completes."""
+refused with clear messages; one hospital is SIGKILLed while it trains in a securely aggregated
+round (the others finish it through the dropout path); the server is SIGKILLed after round 2
+and restarted with --resume, and the run completes."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ rounds = 3
 batch_size = 16
 min_sites = 2
 round_timeout_s = 30
+evaluate_every = 3  # the last round only: each evaluation is a message per site
 [privacy]
 noise_multiplier = 1.2  # fixed: no per-site search for sigma (seconds of CPU per site)
 """
@@ -116,11 +117,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
              str(keys / "hospitals" / "hospital-1.key"), "--state-dir", str(root / "st")],
             cwd=folder("wrong-ca"), timeout=60)
 
-        def third_site_is_in_round_two() -> bool:
-            return any(e["kind"] == "train.secagg_share_keys" and e["round"] == 2
-                       for e in audit(data / "site-03"))
+        def third_site_trains_in_round_two() -> bool:
+            """Its keys are shared and its round-2 steps reserved: DP-SGD is running."""
+            with contextlib.suppress(ValueError, OSError):
+                spend = PrivacyLedger(data / "site-03" / ".fedmm").spend("deploy-e2e")
+                return spend is not None and any(r["round"] == 2 for r in spend.rounds)
+            return False
 
-        wait_until(third_site_is_in_round_two, timeout=300, what="round 2 key sharing")
+        wait_until(third_site_trains_in_round_two, timeout=300, what="round 2 training")
         kill_hard(hospitals[2], str(data / "site-03"))
         metrics = out / "metrics.jsonl"
         wait_until(lambda: metrics.exists() and len(read_jsonl(metrics)) >= 2, timeout=300,
@@ -128,7 +132,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
         kill_hard(server, str(keys / "server.key"))
         result["first_output"] = server.output()
         assert not (out / "summary.json").exists(), "the run ended before the server was killed"
-        restarted = CliRun([*server_args, "--resume", "--wait-for-sites", "20"],
+        restarted = CliRun([*server_args, "--resume", "--wait-for-sites", "15"],
                            cwd=folder("server-again"))
         runs.append(restarted)
         result["code"] = restarted.process.wait(timeout=400)
@@ -170,11 +174,19 @@ def test_audit_logs_and_ledgers_agree_with_the_server(deployment) -> None:
                 if e["kind"] == "train.secagg_masked_input" and e["status"] == "ok"]
         served = [r["round"] for r in records
                   if r["sites"].get(site, {}).get("status") == "ok"]
-        assert [e["round"] for e in sent] == served, site
+        logged = [e["round"] for e in sent]
+        spend = PrivacyLedger(deployment["data"] / site / ".fedmm").spend("deploy-e2e")
+        assert spend is not None
+        if site == "site-03":
+            # killed in round 2: its log and ledger are written before a reply leaves, so they
+            # may hold the round-2 update the server never got (over-counted, never under)
+            assert served == [1] and logged in ([1], [1, 2])
+            assert spend.rounds_served == len(logged) and len(spend.history) >= 1
+        else:
+            assert logged == served == [1, 2, 3], site
+            assert spend.rounds_served == 3
         assert all(len(e["sha256"]) == 64 and e["bytes"] > 0 and e["epsilon"] > 0
                    for e in sent)
-        spend = PrivacyLedger(deployment["data"] / site / ".fedmm").spend("deploy-e2e")
-        assert spend is not None and spend.rounds_served == len(served)
     code, report = run_cli(["privacy", str(deployment["data"] / "site-01"), "--json"],
                            cwd=deployment["root"])
     assert code == 0, report
