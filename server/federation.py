@@ -126,9 +126,15 @@ class Federation:
                                   f"{self.config.training.min_sites}")
         return sorted(usable, key=lambda n: self.site_of[n])
 
+    def _sites_per_round(self) -> int:
+        """At least ``min_sites``; at least 2 under secure aggregation (a sum of one site is
+        that site's update)."""
+        minimum = self.config.training.min_sites
+        return max(minimum, 2) if self.config.secure_aggregation.enabled else minimum
+
     def _select(self, nodes: list[int], round_number: int) -> list[int]:
         training = self.config.training
-        count = max(training.min_sites, math.ceil(training.fraction_train * len(nodes)))
+        count = max(self._sites_per_round(), math.ceil(training.fraction_train * len(nodes)))
         if count >= len(nodes):
             return nodes
         rng = np.random.default_rng([training.seed, round_number])
@@ -146,9 +152,11 @@ class Federation:
         while state.round < self.config.training.rounds:
             started = time.perf_counter()
             active = [n for n in nodes if self.site_of[n] not in exhausted]
-            if len(active) < self.config.training.min_sites:
-                state.stop_reason = (f"only {len(active)} sites have privacy budget left; "
-                                     f"need {self.config.training.min_sites}")
+            needed = self._sites_per_round()
+            if len(active) < needed:
+                state.stop_reason = (f"only {len(active)} sites can train (the others are "
+                                     f"out of privacy budget); need {needed} (training."
+                                     "min_sites; secure aggregation needs 2)")
                 log.warning(state.stop_reason)
                 break
             selected = self._select(active, state.round + 1)

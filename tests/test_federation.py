@@ -57,3 +57,12 @@ def test_a_usable_mean_moves_the_model(tmp_path) -> None:
     record = federation._aggregate(state, outcome)
     assert record["aggregated"] is True and record["sites_ok"] == 2
     assert np.allclose(state.weights["w"], 1.5)
+
+
+def test_secure_rounds_select_at_least_two_sites(tmp_path) -> None:
+    federation, _ = setup(tmp_path, min_sites=1, fraction_train=0.1)
+    assert len(federation._select([11, 12, 13, 14, 15], round_number=1)) == 2
+    plain = Federation(grid=None, config=RunConfig.model_validate({
+        "training": {"fraction_train": 0.1}, "secure_aggregation": {"enabled": False}}),
+        run_dir=tmp_path, callbacks=[])
+    assert len(plain._select([11, 12, 13, 14, 15], round_number=1)) == 1
