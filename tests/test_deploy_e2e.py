@@ -204,3 +204,26 @@ def test_a_hospital_with_the_wrong_ca_gets_a_clear_tls_message(deployment) -> No
     code, output = deployment["wrong_ca"]
     assert code == 1, output
     assert "TLS: the server at 127.0.0.1:" in output and "is not trusted by" in output
+
+
+def test_sigterm_stops_the_server_and_everything_it_started(tmp_path: Path) -> None:
+    assert run_cli(["keys", "init", str(tmp_path / "keys"), "--server-name", "127.0.0.1",
+                    "--hospitals", "1"], cwd=tmp_path)[0] == 0
+    (tmp_path / "run.toml").write_text(CONFIG)
+    server = CliRun(["server", "--config", str(tmp_path / "run.toml"), "--certs",
+                     str(tmp_path / "keys"), "--allow",
+                     str(tmp_path / "keys" / "hospitals" / "hospital-1.pub"), "--out",
+                     str(tmp_path / "out"), "--host", "127.0.0.1", "--port", str(free_port())],
+                    cwd=tmp_path)
+    try:
+        wait_until(lambda: "waiting for hospitals" in server.output(), timeout=90,
+                   what="the server to start")
+        superlinks = _pids_mentioning(str(tmp_path / "keys" / "server.key"))
+        assert superlinks
+        os.kill(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 130
+        wait_until(lambda: not _pids_mentioning(str(tmp_path / "keys" / "server.key")),
+                   timeout=30, what="the SuperLink to stop")
+        assert "stopped; continue with: fedmm server --resume" in server.output()
+    finally:
+        server.stop()
