@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from client.local_round import LocalRound
 
 STATE_RECORD = "secagg-state"
+T = TypeVar("T")
 
 
 def _load_state(context: Context) -> protocol.State:
@@ -67,6 +68,14 @@ def _rounding_rng(site: Site, config: RunConfig, msg: Message) -> np.random.Gene
 TrainFunction = Callable[[Message, Site, RunConfig], "LocalRound"]
 
 
+def _read(kind: type[T], msg: Message) -> T:
+    try:
+        return messages.from_records(kind, msg.content)
+    except (KeyError, ValueError, TypeError) as error:
+        raise protocol.SecAggError("secagg-malformed", f"malformed secure-aggregation message "
+                                   f"({error!r}); round refused") from None
+
+
 def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | None,
                                 train: TrainFunction) -> None:
     """Add the four stage handlers to ``app``; ``train`` runs one local round (the masked
@@ -83,25 +92,20 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
                 _save_state(context, {"stage": "aborted"})
                 return reply(msg, status=status_record(site.site_id, "failed", code=error.code,
                                                        reason=str(error)))
-            except (KeyError, ValueError) as error:
-                _save_state(context, {"stage": "aborted"})
-                return reply(msg, status=status_record(
-                    site.site_id, "failed", code="secagg-malformed",
-                    reason=f"malformed secure-aggregation message ({error!r}); round refused"))
 
         handler.__name__ = f"secagg_{name}"
         app.train(f"secagg_{name}")(handler)
         return handler
 
     def setup(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
-        state, answer = protocol.setup(messages.from_records(messages.SetupRequest, msg.content))
+        state, answer = protocol.setup(_read(messages.SetupRequest, msg))
         _save_state(context, state)
         return reply(msg, status=status_record(site.site_id, "ok"),
                      **messages.to_records(answer))
 
     def share_keys(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
         state, answer = protocol.share_keys(
-            _load_state(context), messages.from_records(messages.ShareKeysRequest, msg.content))
+            _load_state(context), _read(messages.ShareKeysRequest, msg))
         _save_state(context, state)
         return reply(msg, status=status_record(site.site_id, "ok"),
                      **messages.to_records(answer))
@@ -110,8 +114,7 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
         from common.serialization import flatten
 
         state = protocol.open_shares(
-            _load_state(context), messages.from_records(messages.MaskedInputRequest,
-                                                        msg.content))
+            _load_state(context), _read(messages.MaskedInputRequest, msg))
         _save_state(context, state)
         result = train(msg, site, config)
         if result.update is None:
@@ -130,7 +133,7 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
 
     def unmask(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
         state, answer = protocol.unmask(
-            _load_state(context), messages.from_records(messages.UnmaskRequest, msg.content))
+            _load_state(context), _read(messages.UnmaskRequest, msg))
         _save_state(context, state)
         return reply(msg, status=status_record(site.site_id, "ok"),
                      **messages.to_records(answer))
