@@ -132,6 +132,13 @@ class Federation:
         minimum = self.config.training.min_sites
         return max(minimum, 2) if self.config.secure_aggregation.enabled else minimum
 
+    def _prefer_online(self, nodes: list[int]) -> list[int]:
+        """The nodes Flower still sees online (a crashed site drops out after its heartbeat
+        lapses, instead of costing every later round a timeout); all of them when too few are."""
+        online = set(self.grid.get_node_ids())
+        reachable = [n for n in nodes if n in online]
+        return reachable if len(reachable) >= self._sites_per_round() else nodes
+
     def _select(self, nodes: list[int], round_number: int) -> list[int]:
         training = self.config.training
         count = max(self._sites_per_round(), math.ceil(training.fraction_train * len(nodes)))
@@ -159,7 +166,7 @@ class Federation:
                                      "min_sites; secure aggregation needs 2)")
                 log.warning(state.stop_reason)
                 break
-            selected = self._select(active, state.round + 1)
+            selected = self._select(self._prefer_online(active), state.round + 1)
             outcome = self._train(state, selected)
             record = self._aggregate(state, outcome)
             exhausted |= {r.site_id for r in outcome.replies if r.code == "budget-exhausted"}

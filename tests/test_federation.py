@@ -66,3 +66,19 @@ def test_secure_rounds_select_at_least_two_sites(tmp_path) -> None:
         "training": {"fraction_train": 0.1}, "secure_aggregation": {"enabled": False}}),
         run_dir=tmp_path, callbacks=[])
     assert len(plain._select([11, 12, 13, 14, 15], round_number=1)) == 1
+
+
+class OnlineGrid:
+    def __init__(self, online: list[int]) -> None:
+        self.online = online
+
+    def get_node_ids(self) -> list[int]:
+        return self.online
+
+
+def test_sites_flower_no_longer_sees_are_not_selected(tmp_path) -> None:
+    federation, _ = setup(tmp_path)
+    federation.grid = OnlineGrid([11, 13])
+    assert federation._prefer_online([11, 12, 13]) == [11, 13]
+    federation.grid = OnlineGrid([11])  # too few online: try them all, silent ones time out
+    assert federation._prefer_online([11, 12, 13]) == [11, 12, 13]
