@@ -16,12 +16,11 @@ import datetime
 import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from client.site import resolve_site
+from client.site import state_dir_of
 from common.atomic import append_line_durably
 from common.config import ConfigError
 
@@ -53,10 +52,10 @@ def audit_log_mod(site_dirs: Sequence[str] | None) -> Mod:
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(msg, context)
         try:
-            site = resolve_site(context.node_config, site_dirs)
+            state_dir = state_dir_of(context.node_config, site_dirs)
         except ConfigError:
             return reply  # no site folder to log into; the reply already says why
-        append_line_durably(Path(site.state_dir) / AUDIT_LOG_NAME,
+        append_line_durably(state_dir / AUDIT_LOG_NAME,
                             json.dumps(audit_entry(msg, reply), sort_keys=True))
         return reply
 

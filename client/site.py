@@ -30,15 +30,22 @@ class Site:
     simulated: bool
 
 
-def resolve_site(node_config: Mapping[str, Any], site_dirs: Sequence[str] | None) -> Site:
+def _data_dir(node_config: Mapping[str, Any], site_dirs: Sequence[str] | None) -> Path:
     if site_dirs is not None:
-        partition = int(node_config["partition-id"])
-        data_dir = Path(site_dirs[partition])
-    elif "data-dir" in node_config:
-        data_dir = Path(str(node_config["data-dir"]))
-    else:
-        raise ConfigError("node config has no 'data-dir'; start the client with --data SITE_DIR")
-    state_dir = Path(str(node_config.get("state-dir", data_dir / STATE_DIR_NAME)))
+        return Path(site_dirs[int(node_config["partition-id"])])
+    if "data-dir" in node_config:
+        return Path(str(node_config["data-dir"]))
+    raise ConfigError("node config has no 'data-dir'; start the client with --data SITE_DIR")
+
+
+def state_dir_of(node_config: Mapping[str, Any], site_dirs: Sequence[str] | None) -> Path:
+    """Where the site keeps its ledger, audit log and cache (without reading its policy)."""
+    data_dir = _data_dir(node_config, site_dirs)
+    return Path(str(node_config.get("state-dir", data_dir / STATE_DIR_NAME)))
+
+
+def resolve_site(node_config: Mapping[str, Any], site_dirs: Sequence[str] | None) -> Site:
+    data_dir = _data_dir(node_config, site_dirs)
     policy_file = node_config.get("policy-file")
     if policy_file:
         policy_path: Path | None = Path(str(policy_file))
@@ -47,4 +54,5 @@ def resolve_site(node_config: Mapping[str, Any], site_dirs: Sequence[str] | None
     else:
         policy_path = None
     site_id = str(node_config.get("site-id") or data_dir.name)
-    return Site(site_id, data_dir, state_dir, load_policy(policy_path), site_dirs is not None)
+    return Site(site_id, data_dir, state_dir_of(node_config, site_dirs), load_policy(policy_path),
+                site_dirs is not None)

@@ -30,3 +30,16 @@ def test_one_line_per_reply_with_kind_round_size_and_digest(tmp_path) -> None:
     assert all(e["run"] == "test" and e["round"] == 1 and e["status"] == "ok" for e in lines)
     assert all(len(e["sha256"]) == 64 and e["bytes"] > 0 for e in lines)
     assert lines[2]["epsilon"] == 1.5 and "epsilon" not in lines[0]
+
+
+def test_a_reply_is_logged_even_when_the_site_policy_cannot_be_read(tmp_path) -> None:
+    site = tmp_path / "a"
+    site.mkdir()
+    (site / "policy.toml").write_text("max_epsilon = -1\n")
+    app = ClientApp(mods=[audit_log_mod(None)])
+    register_secure_aggregation(app, site_dirs=None, train=lambda *a: None)
+    sites = InProcessSites(app, [site], RunConfig())
+    [reply] = sites.exchange(sites.nodes, "train.secagg_setup", None)
+    assert reply.status == "failed" and reply.code == "bad-config"
+    [line] = read_jsonl(site / ".fedmm" / AUDIT_LOG_NAME)
+    assert line["kind"] == "train.secagg_setup" and line["status"] == "failed"
