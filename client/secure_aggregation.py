@@ -14,7 +14,6 @@ client or a neighbourhood below the threshold gets a ``failed`` reply with a ``s
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -54,15 +53,12 @@ def _save_state(context: Context, state: protocol.State) -> None:
 
 
 def _rounding_rng(site: Site, config: RunConfig, msg: Message) -> np.random.Generator:
-    """Stochastic rounding needs no secrecy, only independence. In simulation it follows the run
-    seed and round (a resumed run rounds as the uninterrupted one did)."""
-    if site.simulated:
-        from client.local_round import derive_seed
+    """Stochastic rounding needs no secrecy, only independence; it follows the site's seed
+    (the run seed and round in simulation, so a resumed run rounds as the uninterrupted one)."""
+    from client.local_round import site_seed
 
-        round_number = int(msg.content["config"]["round"])
-        return np.random.default_rng(derive_seed(config.training.seed, site.site_id,
-                                                 round_number, "rounding"))
-    return np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
+    round_number = int(msg.content["config"]["round"])
+    return np.random.default_rng(site_seed(site, config, round_number, "rounding"))
 
 
 TrainFunction = Callable[[Message, Site, RunConfig], "LocalRound"]
@@ -95,20 +91,17 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
 
         handler.__name__ = f"secagg_{name}"
         app.train(f"secagg_{name}")(handler)
-        return handler
 
-    def setup(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
-        state, answer = protocol.setup(_read(messages.SetupRequest, msg))
-        _save_state(context, state)
-        return reply(msg, status=status_record(site.site_id, "ok"),
-                     **messages.to_records(answer))
+    def protocol_step(step: Callable, request_kind: type) -> Callable:
+        """A stage that is one step of the protocol state machine, ``step(state, request)``
+        → ``(state, answer)``, with no local work."""
+        def run(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
+            state, answer = step(_load_state(context), _read(request_kind, msg))
+            _save_state(context, state)
+            return reply(msg, status=status_record(site.site_id, "ok"),
+                         **messages.to_records(answer))
 
-    def share_keys(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
-        state, answer = protocol.share_keys(
-            _load_state(context), _read(messages.ShareKeysRequest, msg))
-        _save_state(context, state)
-        return reply(msg, status=status_record(site.site_id, "ok"),
-                     **messages.to_records(answer))
+        return run
 
     def masked_input(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
         from common.serialization import flatten
@@ -131,15 +124,12 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
                             metrics={"secagg-clipped": encoded.clipped},
                             **messages.to_records(messages.MaskedInputReply(vector=masked)))
 
-    def unmask(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
-        state, answer = protocol.unmask(
-            _load_state(context), _read(messages.UnmaskRequest, msg))
-        _save_state(context, state)
-        return reply(msg, status=status_record(site.site_id, "ok"),
-                     **messages.to_records(answer))
-
-    for name, step in (("setup", setup), ("share_keys", share_keys),
-                       ("masked_input", masked_input), ("unmask", unmask)):
+    for name, step in (
+            ("setup", protocol_step(lambda _previous, request: protocol.setup(request),
+                                    messages.SetupRequest)),
+            ("share_keys", protocol_step(protocol.share_keys, messages.ShareKeysRequest)),
+            ("masked_input", masked_input),
+            ("unmask", protocol_step(protocol.unmask, messages.UnmaskRequest))):
         stage(name, step)
 
 
