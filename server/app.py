@@ -1,7 +1,8 @@
 """The aggregation server's ServerApp (Flower Message API).
 
-``make_server_app`` builds the app around a validated :class:`RunConfig` and a run folder; the
-simulation runner uses it (the deployment launcher will too).
+``make_server_app`` builds the app around a validated :class:`RunConfig` and a run folder, for
+the simulation runner. Deployments run :mod:`server.deployment`, which reads the same settings
+from the run folder at start; both use :func:`default_callbacks`.
 """
 
 from __future__ import annotations

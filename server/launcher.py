@@ -126,7 +126,8 @@ class ServerLauncher:
             answer = {}
         if result.returncode != 0 or not answer.get("success", False):
             detail = answer.get("error-message") or (result.stdout + result.stderr).strip()
-            raise DeploymentError(f"flwr {args[0]} failed: {detail.splitlines()[-1:] or '?'}")
+            last_line = (detail.splitlines() or ["no output"])[-1]
+            raise DeploymentError(f"flwr {args[0]} failed: {last_line}")
         return answer
 
     def register_hospitals(self) -> list[str]:

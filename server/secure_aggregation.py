@@ -44,6 +44,7 @@ class SecureAggregation:
         expected = sum(int(np.asarray(w).size) for w in weights.values()) + 1
         details: dict[str, Any] = {"clients": len(nodes), "threshold": server.threshold,
                                    "degree": len(server.graph[0])}
+        index_of = {node: i for i, node in enumerate(nodes)}
 
         def stage(kind: str, requests: Mapping[int, Any], answer: type[T],
                   arrays: Weights | None = None) -> dict[int, T]:
@@ -51,7 +52,6 @@ class SecureAggregation:
             stands for it in the round record, later failures go into ``details``."""
             extra = {nodes[i]: messages.to_records(r) for i, r in requests.items()}
             answers: dict[int, T] = {}
-            index_of = {node: i for i, node in enumerate(nodes)}
             for reply in self.exchange(list(extra), kind, arrays, extra):
                 if reply.status == "ok":
                     try:

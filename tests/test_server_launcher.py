@@ -39,3 +39,14 @@ def test_resume_needs_the_same_configuration(tmp_path) -> None:
 def test_the_local_address_replaces_a_wildcard_host(tmp_path) -> None:
     assert launcher(tmp_path, host="0.0.0.0", port=9).settings.local_address == "127.0.0.1:9"
     assert launcher(tmp_path, host="10.0.0.5", port=9).settings.local_address == "10.0.0.5:9"
+
+
+def test_a_failing_flwr_call_reports_its_last_line(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    def fake_run(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 1, stdout="", stderr="first\nPort in use\n")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(DeploymentError, match=r"^flwr list failed: Port in use$"):
+        launcher(tmp_path)._flwr("list")
