@@ -121,7 +121,8 @@ class ClientLauncher:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = processes.flower_env(self.settings.state / "flwr")
-        self.supernode = processes.start(command, env=env, log=self.log_path.open("ab"))
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the handle
+            self.supernode = processes.start(command, env=env, log=log)
 
     def _exit_reason(self) -> JoinError | None:
         """Why the SuperNode stopped, when it is a reason not to start it again."""

@@ -34,14 +34,14 @@ QUIET_ENV = {
 TASK_POLL_S = "0.2"
 
 
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def flower_env(flwr_home: Path) -> dict[str, str]:
     """The environment for a Flower process of this deployment."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
     return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home),
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_S,
-            "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir, **(extra or {})}
+            "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir}
 
 
 def flower_command(name: str) -> str:

@@ -104,8 +104,8 @@ class ServerLauncher:
             "--ssl-keyfile", str(layout.server_key), "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
             "--host", self.settings.host, "--port", str(self.settings.port)]
-        log = (self.logs / "superlink.log").open("ab")
-        self.superlink = processes.start(command, env=self.env, log=log, cwd=self.run_dir)
+        with (self.logs / "superlink.log").open("ab") as log:  # the child keeps its own copy
+            self.superlink = processes.start(command, env=self.env, log=log, cwd=self.run_dir)
         host, port = self.settings.local_address.rsplit(":", 1)
         if not processes.wait_for_port(host, int(port), timeout=60, process=self.superlink):
             raise DeploymentError(f"the SuperLink did not start on {self.settings.host}:"
