@@ -80,12 +80,18 @@ def check_server_certificate(host: str, port: int, ca: Path, *, timeout: float =
         return False
 
 
-def write_node_config(settings: ClientSettings) -> Path:
+def node_config(settings: ClientSettings) -> dict[str, str]:
+    """What the SuperNode hands the ClientApp (:func:`client.site.resolve_site` reads it)."""
     values = {"data-dir": str(settings.data_dir.resolve()), "state-dir": str(settings.state)}
     if settings.policy is not None:
         values["policy-file"] = str(settings.policy.resolve())
     if settings.site_id:
         values["site-id"] = settings.site_id
+    return values
+
+
+def write_node_config(settings: ClientSettings) -> Path:
+    values = node_config(settings)
     path = settings.state / NODE_CONFIG_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()),

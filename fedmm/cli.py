@@ -454,24 +454,22 @@ def client(
 
     Outbound connections only. The privacy ledger and an audit log of every message sent live
     in the state folder; training refuses anything the site policy forbids."""
-    from client.launcher import ClientLauncher, ClientSettings, JoinError
-    from client.policy import load_policy
+    from client.launcher import ClientLauncher, ClientSettings, JoinError, node_config
+    from client.site import resolve_site
     from common.sitedata import load_site, require_usable
 
     config = build_config(config_file, {})
+    settings = ClientSettings(data_dir=data, server=server, ca=ca, key=key, policy=policy,
+                              state_dir=state_dir, site_id=site_id, runtime_port=runtime_port)
     try:
-        load_policy(policy if policy is not None else (
-            data / "policy.toml" if (data / "policy.toml").is_file() else None))
-        site = load_site(data, config.data)
-        require_usable(site, config.data)
+        site = resolve_site(node_config(settings), None)  # as the ClientApp will: policy too
+        rows = require_usable(load_site(site.data_dir, config.data), config.data)
     except (ConfigError, SiteDataError) as error:
         fail(str(error))
-    console.print(f"site {site_id or data.name}: {len(site)} usable rows"
-                  + (f", {len(site.issues)} bad rows skipped (see fedmm validate-data)"
-                     if site.issues else ""), highlight=False)
-    launcher = ClientLauncher(ClientSettings(
-        data_dir=data, server=server, ca=ca, key=key, policy=policy, state_dir=state_dir,
-        site_id=site_id, runtime_port=runtime_port))
+    console.print(f"site {site.site_id}: {len(rows)} usable rows"
+                  + (f", {len(rows.issues)} bad rows skipped (see fedmm validate-data)"
+                     if rows.issues else ""), highlight=False)
+    launcher = ClientLauncher(settings)
     _raise_on_sigterm()
     try:
         while not launcher.check():
@@ -489,7 +487,6 @@ def client(
         launcher.stop()
         errors.print("stopped")
         raise typer.Exit(130) from None
-    launcher.stop()
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -91,3 +91,11 @@ def test_more_min_sites_than_sites_is_refused_up_front(demo_root: Path, tmp_path
     result = runner.invoke(app, ["simulate", "--data", str(demo_root), "--set",
                                  "training.min_sites=5", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "only 3 sites are simulated" in result.output
+
+
+def test_client_refuses_to_join_with_a_broken_policy_before_any_connection(site_copy) -> None:
+    (site_copy / "policy.toml").write_text("max_epsilon = -1\n")
+    result = runner.invoke(app, ["client", "--data", str(site_copy), "--server",
+                                 "127.0.0.1:1", "--ca", "ca.crt", "--key", "k.key"])
+    assert result.exit_code == 1
+    assert "max_epsilon = -1" in result.output and "Traceback" not in result.output
