@@ -29,6 +29,7 @@ from common.config import DataConfig
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".dcm"}
 SIGNAL_SUFFIXES = {".wav", ".npy"}
 MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000  # ~6300²: larger pictures are refused before they are decoded
 N_MELS = 32
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -104,11 +105,19 @@ def _read_picture(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as probe:
+            width, height = probe.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise SampleError(f"image is {width}×{height} pixels, over the "
+                                  f"{MAX_IMAGE_PIXELS} pixel limit; downscale it")
             probe.verify()
         with Image.open(path) as img:
             img.load()
             mode = "RGB" if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else "L"
             return np.asarray(img.convert(mode))
+    except SampleError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise SampleError(f"{error}; downscale it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise SampleError(f"unreadable or truncated image ({error})") from None
 

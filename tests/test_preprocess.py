@@ -7,6 +7,7 @@ from PIL import Image
 
 from common.config import DataConfig
 from common.preprocess import (
+    MAX_FILE_BYTES,
     SampleError,
     read_image,
     read_signal,
@@ -49,6 +50,19 @@ def test_truncated_image_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "e.png").write_bytes(b"")
     with pytest.raises(SampleError, match="empty"):
         read_image(tmp_path / "e.png", CONFIG)
+
+
+def test_huge_files_and_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
+    with (tmp_path / "huge.npy").open("wb") as handle:  # sparse: costs no disk
+        handle.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(SampleError, match=r"over the \d+ byte limit"):
+        read_image(tmp_path / "huge.npy", CONFIG)
+    with pytest.raises(SampleError, match=r"over the \d+ byte limit"):
+        read_signal(tmp_path / "huge.npy", CONFIG)
+    Image.new("1", (8000, 8000)).save(tmp_path / "bomb.png")  # a few KB on disk, 64 M pixels
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    with pytest.raises(SampleError, match="8000×8000 pixels, over the"):
+        read_image(tmp_path / "bomb.png", CONFIG)
 
 
 def test_tokenizer_is_deterministic_and_pads() -> None:
