@@ -13,6 +13,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -196,11 +197,10 @@ class Federation:
         replies = []
         for reply in self._exchange(selected, "train", state, state.weights):
             if reply.status == "ok" and reply.update is not None:
-                try:
-                    check_compatible(state.weights, reply.update, what=f"site {reply.site_id}")
+                reply = screen_update(reply, state.weights,
+                                      declared_range=self.config.secure_aggregation.clip_range)
+                if reply.status == "ok" and reply.update is not None:
                     usable.append((reply.update, float(reply.metrics["num-examples"])))
-                except ValueError as error:
-                    reply = reply.failed("bad-shape", str(error), status="rejected")
             replies.append(reply)
         mean = weighted_mean(usable) if usable else None
         return TrainOutcome(replies, mean, len(usable))
@@ -220,7 +220,7 @@ class Federation:
                     "history": history,
                 }
             for key in ("epsilon", "train-loss", "num-examples", "seconds", "noise-multiplier",
-                        "skipped-rows", "secagg-clipped"):
+                        "skipped-rows", "secagg-clipped", "out-of-range"):
                 if key in reply.metrics:
                     entry[key.replace("-", "_")] = reply.metrics[key]
             if "grad-sample-mode" in reply.record:
@@ -274,3 +274,24 @@ class Federation:
             metrics = evaluate_weights(self.config, state.weights, test_data)
             result["test_loss"], result["test_accuracy"] = metrics["loss"], metrics["accuracy"]
         return result
+
+
+def screen_update(reply: SiteReply, reference: Weights, *, declared_range: float) -> SiteReply:
+    """A plaintext update the mean may use: same names and shapes as the global model
+    (``bad-shape``) and finite (``non-finite``), else rejected alone. Elements beyond
+    ±``declared_range`` (the range secure aggregation would clip to) are counted as
+    ``out-of-range`` and logged; the update is still used, exactly as sent."""
+    update = reply.update or {}
+    try:
+        check_compatible(reference, update, what=f"site {reply.site_id}")
+    except ValueError as error:
+        return reply.failed("bad-shape", str(error), status="rejected")
+    if not all_finite(update):
+        return reply.failed("non-finite", f"site {reply.site_id} sent NaN or infinite values",
+                            status="rejected")
+    outside = sum(int(np.count_nonzero(np.abs(v) > declared_range))
+                  for v in update.values())
+    if outside:
+        log.warning("site %s: %d update elements outside ±%g", reply.site_id, outside,
+                    declared_range)
+    return replace(reply, metrics={**reply.metrics, "out-of-range": outside})

@@ -51,6 +51,33 @@ def test_a_non_finite_aggregate_is_rejected(tmp_path) -> None:
     assert np.array_equal(state.weights["w"], np.ones(3, np.float32))
 
 
+def test_plain_updates_are_screened_one_by_one(tmp_path) -> None:
+    config = RunConfig.model_validate({"training": {"min_sites": 2},
+                                       "secure_aggregation": {"enabled": False}})
+    federation = Federation(grid=None, config=config, run_dir=tmp_path, callbacks=[])
+    state = RunState(config=config, run_dir=tmp_path, run_id="r",
+                     weights={"w": np.ones(3, np.float32)},
+                     optimizer=build_server_optimizer(config.training))
+    updates = {"a": {"w": np.array([0.5, 0.5, 0.5], np.float32)},
+               "b": {"w": np.array([0.5, 20.0, -30.0], np.float32)},  # beyond ±8
+               "c": {"w": np.array([0.5, np.nan, 0.5], np.float32)},
+               "d": {"w": np.ones(4, np.float32)},
+               "e": {"v": np.ones(3, np.float32)}}
+    federation._exchange = lambda nodes, kind, state, arrays, extra=None: [
+        SiteReply(i, site, "ok", "", "", {"num-examples": 10}, {}, update)
+        for i, (site, update) in enumerate(updates.items())]
+    outcome = federation._train(state, [0, 1, 2, 3, 4])
+    record = federation._aggregate(state, outcome)
+    sites = record["sites"]
+    assert outcome.contributors == 2 and record["aggregated"] is True
+    assert sites["a"] == {"status": "ok", "num_examples": 10, "out_of_range": 0}
+    assert sites["b"]["out_of_range"] == 2
+    assert sites["c"]["code"] == "non-finite" and sites["c"]["status"] == "rejected"
+    assert sites["d"]["code"] == "bad-shape" and "shape (4,)" in sites["d"]["reason"]
+    assert sites["e"]["code"] == "bad-shape" and "'v'" in sites["e"]["reason"]
+    assert np.isfinite(state.weights["w"]).all()
+
+
 def test_a_usable_mean_moves_the_model(tmp_path) -> None:
     federation, state = setup(tmp_path)
     outcome = TrainOutcome([reply("a"), reply("b")], {"w": np.full(3, 0.5, np.float32)}, 2)
