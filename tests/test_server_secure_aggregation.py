@@ -69,8 +69,9 @@ def test_the_mean_of_all_sites(sites) -> None:
     assert outcome.details["survivors"] == 4 and outcome.details["threshold"] == 2
 
 
-def test_a_site_lost_before_masked_input_is_left_out_of_an_exact_sum(sites) -> None:
-    sites.tamper = silence(2, messages.MASKED_INPUT)
+@pytest.mark.parametrize("stage", [messages.SETUP, messages.SHARE_KEYS, messages.MASKED_INPUT])
+def test_a_site_lost_before_masked_input_is_left_out_of_an_exact_sum(sites, stage) -> None:
+    sites.tamper = silence(2, stage)
     outcome = run(sites)
     assert {r.site_id: r.code for r in outcome.replies}["site-2"] == "no-reply"
     assert_mean_of(outcome, ["site-1", "site-3", "site-4"])
