@@ -40,6 +40,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files a process killed mid-write left in ``folder``; returns how
+    many. Only run it where no other process is writing."""
+    removed = 0
+    for temp in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+            removed += 1
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

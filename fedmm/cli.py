@@ -290,6 +290,7 @@ def simulate(
         + (", secure aggregation (SecAgg+) on" if config.secure_aggregation.enabled
            else ", [red]secure aggregation off: the server sees each site's update[/]")
         + f" → {out}", highlight=False)
+    from server.callbacks import OutputWriteError
     from server.federation import FederationError
     from simulations.runner import run_federated_simulation
 
@@ -298,7 +299,7 @@ def simulate(
             state = run_federated_simulation(
                 config=config, run_dir=out, site_dirs=site_dirs, test_dir=test_dir,
                 resume=resume, show=display, parallel=parallel)
-    except (FederationError, SiteDataError, ConfigError) as error:
+    except (FederationError, SiteDataError, ConfigError, OutputWriteError) as error:
         fail(str(error))
     except RuntimeError as error:
         cause = error.__cause__ or error

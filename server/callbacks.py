@@ -17,10 +17,11 @@ from common.atomic import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    remove_stale_temporaries,
 )
 from common.config import RunConfig
 from common.serialization import Weights
-from server.checkpoint import Checkpoint, save_checkpoint
+from server.checkpoint import CHECKPOINT_DIR, Checkpoint, list_checkpoints, save_checkpoint
 from server.optimizers import ServerOptimizer
 
 METRICS_NAME = "metrics.jsonl"
@@ -66,13 +67,33 @@ class MetricsLog(Callback):
         append_line_durably(state.run_dir / METRICS_NAME, json.dumps(record))
 
 
+class OutputWriteError(OSError):
+    """A run output could not be written (full disk, permissions); the run stops, and the
+    message says what is intact and how to go on."""
+
+
 class Checkpointer(Callback):
+    """``checkpoints/round-N.safetensors`` after every round. A failed write stops the run:
+    the previous checkpoint is intact and ``--resume`` continues from it."""
+
+    def on_run_start(self, state: RunState) -> None:
+        remove_stale_temporaries(state.run_dir / CHECKPOINT_DIR)
+
     def on_round_end(self, state: RunState, record: dict[str, Any]) -> None:
-        save_checkpoint(state.run_dir, Checkpoint(
-            round=state.round, weights=state.weights, optimizer_state=state.optimizer.state(),
-            state={"run_id": state.run_id, "sites": state.sites,
-                   "config": state.config.model_dump(mode="json")},
-        ))
+        try:
+            save_checkpoint(state.run_dir, Checkpoint(
+                round=state.round, weights=state.weights,
+                optimizer_state=state.optimizer.state(),
+                state={"run_id": state.run_id, "sites": state.sites,
+                       "config": state.config.model_dump(mode="json")},
+            ))
+        except OSError as error:
+            kept = list_checkpoints(state.run_dir)
+            intact = (f"{kept[-1].name} is intact" if kept else "no earlier checkpoint exists")
+            raise OutputWriteError(
+                f"could not write the round {state.round} checkpoint in "
+                f"{state.run_dir / CHECKPOINT_DIR}: {error.strerror or error}; {intact}. "
+                "Free space or fix permissions there, then rerun with --resume") from None
 
 
 class Progress(Callback):

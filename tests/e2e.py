@@ -20,15 +20,16 @@ REPO = Path(__file__).resolve().parent.parent
 class CliRun:
     """A ``fedmm`` subprocess in its own session, with a short private TMPDIR (Ray sockets)."""
 
-    def __init__(self, args: list[str], *, cwd: Path) -> None:
+    def __init__(self, args: list[str], *, cwd: Path, module: str = "fedmm") -> None:
         self.tmpdir = tempfile.mkdtemp(prefix="fm", dir="/tmp")
         self.cwd = cwd
         env = {**os.environ, "TMPDIR": self.tmpdir, "PYTHONUNBUFFERED": "1",
-               "FLWR_HOME": str(cwd / ".flwr-home")}
+               "FLWR_HOME": str(cwd / ".flwr-home"),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         self.log = cwd / f"cli-{int(time.time() * 1000)}.log"
         self._log_handle = self.log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fedmm", *args], cwd=cwd, env=env, stdout=self._log_handle,
+            [sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=self._log_handle,
             stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, timeout: float) -> int:

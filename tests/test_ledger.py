@@ -1,4 +1,7 @@
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,40 @@ def test_mark_without_reservation_is_an_error(tmp_path: Path) -> None:
     _reserve(ledger, 1)
     with pytest.raises(LedgerError, match="no reserved entry"):
         ledger.mark(model_id="m", run_id="r1", round_number=5, status="sent")
+
+
+CRASHING_SITE = """
+import sys
+from pathlib import Path
+from tests.crash import install
+install(sys.argv[2])
+from client.ledger import PrivacyLedger
+ledger = PrivacyLedger(Path(sys.argv[1]))
+ledger.reserve(model_id="m", run_id="r1", round_number=1, noise_multiplier=1.1,
+               sample_rate=0.1, steps=10, delta=1e-5, accountant="rdp")
+ledger.mark(model_id="m", run_id="r1", round_number=1, status="sent", sha256="ab")
+"""
+
+
+@pytest.mark.parametrize(("fault", "spent", "steps"), [
+    ("die:privacy_ledger.json:1", False, 0),  # killed writing the reservation: nothing trained
+    ("die:privacy_ledger.json:2", True, 10),  # killed marking it sent: the round stays spent
+    ("full:privacy_ledger.json:2", True, 10),  # disk full marking it sent: the same
+])
+def test_a_site_killed_or_out_of_disk_while_writing_its_ledger(
+        tmp_path: Path, fault: str, spent: bool, steps: int) -> None:
+    result = subprocess.run([sys.executable, "-c", CRASHING_SITE, str(tmp_path), fault],
+                            cwd=Path(__file__).parent.parent, capture_output=True, text=True,
+                            timeout=120)
+    if fault.startswith("die"):
+        assert result.returncode == -signal.SIGKILL
+    else:
+        assert result.returncode == 1 and "File too large" in result.stderr
+    ledger = PrivacyLedger(tmp_path)
+    spend = ledger.spend("m")  # the ledger reads: old or new content, never half
+    assert (spend is not None and spend.epsilon > 0) is spent
+    assert ledger.history("m") == ([[1.1, 0.1, steps]] if steps else [])
+    if spent:
+        assert spend is not None and spend.rounds_served == 0  # reserved, never marked sent
+    _reserve(ledger, 2)  # and the site trains on afterwards
+    assert ledger.history("m")[-1][2] == steps + 10

@@ -4,10 +4,8 @@ site policies, the ledger across runs, and resume."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from client.training import plan_round
 from common.config import load_config
 from common.privacy import epsilon_for_history, noise_for_budget
 from common.sitedata import load_site, split_train_validation
+from server.checkpoint import list_checkpoints, load_checkpoint
 from simulations.demo_data import generate_demo
 from simulations.scenarios import Scenario
 from tests.e2e import CliRun, read_jsonl, run_cli
@@ -165,7 +164,11 @@ def test_ledger_carries_over_to_a_second_run(policy_run: dict) -> None:
     assert spend.epsilon == pytest.approx(second["privacy"]["sites"]["site-01"]["epsilon"])
 
 
-def test_resume_after_a_stop_ends_with_the_same_model(tmp_path: Path) -> None:
+def test_a_crash_and_a_full_disk_lose_nothing_and_resume_ends_with_the_same_model(
+        tmp_path: Path) -> None:
+    """Run b is SIGKILLed halfway through writing its round-2 checkpoint, resumed, finds its disk
+    full when writing round 3's, and is resumed again: it ends with run a's model (same data,
+    uninterrupted), and every round a site trained, repeated ones included, is in its ε."""
     config_path = _write_config(tmp_path, rounds=4)
     for name in ("a", "b"):
         generate_demo(tmp_path / name, sites=2, samples_per_site=50, seed=5,
@@ -173,26 +176,48 @@ def test_resume_after_a_stop_ends_with_the_same_model(tmp_path: Path) -> None:
     code, output = run_cli(["simulate", "--data", str(tmp_path / "a"), "--config",
                             str(config_path), "--out", str(tmp_path / "run-a")], cwd=tmp_path)
     assert code == 0, output
-    stopped = CliRun(["simulate", "--data", str(tmp_path / "b"), "--config", str(config_path),
-                      "--out", str(tmp_path / "run-b")], cwd=tmp_path)
-    metrics = tmp_path / "run-b" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and stopped.process.poll() is None:
-        if metrics.is_file() and len(read_jsonl(metrics)) >= 2:
-            os.killpg(stopped.process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.2)
-    stopped.stop()
-    assert not (tmp_path / "run-b" / "summary.json").exists(), "run ended before the stop"
-    code, output = run_cli(["simulate", "--data", str(tmp_path / "b"), "--config",
-                            str(config_path), "--out", str(tmp_path / "run-b"), "--resume"],
-                           cwd=tmp_path)
+    run_b = tmp_path / "run-b"
+    args = ["simulate", "--data", str(tmp_path / "b"), "--config", str(config_path),
+            "--out", str(run_b)]
+
+    def crashing(fault: str, *extra: str) -> tuple[int, str]:
+        run = CliRun([fault, *args, *extra], cwd=tmp_path, module="tests.crash")
+        return run.wait(300), run.output()
+
+    code, output = crashing("die:round-0002.safetensors:1")
+    assert code == -signal.SIGKILL, output
+    checkpoints = run_b / "checkpoints"
+    assert [p.name for p in list_checkpoints(run_b)] == ["round-0001.safetensors"]
+    assert len(list(checkpoints.glob(".round-0002.safetensors.*.tmp"))) == 1  # the torn write
+    assert not (run_b / "summary.json").exists()
+
+    code, output = crashing("full:round-0003.safetensors:1", "--resume")
+    assert code == 1, output
+    assert ("error: could not write the round 3 checkpoint in " in output
+            and "File too large; round-0002.safetensors is intact. Free space or fix "
+            "permissions there, then rerun with --resume" in output), output
+    assert "Traceback" not in output
+    assert [p.name for p in list_checkpoints(run_b)] == ["round-0001.safetensors",
+                                                         "round-0002.safetensors"]
+    assert load_checkpoint(checkpoints / "round-0002.safetensors").round == 2
+    assert not list(checkpoints.glob(".*.tmp"))  # swept at the start of the resumed run
+
+    code, output = run_cli([*args, "--resume"], cwd=tmp_path)
     assert code == 0, output
-    assert [r["round"] for r in read_jsonl(metrics)] == [1, 2, 3, 4]
+    assert [r["round"] for r in read_jsonl(run_b / "metrics.jsonl")] == [1, 2, 3, 4]
     a = load_file(str(tmp_path / "run-a" / "model.safetensors"))
-    b = load_file(str(tmp_path / "run-b" / "model.safetensors"))
+    b = load_file(str(run_b / "model.safetensors"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    shutil.rmtree(tmp_path / "run-b" / ".ray", ignore_errors=True)
+    summary_a = json.loads((tmp_path / "run-a" / "summary.json").read_text())
+    summary_b = json.loads((run_b / "summary.json").read_text())
+    for site in ("site-01", "site-02"):
+        spend = PrivacyLedger(tmp_path / "b" / site / ".fedmm").spend("e2e-model")
+        assert spend is not None
+        # rounds 1, 2, 2 again, 3, 3 again, 4: six rounds of DP-SGD steps, all counted
+        assert [r["round"] for r in spend.rounds] == [1, 2, 2, 3, 3, 4]
+        assert summary_b["privacy"]["sites"][site]["epsilon"] == pytest.approx(spend.epsilon)
+        assert spend.epsilon > summary_a["privacy"]["sites"][site]["epsilon"]
+    shutil.rmtree(run_b / ".ray", ignore_errors=True)
 
 
 def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
