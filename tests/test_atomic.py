@@ -3,7 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from common.atomic import append_line_durably, atomic_write_bytes, atomic_write_json
+from common.atomic import (
+    append_line_durably,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_stale_temporaries,
+)
 
 
 def test_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -34,3 +39,12 @@ def test_append_line(tmp_path: Path) -> None:
     append_line_durably(path, '{"a": 1}')
     append_line_durably(path, '{"a": 2}\n')
     assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+
+
+def test_stale_temporaries_are_swept_and_nothing_else(tmp_path: Path) -> None:
+    (tmp_path / ".round-0002.safetensors.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "round-0001.safetensors").write_bytes(b"whole")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "round-0001.safetensors"]
+    assert remove_stale_temporaries(tmp_path / "missing") == 0
