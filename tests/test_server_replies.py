@@ -1,0 +1,63 @@
+"""Sending a round's messages and reading the replies as plain data."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.replies import POLL_INTERVAL_S, send_and_parse
+
+
+class SlowGrid:
+    """Answers node n's message on the n-th ask for replies; node 99 never answers."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Message] = {}
+        self.asks = 0
+
+    def push_messages(self, messages):
+        ids = []
+        for i, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{i}"
+            self.pushed[f"m{i}"] = message
+            ids.append(f"m{i}")
+        return ids
+
+    def pull_messages(self, message_ids):
+        self.asks += 1
+        ready = []
+        for message_id in sorted(message_ids):
+            message = self.pushed[message_id]
+            node = message.metadata.dst_node_id
+            if node == self.asks:
+                content = RecordDict({"status": ConfigRecord({"status": "ok",
+                                                              "site-id": f"site-{node}"}),
+                                      "metrics": MetricRecord({"num-examples": node})})
+                reply = Message(content, reply_to=message)
+                reply.metadata.__dict__["_src_node_id"] = node
+                ready.append(reply)
+        return ready
+
+
+@pytest.fixture(autouse=True)
+def inside_a_server_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages take their run and node ids from the running task, as in a ServerApp."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def test_replies_are_collected_across_asks_and_silent_nodes_are_named() -> None:
+    grid = SlowGrid()
+    started = time.monotonic()
+    replies = send_and_parse(grid, [1, 2, 99], "train", config={"round": 1}, arrays=None,
+                             extra=None, timeout=1.0, group_id="1",
+                             site_of={1: "site-1", 2: "site-2", 99: "site-99"})
+    waited = time.monotonic() - started
+    assert [(r.site_id, r.status, r.code) for r in replies] == [
+        ("site-1", "ok", ""), ("site-2", "ok", ""), ("site-99", "failed", "no-reply")]
+    assert replies[1].metrics == {"num-examples": 2}
+    assert grid.asks >= 1.0 / POLL_INTERVAL_S - 1 and waited < 2.0  # asked often, until timeout
