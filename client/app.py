@@ -24,7 +24,7 @@ from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from client.audit_log import audit_log_mod
-from client.local_round import CACHE_DIR, load_site_data, local_round
+from client.local_round import CACHE_DIR, local_evaluation, local_round
 from client.replies import (
     EXPECTED_FAILURES,
     failure,
@@ -36,7 +36,6 @@ from client.replies import (
 from client.secure_aggregation import register_secure_aggregation
 from common.serialization import digest, from_record, to_record
 from common.sitecache import load_site_cached
-from common.sitedata import split_train_validation as split
 
 
 def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1) -> ClientApp:
@@ -82,17 +81,12 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        import torch
-
-        from common.evaluation import evaluate_weights
-
-        torch.set_num_threads(threads)
         try:
             site, config = read_request(msg, context, site_dirs)
-            _, validation = split(load_site_data(site, config), config.data.validation_fraction)
+            metrics = local_evaluation(from_record(msg.content["arrays"]), site, config,
+                                       threads=threads)
         except EXPECTED_FAILURES as error:
             return failure(msg, site_label(context, site_dirs), error)
-        metrics = evaluate_weights(config, from_record(msg.content["arrays"]), validation)
         return reply(msg, status=status_record(site.site_id, "ok"),
                      metrics=MetricRecord(metrics))
 

@@ -2,7 +2,9 @@
 
 Policy check → reserve ε in the ledger → DP-SGD → the update Δ = w_local − w_global. The caller
 decides what leaves (the update itself, or its masked encoding under secure aggregation) and
-marks the ledger entry sent with that payload's SHA-256 (``mark_sent``) before replying.
+marks the ledger entry sent with that payload's SHA-256 (``mark_sent``) before replying. In a
+deployment the training itself runs in the hospital's warm worker (:mod:`client.worker`); the
+inputs and the result are plain data for that reason.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Message, MetricRecord
@@ -41,7 +43,13 @@ class LocalRound:
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)
     update: Weights | None = None
-    mark_sent: Callable[[str], None] = lambda sha256: None
+    ledger_entry: dict[str, Any] | None = None  # the reserved round, to be marked sent
+    state_dir: Path | None = None
+
+    def mark_sent(self, sha256: str) -> None:
+        """Mark the reserved ledger entry sent with the SHA-256 of what leaves (DP runs)."""
+        if self.ledger_entry is not None and self.state_dir is not None:
+            PrivacyLedger(self.state_dir).mark(**self.ledger_entry, status="sent", sha256=sha256)
 
     def reply(self, msg: Message, *, sha256: str = "", metrics: dict[str, Any] | None = None,
               **records: Any) -> Message:
@@ -70,24 +78,77 @@ def site_seed(site: Site, config: RunConfig, *parts: object) -> int:
     return int.from_bytes(os.urandom(8), "big") >> 1
 
 
+@dataclass(frozen=True)
+class RoundInputs:
+    """What a training message carries, as plain data."""
+
+    round_number: int
+    run_id: str
+    global_weights: Weights
+
+    @classmethod
+    def from_message(cls, msg: Message) -> RoundInputs:
+        return cls(int(msg.content["config"]["round"]), str(msg.content["config"]["run-id"]),
+                   from_record(msg.content["arrays"]))
+
+
 def local_round(msg: Message, site: Site, config: RunConfig, *, threads: int) -> LocalRound:
+    """Train one round: in the hospital's warm worker when one runs (:mod:`client.worker`),
+    else in this process."""
+    inputs = RoundInputs.from_message(msg)
+    if not site.simulated:
+        from client.worker import call_worker
+
+        done, result = call_worker(site.state_dir, "train", inputs=inputs, site=site,
+                                   config=config)
+        if done:
+            return result
+    return train_round(inputs=inputs, site=site, config=config, threads=threads)
+
+
+def train_round(*, inputs: RoundInputs, site: Site, config: RunConfig,
+                threads: int) -> LocalRound:
     import torch
 
     torch.set_num_threads(threads)
     try:
-        return _local_round(msg, site, config)
+        return _train_round(inputs, site, config)
     except EXPECTED_FAILURES as error:
         return LocalRound(site.site_id, "failed", code=failure_code(error), reason=str(error))
 
 
-def _local_round(msg: Message, site: Site, config: RunConfig) -> LocalRound:
+def evaluate_round(*, weights: Weights, site: Site, config: RunConfig,
+                   threads: int) -> dict[str, float]:
+    """Loss / accuracy (AUROC for two classes) of ``weights`` on the site's validation split."""
+    import torch
+
+    from common.evaluation import evaluate_weights
+
+    torch.set_num_threads(threads)
+    _, validation = split(load_site_data(site, config), config.data.validation_fraction)
+    return evaluate_weights(config, weights, validation)
+
+
+def local_evaluation(weights: Weights, site: Site, config: RunConfig, *,
+                     threads: int) -> dict[str, float]:
+    """:func:`evaluate_round` in the hospital's warm worker when one runs, else here."""
+    if not site.simulated:
+        from client.worker import call_worker
+
+        done, result = call_worker(site.state_dir, "evaluate", weights=weights, site=site,
+                                   config=config)
+        if done:
+            return result
+    return evaluate_round(weights=weights, site=site, config=config, threads=threads)
+
+
+def _train_round(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
     import torch
 
     from client.training import plan_round, train_local
     from common.privacy import NoiseMemo, epsilon_for_history
 
-    round_number = int(msg.content["config"]["round"])
-    run_id = str(msg.content["config"]["run-id"])
+    round_number, run_id = inputs.round_number, inputs.run_id
     data = load_site_data(site, config)
     train_data, _ = split(data, config.data.validation_fraction)
     ledger = PrivacyLedger(site.state_dir)
@@ -113,7 +174,7 @@ def _local_round(msg: Message, site: Site, config: RunConfig) -> LocalRound:
                        sample_rate=plan.sample_rate, steps=plan.steps, delta=privacy.delta,
                        accountant=privacy.accountant)
     torch.manual_seed(site_seed(site, config, round_number))
-    global_weights = from_record(msg.content["arrays"])
+    global_weights = inputs.global_weights
     result = train_local(config=config, global_weights=global_weights, data=train_data,
                          plan=plan, history=history)
     update = {name: result.weights[name] - global_weights[name] for name in global_weights}
@@ -133,9 +194,6 @@ def _local_round(msg: Message, site: Site, config: RunConfig) -> LocalRound:
                         "sample-rate": plan.sample_rate, "max-grad-norm": privacy.max_grad_norm})
         extra["history"] = json.dumps(result.history)
 
-    def mark_sent(sha256: str) -> None:
-        if privacy.enabled:
-            ledger.mark(**entry, status="sent", sha256=sha256)
-
     return LocalRound(site.site_id, "ok", metrics=metrics, extra=extra, update=update,
-                      mark_sent=mark_sent)
+                      ledger_entry=entry if privacy.enabled else None,
+                      state_dir=site.state_dir)

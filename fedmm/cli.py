@@ -449,6 +449,10 @@ def client(
                                                      "validate the data against")] = None,
     runtime_port: Annotated[int | None, typer.Option(min=1, max=65535, help="local port of "
                                                      "the SuperNode's runtime API")] = None,
+    registration_wait: Annotated[float, typer.Option(min=0, help="seconds to keep trying while "
+                                                     "the server refuses this hospital's key "
+                                                     "(a starting server registers keys "
+                                                     "after it listens)")] = 600.0,
 ) -> None:
     """Join a federation as one hospital: validate the site data, check the server's TLS
     certificate, then run Flower's SuperNode with this hospital's key.
@@ -461,7 +465,8 @@ def client(
 
     config = build_config(config_file, {})
     settings = ClientSettings(data_dir=data, server=server, ca=ca, key=key, policy=policy,
-                              state_dir=state_dir, site_id=site_id, runtime_port=runtime_port)
+                              state_dir=state_dir, site_id=site_id, runtime_port=runtime_port,
+                              registration_wait_s=registration_wait)
     try:
         site = resolve_site(node_config(settings), None)  # as the ClientApp will: policy too
         rows = require_usable(load_site(site.data_dir, config.data), config.data)
@@ -470,17 +475,26 @@ def client(
     console.print(f"site {site.site_id}: {len(rows)} usable rows"
                   + (f", {len(rows.issues)} bad rows skipped (see fedmm validate-data)"
                      if rows.issues else ""), highlight=False)
+    from client.worker import TrainingWorker
+
     launcher = ClientLauncher(settings)
+    worker = TrainingWorker(site.state_dir)
     _raise_on_sigterm()
     try:
+        worker.start()  # imports torch and Opacus once, while the SuperNode connects
         while not launcher.check():
             console.print(f"server {server}: not reachable yet; trying again in 10 s",
                           highlight=False)
             time.sleep(10)
         console.print(f"server {server}: TLS certificate verified", highlight=False)
         console.print(f"joining as a SuperNode; log: {launcher.log_path}", highlight=False)
-        launcher.supervise(lambda code: console.print(
-            f"connection to the server ended (exit {code}); reconnecting ...", highlight=False))
+        launcher.supervise(
+            on_restart=lambda code: console.print(
+                f"connection to the server ended (exit {code}); reconnecting ...",
+                highlight=False),
+            on_unregistered=lambda pause: console.print(
+                f"server {server}: this hospital's key is not registered there (yet); trying "
+                f"again in {pause:.0f} s", highlight=False))
     except JoinError as error:
         launcher.stop()
         fail(str(error))
@@ -488,6 +502,8 @@ def client(
         launcher.stop()
         errors.print("stopped")
         raise typer.Exit(130) from None
+    finally:
+        worker.stop()
 
 
 def _configure_logging(verbose: bool) -> None:
