@@ -26,6 +26,7 @@ from common.pki import check_private_key
 
 NODE_CONFIG_NAME = "node_config.toml"
 RESTART_PAUSE_S = 5.0
+MAX_PAUSE_S = 60.0
 NOT_REGISTERED = "Exit Code: 305"  # Flower: "Failed to activate SuperNode" (key unknown there)
 
 
@@ -43,6 +44,7 @@ class ClientSettings:
     state_dir: Path | None = None
     site_id: str | None = None
     runtime_port: int | None = None
+    registration_wait_s: float = 600.0  # keep trying this long while the key is unknown there
 
     @property
     def state(self) -> Path:
@@ -130,34 +132,46 @@ class ClientLauncher:
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the handle
             self.supernode = processes.start(command, env=env, log=log)
 
-    def _exit_reason(self) -> JoinError | None:
-        """Why the SuperNode stopped, when it is a reason not to start it again."""
+    def _refused(self) -> bool:
+        """Whether the SuperNode stopped because the server does not know this hospital's key."""
         assert self.supernode is not None
         with self.log_path.open("rb") as log:
             log.seek(self.log_start)
             log_text = log.read().decode(errors="replace")
-        if self.supernode.returncode != 0 and NOT_REGISTERED in log_text:
-            return JoinError(f"the server at {self.settings.server} refused this hospital's "
-                             f"key ({self.settings.key.name}): it is not registered there; "
-                             "send the matching .pub file to the server operator "
-                             "(fedmm server --allow)")
-        return None
+        return self.supernode.returncode != 0 and NOT_REGISTERED in log_text
 
-    def supervise(self, on_restart: Callable[[int], None] | None = None) -> None:
+    def supervise(self, on_restart: Callable[[int], None] | None = None,
+                  on_unregistered: Callable[[float], None] | None = None) -> None:
         """Keep the SuperNode running: when it stops (the server went away, the connection
         broke), start it again after a pause, so the hospital rejoins when the server is back.
-        Returns only through :class:`JoinError` (refused key) or an exception from outside."""
+        A refused key is retried for ``registration_wait_s`` (a starting server registers its
+        hospitals' keys a few seconds after it listens), then ends in :class:`JoinError`.
+        Returns only through :class:`JoinError` or an exception from outside."""
         pause = RESTART_PAUSE_S
+        refused_since: float | None = None
         while True:
             self.start()
             started = time.monotonic()
             assert self.supernode is not None
             while self.supernode.poll() is None:
                 time.sleep(0.5)
-            reason = self._exit_reason()
-            if reason is not None:
-                raise reason
-            pause = RESTART_PAUSE_S if time.monotonic() - started > 60 else min(60.0, pause * 2)
+            ran_long = time.monotonic() - started > 60
+            if self._refused():
+                refused_since = refused_since if refused_since is not None else started
+                if time.monotonic() - refused_since >= self.settings.registration_wait_s:
+                    raise JoinError(
+                        f"the server at {self.settings.server} refused this hospital's key "
+                        f"({self.settings.key.name}): it is not registered there; send the "
+                        "matching .pub file to the server operator (fedmm server --allow)")
+                # back off: a SuperNode start costs seconds of CPU, and a starting server
+                # with many hospitals is registering them all at once
+                pause = min(MAX_PAUSE_S, max(2 * RESTART_PAUSE_S, pause * 2))
+                if on_unregistered is not None:
+                    on_unregistered(pause)
+                time.sleep(pause)
+                continue
+            refused_since = None
+            pause = RESTART_PAUSE_S if ran_long else min(MAX_PAUSE_S, pause * 2)
             if on_restart is not None:
                 on_restart(self.supernode.returncode)
             time.sleep(pause)

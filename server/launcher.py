@@ -30,6 +30,7 @@ from server.deployment import FAILED_NAME, RUN_CONFIG_NAME
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 CONNECTION = "fedmm"
 STATUS_EVERY_S = 30.0
+REGISTRATION_WORKERS = 8
 
 
 class DeploymentError(RuntimeError):
@@ -131,11 +132,16 @@ class ServerLauncher:
         return answer
 
     def register_hospitals(self) -> list[str]:
-        nodes = []
-        for key in self.settings.allowed:
+        """Register every allowed key with the SuperLink, several at a time (each is a ``flwr``
+        process; one after another, 20 hospitals took 40 s)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def register(key: Path) -> str:
             answer = self._flwr("supernode", "register", str(Path(key).resolve()), CONNECTION)
-            nodes.append(str(answer.get("node-id", "")))
-        return nodes
+            return str(answer.get("node-id", ""))
+
+        with ThreadPoolExecutor(max_workers=REGISTRATION_WORKERS) as pool:
+            return list(pool.map(register, self.settings.allowed))
 
     def submit_run(self) -> str:
         overrides = self.flwr_home / "run_overrides.toml"

@@ -5,11 +5,19 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from client.launcher import ClientSettings, JoinError, check_server_certificate, write_node_config
+import client.launcher as launcher_module
+from client.launcher import (
+    ClientLauncher,
+    ClientSettings,
+    JoinError,
+    check_server_certificate,
+    write_node_config,
+)
 from common.pki import init_keys
 from common.processes import free_port
 
@@ -77,3 +85,26 @@ def test_server_address_must_be_host_and_port(server: str) -> None:
     settings = ClientSettings(data_dir=Path("d"), server=server, ca=Path("c"), key=Path("k"))
     with pytest.raises(JoinError, match="expected HOST:PORT"):
         settings.host_port()
+
+
+def test_a_refused_key_is_retried_for_the_registration_wait_then_named(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SuperNode stand-in that exits as Flower's does for an unknown key (exit code 305)."""
+    refusing = tmp_path / "flower-supernode"
+    refusing.write_text("#!/bin/sh\necho 'Exit Code: 305'\nexit 1\n")
+    refusing.chmod(0o755)
+    monkeypatch.setattr(launcher_module.processes, "flower_command", lambda name: str(refusing))
+    monkeypatch.setattr(launcher_module, "RESTART_PAUSE_S", 0.1)
+    (tmp_path / "site").mkdir()
+    settings = ClientSettings(data_dir=tmp_path / "site", server="127.0.0.1:9", ca=tmp_path / "ca",
+                              key=tmp_path / "hospital-1.key", registration_wait_s=2.0)
+    retries: list[float] = []
+    launcher = ClientLauncher(settings)
+    with pytest.raises(JoinError, match=r"refused this hospital's key \(hospital-1.key\)"):
+        launcher.supervise(on_unregistered=retries.append)
+    assert len(retries) >= 2 and launcher.log_path.read_text().count("Exit Code: 305") >= 3
+    retries.clear()
+    launcher = ClientLauncher(replace(settings, registration_wait_s=0))
+    with pytest.raises(JoinError):
+        launcher.supervise(on_unregistered=retries.append)
+    assert retries == []

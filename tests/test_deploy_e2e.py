@@ -109,7 +109,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict:
             runs.append(hospital)
         result["unregistered"] = run_cli(
             ["client", "--data", str(data / "site-04"), "--server", f"127.0.0.1:{port}",
-             "--ca", str(keys / "ca.crt"), "--key", str(keys / "hospitals" / "hospital-4.key")],
+             "--ca", str(keys / "ca.crt"), "--key", str(keys / "hospitals" / "hospital-4.key"),
+             "--registration-wait", "0"],
             cwd=folder("hospital-4"), timeout=120)
         result["wrong_ca"] = run_cli(
             ["client", "--data", str(data / "site-01"), "--server", f"127.0.0.1:{port}",
