@@ -1,6 +1,7 @@
-"""``python -m benchmarks [--quick]``: DP-SGD cost per local epoch, side by side; secure
-aggregation vs plaintext rounds (fedmm and Flower's legacy SecAgg+, :mod:`benchmarks.secagg`);
-and (without ``--quick``) the main job timed end to end.
+"""``python -m benchmarks [--quick] [--only NAME]``: DP-SGD cost per local epoch, side by side;
+secure aggregation vs plaintext rounds (fedmm and Flower's legacy SecAgg+,
+:mod:`benchmarks.secagg`); a loopback deployment under load (:mod:`benchmarks.loopback`); and
+(without ``--quick``) the main job timed end to end.
 
 For each fusion head, one local epoch on the same demo site is timed non-privately and with
 Opacus DP-SGD in each per-sample-gradient mode, interleaved (repeat r: plain, hooks, ghost, ...)
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from benchmarks.report import machine, update_sections
 
 MODES = ("none", "hooks", "ghost")
 HEADS = ("concat", "attention", "late")
@@ -84,25 +86,11 @@ def dp_cost(*, quick: bool) -> list[dict]:
     return results
 
 
-def write_markdown(path: Path, command: str, rows: list[dict], job: dict | None,
-                   secure_rows: list[dict]) -> None:
-    import torch
-
-    from benchmarks.secagg import markdown as secure_markdown
-
-    versions = {}
-    for name in ("flwr", "opacus", "numpy"):
-        module = __import__(name)
-        versions[name] = getattr(module, "__version__", "?")
+def dp_cost_markdown(rows: list[dict], command: str) -> list[str]:
     lines = [
-        "# Benchmarks", "",
-        "Figures are ratios measured side by side in one run (never timed assertions in tests).",
-        "",
         "## DP-SGD cost per local epoch", "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, 1 torch thread, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
+        f"Machine: {machine()}; 1 torch thread", "",
         f"One local epoch (Poisson batches of {_batch_size()}, default model ≈ "
         f"{_parameters()} parameters) on one demo site; median of the repeats; ratio to the "
         "non-private epoch of the same head in the same run (same optimiser: SGD with momentum).",
@@ -115,23 +103,24 @@ def write_markdown(path: Path, command: str, rows: list[dict], job: dict | None,
         lines.append(f"| {row['fusion']} | {mode} | {row['examples']} | "
                      f"{row['seconds_median']:.3f} | {row['ratio_to_non_private']:.2f} |")
     lines += ["", "`grad_sample_mode = \"auto\"` picks hooks for models under 1 M parameters "
-              "(faster here, see the table) and ghost clipping above.", ""]
-    lines += [*secure_markdown(secure_rows, command), ""]
-    if job is not None:
-        lines += [
-            "## The main job (`make demo`)", "",
-            f"Command: `{command}` (runs `fedmm simulate --centralized` with defaults: 3 demo "
-            "hospitals × 400 patients, DP-SGD target ε = 8, δ = 1e-5). Machine as above, "
-            "2 cores.", "",
-            "| wall time (s) | s / round after the first | rounds | test accuracy (DP-FL) | "
-            "test accuracy (centralized, no DP) | ε max |",
-            "|---|---|---|---|---|---|",
-            f"| {job['wall_seconds']} | {job['round_seconds_after_first']} | {job['rounds']} | "
-            f"{job['test_accuracy']} | {job['centralized_test_accuracy']} | "
-            f"{job['epsilon_max']} |", "",
-            "Wall time includes demo-data generation, Ray start-up and the centralized "
-            "reference. Four balanced classes: chance is 0.25.", ""]
-    path.write_text("\n".join(lines))
+              "(faster here, see the table) and ghost clipping above."]
+    return lines
+
+
+def main_job_markdown(job: dict, command: str) -> list[str]:
+    return [
+        "## The main job (`make demo`)", "",
+        f"Command: `{command}` (runs `fedmm simulate --centralized` with defaults: 3 demo "
+        "hospitals × 400 patients, DP-SGD target ε = 8, δ = 1e-5).  ",
+        f"Machine: {machine()}", "",
+        "| wall time (s) | s / round after the first | rounds | test accuracy (DP-FL) | "
+        "test accuracy (centralized, no DP) | ε max |",
+        "|---|---|---|---|---|---|",
+        f"| {job['wall_seconds']} | {job['round_seconds_after_first']} | {job['rounds']} | "
+        f"{job['test_accuracy']} | {job['centralized_test_accuracy']} | "
+        f"{job['epsilon_max']} |", "",
+        "Wall time includes demo-data generation, Ray start-up and the centralized "
+        "reference. Four balanced classes: chance is 0.25."]
 
 
 def _batch_size() -> int:
@@ -176,18 +165,38 @@ def _parameters() -> str:
     return f"{count_parameters(build_model(data=config.data, model=config.model)):,}"
 
 
+SECTIONS = ("dp_cost", "secagg", "loopback", "main_job")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller site")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats, smaller sites, no main job")
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run only this section (repeatable); the others in the output "
+                        "file are kept as they are")
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     args = parser.parse_args()
-    from benchmarks.secagg import secure_aggregation_cost
+    chosen = args.only or [s for s in SECTIONS if not (args.quick and s == "main_job")]
+    command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(
+        f" --only {name}" for name in args.only or [])
+    sections = []
+    for name in SECTIONS:
+        if name not in chosen:
+            continue
+        if name == "dp_cost":
+            sections.append(dp_cost_markdown(dp_cost(quick=args.quick), command))
+        elif name == "secagg":
+            from benchmarks.secagg import markdown, secure_aggregation_cost
 
-    rows = dp_cost(quick=args.quick)
-    secure_rows = secure_aggregation_cost(quick=args.quick)
-    job = None if args.quick else main_job()
-    command = "python -m benchmarks" + (" --quick" if args.quick else "")
-    write_markdown(args.output, command, rows, job, secure_rows)
+            sections.append(markdown(secure_aggregation_cost(quick=args.quick), command))
+        elif name == "loopback":
+            from benchmarks.loopback import loopback_load
+
+            sections.append(loopback_load(quick=args.quick, command=command))
+        else:
+            sections.append(main_job_markdown(main_job(), command))
+        update_sections(args.output, [sections[-1]])  # each section lands as soon as it is done
     print(f"wrote {args.output}", file=sys.stderr)
 
 

@@ -10,7 +10,8 @@ The worker listens on a Linux abstract Unix socket named after the state folder.
 knowledge of a 32-byte key in ``STATE_DIR/worker.key`` (mode 0600, written when the worker
 starts) before anything is exchanged (``multiprocessing.connection``'s HMAC challenge, both
 ways), so only processes of the hospital's own account can use it. When no worker answers, the
-ClientApp does the job itself (simulations never use one).
+ClientApp does the job itself (simulations never use one). The worker thread runs at the lowest
+CPU priority.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def _jobs() -> dict[str, Callable[..., Any]]:
     return {"train": train_round, "evaluate": evaluate_round}
 
 
+def _lowest_priority() -> None:
+    """Nice 19 for this thread (Linux schedules threads separately): Flower's own processes,
+    which must check in within 30 s of being started, and the hospital's other work come
+    before training."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def _warm_up() -> None:
     import opacus  # noqa: F401
     import torch  # noqa: F401
@@ -82,6 +91,7 @@ class TrainingWorker:
         self._thread.start()
 
     def _serve(self) -> None:
+        _lowest_priority()
         _warm_up()
         jobs = _jobs()
         assert self._listener is not None

@@ -31,6 +31,7 @@ APP_DIR = Path(__file__).resolve().parent / "flower_app"
 CONNECTION = "fedmm"
 STATUS_EVERY_S = 30.0
 REGISTRATION_WORKERS = 8
+FLWR_TIMEOUT_S = 300.0
 
 
 class DeploymentError(RuntimeError):
@@ -118,9 +119,14 @@ class ServerLauncher:
             f"root-certificates = {_toml_string(str(layout.ca_cert))}\n", encoding="utf-8")
 
     def _flwr(self, *args: str) -> dict[str, Any]:
-        result = subprocess.run([processes.flower_command("flwr"), *args, "--format", "json"],
-                                env=self.env, capture_output=True, text=True, timeout=120,
-                                cwd=self.run_dir)
+        try:
+            result = subprocess.run(
+                [processes.flower_command("flwr"), *args, "--format", "json"], env=self.env,
+                capture_output=True, text=True, timeout=FLWR_TIMEOUT_S, cwd=self.run_dir)
+        except subprocess.TimeoutExpired:
+            raise DeploymentError(
+                f"flwr {' '.join(args[:2])} did not answer within {FLWR_TIMEOUT_S:.0f} s (is "
+                f"the machine overloaded?); see {self.logs / 'superlink.log'}") from None
         try:
             answer = json.loads(result.stdout[result.stdout.index("{"):])
         except ValueError:
@@ -204,4 +210,6 @@ class ServerLauncher:
             with contextlib.suppress(DeploymentError, subprocess.TimeoutExpired):
                 self._flwr("stop", self.run_id, CONNECTION)
         processes.stop(self.superlink)
+        if self.superlink is not None:  # a ServerApp process can outlive its SuperExec
+            processes.stop_strays("--runtime-api-address", self.settings.local_address)
         self.superlink = None

@@ -1,10 +1,20 @@
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common.processes import QUIET_ENV, flower_env, free_port, port_open, start, stop
+from common.processes import (
+    QUIET_ENV,
+    flower_env,
+    free_port,
+    pids_running,
+    port_open,
+    start,
+    stop,
+    stop_strays,
+)
 
 
 def test_flower_processes_get_a_quiet_own_environment(tmp_path) -> None:
@@ -43,3 +53,20 @@ def living_members(group: int) -> list[int]:
 def test_free_port_is_free() -> None:
     port = free_port()
     assert not port_open("127.0.0.1", port)
+
+
+def test_strays_are_found_by_their_arguments_and_stopped() -> None:
+    marker = f"127.0.0.1:{free_port()}"
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              "--runtime-api-address", marker])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              "--runtime-api-address", marker + "0"])
+    try:
+        assert pids_running("--runtime-api-address", marker) == [stray.pid]
+        assert stop_strays("--runtime-api-address", marker) == 1
+        assert stray.wait(timeout=10) == -signal.SIGTERM
+        assert other.poll() is None
+    finally:
+        for process in (stray, other):
+            process.kill()
+            process.wait()

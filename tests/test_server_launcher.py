@@ -50,3 +50,15 @@ def test_a_failing_flwr_call_reports_its_last_line(tmp_path, monkeypatch) -> Non
     monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(DeploymentError, match=r"^flwr list failed: Port in use$"):
         launcher(tmp_path)._flwr("list")
+
+
+def test_a_flwr_call_that_hangs_is_named_not_a_traceback(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    def hanging_run(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    monkeypatch.setattr(subprocess, "run", hanging_run)
+    with pytest.raises(DeploymentError, match=r"^flwr supernode register did not answer within "
+                                              r"300 s \(is the machine overloaded\?\)"):
+        launcher(tmp_path)._flwr("supernode", "register", "key.pub")

@@ -59,7 +59,7 @@ def _inputs(config: RunConfig) -> RoundInputs:
 
 def test_a_round_trains_in_the_worker_and_is_marked_sent_here(worker, site_copy,
                                                                 small_config) -> None:
-    process, state = worker
+    _, state = worker
     assert stat.S_IMODE(os.stat(state / KEY_NAME).st_mode) == 0o600
     site = resolve_site({"data-dir": str(site_copy)}, None)
     config = small_config.model_copy(update={"privacy": small_config.privacy.model_copy(
