@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,17 +94,22 @@ class RoundInputs:
 
 
 def local_round(msg: Message, site: Site, config: RunConfig, *, threads: int) -> LocalRound:
-    """Train one round: in the hospital's warm worker when one runs (:mod:`client.worker`),
-    else in this process."""
-    inputs = RoundInputs.from_message(msg)
+    """Train one round (:func:`train_round`), in the hospital's warm worker when one runs."""
+    return _in_worker_or_here("train", train_round, site=site, threads=threads,
+                              inputs=RoundInputs.from_message(msg), config=config)
+
+
+def _in_worker_or_here(kind: str, job: Callable[..., Any], *, site: Site, threads: int,
+                       **arguments: Any) -> Any:
+    """``job(site=..., **arguments)`` in the hospital's warm worker when one runs
+    (:mod:`client.worker`), else in this process (always, in simulations)."""
     if not site.simulated:
         from client.worker import call_worker
 
-        done, result = call_worker(site.state_dir, "train", inputs=inputs, site=site,
-                                   config=config)
+        done, result = call_worker(site.state_dir, kind, site=site, **arguments)
         if done:
             return result
-    return train_round(inputs=inputs, site=site, config=config, threads=threads)
+    return job(site=site, threads=threads, **arguments)
 
 
 def train_round(*, inputs: RoundInputs, site: Site, config: RunConfig,
@@ -131,15 +137,9 @@ def evaluate_round(*, weights: Weights, site: Site, config: RunConfig,
 
 def local_evaluation(weights: Weights, site: Site, config: RunConfig, *,
                      threads: int) -> dict[str, float]:
-    """:func:`evaluate_round` in the hospital's warm worker when one runs, else here."""
-    if not site.simulated:
-        from client.worker import call_worker
-
-        done, result = call_worker(site.state_dir, "evaluate", weights=weights, site=site,
-                                   config=config)
-        if done:
-            return result
-    return evaluate_round(weights=weights, site=site, config=config, threads=threads)
+    """:func:`evaluate_round`, in the hospital's warm worker when one runs."""
+    return _in_worker_or_here("evaluate", evaluate_round, site=site, threads=threads,
+                              weights=weights, config=config)
 
 
 def _train_round(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
