@@ -33,7 +33,8 @@ log = logging.getLogger("fedmm.client")
 
 
 class WorkerError(RuntimeError):
-    """The worker failed a job with an error that could not travel back as itself."""
+    """The worker cannot start (its state folder is served already), or failed a job with an
+    error that could not travel back as itself."""
 
 
 def worker_address(state_dir: Path) -> str:
@@ -85,7 +86,13 @@ class TrainingWorker:
 
     def start(self) -> None:
         key = secrets.token_bytes(32)
-        self._listener = Listener(worker_address(self.state_dir), family="AF_UNIX", authkey=key)
+        try:
+            self._listener = Listener(worker_address(self.state_dir), family="AF_UNIX",
+                                      authkey=key)
+        except OSError as error:
+            raise WorkerError(f"another fedmm client already serves {self.state_dir} "
+                              f"({error.strerror}); stop it, or give this one its own "
+                              "--state-dir") from None
         _write_key(self.key_path, key)
         self._thread = threading.Thread(target=self._serve, name="fedmm-worker", daemon=True)
         self._thread.start()
@@ -116,9 +123,9 @@ class TrainingWorker:
 
     def stop(self) -> None:
         listener, self._listener = self._listener, None
-        if listener is not None:
+        if listener is not None:  # only the worker that wrote the key removes it
             listener.close()
-        self.key_path.unlink(missing_ok=True)
+            self.key_path.unlink(missing_ok=True)
 
 
 def call_worker(state_dir: Path, kind: str, **arguments: Any) -> tuple[bool, Any]:

@@ -475,7 +475,7 @@ def client(
     console.print(f"site {site.site_id}: {len(rows)} usable rows"
                   + (f", {len(rows.issues)} bad rows skipped (see fedmm validate-data)"
                      if rows.issues else ""), highlight=False)
-    from client.worker import TrainingWorker
+    from client.worker import TrainingWorker, WorkerError
 
     launcher = ClientLauncher(settings)
     worker = TrainingWorker(site.state_dir)
@@ -495,7 +495,7 @@ def client(
             on_unregistered=lambda pause: console.print(
                 f"server {server}: this hospital's key is not registered there (yet); trying "
                 f"again in {pause:.0f} s", highlight=False))
-    except JoinError as error:
+    except (JoinError, WorkerError) as error:
         launcher.stop()
         fail(str(error))
     except (KeyboardInterrupt, _Stop):

@@ -16,7 +16,7 @@ import pytest
 from client.ledger import PrivacyLedger
 from client.local_round import LocalRound, RoundInputs
 from client.site import resolve_site
-from client.worker import KEY_NAME, call_worker
+from client.worker import KEY_NAME, TrainingWorker, WorkerError, call_worker
 from common.config import RunConfig
 from common.models import build_model
 from common.serialization import model_weights
@@ -105,3 +105,12 @@ def test_without_a_worker_the_caller_does_the_job(tmp_path: Path) -> None:
     assert call_worker(tmp_path, "train") == (False, None)  # no key file
     (tmp_path / KEY_NAME).write_bytes(b"k" * 32)  # a stale key from a stopped worker
     assert call_worker(tmp_path, "train") == (False, None)
+
+
+def test_a_second_worker_for_the_same_state_folder_is_refused(worker) -> None:
+    _, state = worker
+    second = TrainingWorker(state)
+    with pytest.raises(WorkerError, match="another fedmm client already serves"):
+        second.start()
+    second.stop()
+    assert (state / KEY_NAME).exists()  # the running worker's key stays
