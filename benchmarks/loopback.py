@@ -199,4 +199,11 @@ def loopback_load(*, quick: bool, command: str) -> list[str]:
         f"{', '.join(str(n) for n in row['sites_ok'])} | {row['server_peak_rss_mib']} |", "",
         "Server memory is the resident set of its whole process tree (the `fedmm server` "
         "CLI, SuperLink, SuperExec, ServerApp), sampled every 0.25 s. Wall time includes key "
-        "generation, registration of every hospital's key and start-up."]
+        "generation, registration of every hospital's key and start-up.", "",
+        "Where a round's time goes: a securely aggregated round is five messages per hospital "
+        "(four SecAgg+ stages, evaluation) and Flower 1.42 starts a fresh `flwr-clientapp` "
+        "process for each (about 2 s of CPU: Python and Flower's imports), so 20 hospitals on "
+        "2 cores spend most of a round starting processes. Training itself runs in each "
+        "hospital's warm worker (`client/worker.py`), which imported torch and Opacus once; "
+        "without it every training and evaluation message also paid about 5 s of CPU for "
+        "those imports."]
