@@ -9,6 +9,7 @@ one-line reason to ``RUN_DIR/run_failed.txt`` for the launcher to print.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -41,5 +42,6 @@ def main(grid: Grid, context: Context) -> None:
         ).run()
     except (FederationError, ConfigError, OSError) as error:
         logging.getLogger("fedmm.server").error("run stopped: %s", error)
-        atomic_write_text(run_dir / FAILED_NAME, f"{error}\n")
+        with contextlib.suppress(OSError):  # the disk may be the very thing that failed
+            atomic_write_text(run_dir / FAILED_NAME, f"{error}\n")
         raise
