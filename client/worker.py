@@ -24,7 +24,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Listener
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
@@ -99,27 +99,36 @@ class TrainingWorker:
 
     def _serve(self) -> None:
         _lowest_priority()
-        _warm_up()
-        jobs = _jobs()
-        assert self._listener is not None
-        while True:
+        try:
+            _warm_up()
+        except Exception:  # each job will raise the same error to its caller
+            log.exception("training worker: warm-up failed")
+        listener = self._listener
+        while listener is not None:
             try:
-                connection = self._listener.accept()
+                connection = listener.accept()
             except (OSError, EOFError, AuthenticationError):  # closed, or failed the challenge
-                if self._listener is None:
-                    return
+                listener = self._listener
                 continue
-            with connection, contextlib.suppress(OSError, EOFError):
-                kind, arguments = connection.recv()
+            with connection:
                 try:
-                    result = ("ok", jobs[kind](**arguments, threads=self.threads))
-                except Exception as error:  # raised again in the caller, as if local
-                    result = ("raise", error)
-                try:
-                    connection.send(result)
-                except Exception:  # an exception that does not pickle
-                    connection.send(("raise", WorkerError(f"{type(result[1]).__name__}: "
-                                                          f"{result[1]}")))
+                    self._answer(connection)
+                except Exception:  # a broken request or caller must not stop the worker
+                    log.exception("training worker: a request failed")
+
+    def _answer(self, connection: Connection) -> None:
+        kind, arguments = connection.recv()
+        try:
+            result = ("ok", _jobs()[kind](**arguments, threads=self.threads))
+        except Exception as error:  # raised again in the caller, as if local
+            result = ("raise", error)
+        try:
+            connection.send(result)
+        except (OSError, EOFError):
+            raise
+        except Exception:  # an exception that does not pickle
+            connection.send(("raise", WorkerError(f"{type(result[1]).__name__}: "
+                                                  f"{result[1]}")))
 
     def stop(self) -> None:
         listener, self._listener = self._listener, None

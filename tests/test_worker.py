@@ -114,3 +114,20 @@ def test_a_second_worker_for_the_same_state_folder_is_refused(worker) -> None:
         second.start()
     second.stop()
     assert (state / KEY_NAME).exists()  # the running worker's key stays
+
+
+def test_a_broken_request_does_not_stop_the_worker(worker, site_copy, small_config) -> None:
+    process, state = worker
+    from multiprocessing.connection import Client
+
+    from client.worker import worker_address
+
+    with Client(worker_address(state), family="AF_UNIX",
+                authkey=(state / KEY_NAME).read_bytes()) as connection:
+        connection.send("not a (kind, arguments) pair")
+    with pytest.raises(KeyError):
+        call_worker(state, "no-such-job")
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    done, _ = call_worker(state, "evaluate", weights=_inputs(small_config).global_weights,
+                          site=site, config=small_config)
+    assert done and process.poll() is None
