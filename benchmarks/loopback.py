@@ -106,7 +106,8 @@ def _wait_for_line(path: Path, text: str, *, process: subprocess.Popen,
         if path.exists() and text in path.read_text(errors="replace"):
             return
         time.sleep(0.5)
-    raise RuntimeError(f"the server did not get ready: {path.read_text(errors='replace')[-800:]}")
+    output = path.read_text(errors="replace")[-800:] if path.exists() else "(no output)"
+    raise RuntimeError(f"the server did not get ready: {output}")
 
 
 def run_loopback(*, root: Path, hospitals: int, rounds: int = 2, secure: bool = True,
