@@ -84,6 +84,11 @@ def _as_hwc(array: np.ndarray) -> np.ndarray:
 
 def read_image(path: Path, config: DataConfig) -> np.ndarray:
     """Read and preprocess one image file → float32 array C×S×S."""
+    return _resize_and_standardise(read_image_pixels(path), config)
+
+
+def read_image_pixels(path: Path) -> np.ndarray:
+    """Read one image file → float64 array H×W×C (C = 1 or 3) scaled to [0, 1], unresized."""
     _check_size(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -97,7 +102,7 @@ def read_image(path: Path, config: DataConfig) -> np.ndarray:
     hwc = _as_hwc(array)
     if not np.all(np.isfinite(hwc)):
         raise SampleError("image contains NaN or infinite values")
-    return _resize_and_standardise(_scale_unit(hwc), config)
+    return _scale_unit(hwc)
 
 
 def _read_picture(path: Path) -> np.ndarray:
@@ -156,16 +161,22 @@ def tokenize(text: str, config: DataConfig) -> np.ndarray:
     return ids
 
 
+def read_note(cell: str, site_dir: Path) -> str:
+    """The note of a manifest cell: a cell ending in ``.txt`` names a file; anything else is the
+    note itself."""
+    if not cell.lower().endswith(".txt"):
+        return cell
+    path = resolve_inside(site_dir, cell)
+    _check_size(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SampleError("text file is not UTF-8") from None
+
+
 def read_text(cell: str, site_dir: Path, config: DataConfig) -> np.ndarray:
-    """A cell ending in ``.txt`` names a file; anything else is the note itself."""
-    if cell.lower().endswith(".txt"):
-        path = resolve_inside(site_dir, cell)
-        _check_size(path)
-        try:
-            cell = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise SampleError("text file is not UTF-8") from None
-    ids = tokenize(cell, config)
+    """The note of a manifest cell (:func:`read_note`) as hashed token ids."""
+    ids = tokenize(read_note(cell, site_dir), config)
     if not ids.any():
         raise SampleError("text has no words")
     return ids
