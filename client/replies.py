@@ -16,9 +16,10 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from client.ledger import LedgerError
 from client.site import Site, resolve_site
 from common.config import ConfigError, RunConfig
+from common.features import MissingExtraError
 from common.sitedata import SiteDataError
 
-EXPECTED_FAILURES = (SiteDataError, ConfigError, LedgerError)
+EXPECTED_FAILURES = (SiteDataError, ConfigError, LedgerError, MissingExtraError)
 
 
 def status_record(site_id: str, status: str, *, code: str = "", reason: str = "",

@@ -46,6 +46,11 @@ class ModelConfig(_Section):
     """Encoders and fusion head."""
 
     fusion: Literal["concat", "attention", "late"] = "concat"
+    encoders: Literal["trainable", "pretrained"] = Field(
+        "trainable", description="pretrained: frozen MiniLM text and EfficientNet-lite0 image "
+        "features (extra 'fedmm[pretrained]'), DP-SGD trains only what sits on top")
+    pretrained_image_size: int = Field(
+        96, ge=32, le=512, description="images are resized to this square for EfficientNet")
     text_encoder: Literal["gru", "attention"] = "attention"
     embed_dim: int = Field(16, ge=4, le=1024)
     hidden_dim: int = Field(32, ge=4, le=4096)

@@ -255,9 +255,12 @@ class Federation:
     def _load_test_data(self):
         if self.test_dir is None:
             return None
+        from client.site import STATE_DIR_NAME
+        from common.features import FEATURE_DIR, model_inputs
         from common.sitedata import load_site
 
-        return load_site(self.test_dir, self.config.data)
+        return model_inputs(load_site(self.test_dir, self.config.data), self.config.model,
+                            self.test_dir / STATE_DIR_NAME / FEATURE_DIR)
 
     def _evaluate(self, state: RunState, nodes: list[int], test_data) -> dict[str, Any]:
         result: dict[str, Any] = {}

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from client.site import STATE_DIR_NAME
 from common.config import RunConfig
+from common.features import FEATURE_DIR, model_inputs
 from common.sitedata import SiteData, load_site, split_train_validation
 
 
@@ -27,6 +29,12 @@ def pool(parts: Sequence[SiteData]) -> SiteData:
         masks=np.concatenate([p.masks for p in parts]),
         total_rows=sum(len(p) for p in parts),
     )
+
+
+def _inputs(site_dir: Path, config: RunConfig) -> SiteData:
+    """A site's samples as the model takes them (features from the site's cache if pretrained)."""
+    return model_inputs(load_site(site_dir, config.data), config.model,
+                        site_dir / STATE_DIR_NAME / FEATURE_DIR)
 
 
 def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
@@ -44,8 +52,7 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
             "local_epochs": config.training.local_epochs * config.training.rounds,
             "strategy": "fedavg"}),
     })
-    train_parts = [split_train_validation(load_site(d, config.data),
-                                          config.data.validation_fraction)[0]
+    train_parts = [split_train_validation(_inputs(d, config), config.data.validation_fraction)[0]
                    for d in site_dirs]
     pooled = pool(train_parts)
     torch.manual_seed(config.training.seed)
@@ -57,6 +64,6 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
     summary: dict[str, Any] = {"examples": len(pooled), "epochs": plain.training.local_epochs,
                                "seconds": round(result.seconds, 2)}
     if test_dir is not None:
-        metrics = evaluate_weights(config, result.weights, load_site(test_dir, config.data))
+        metrics = evaluate_weights(config, result.weights, _inputs(test_dir, config))
         summary.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])
     return summary

@@ -10,6 +10,7 @@ from opacus import PrivacyEngine
 from opacus.validators import ModuleValidator
 
 from common.config import MODALITIES, DataConfig, ModelConfig
+from common.features import FEATURE_SIZES
 from common.models import build_model, count_parameters, drop_modalities, select_device
 
 DATA = DataConfig()
@@ -93,3 +94,33 @@ def test_seeded_build_is_reproducible_and_device_auto() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             select_device("cuda")
+
+
+@pytest.mark.parametrize("fusion", ["concat", "attention", "late"])
+def test_pretrained_encoders_train_projections_of_frozen_features_under_dp(fusion: str) -> None:
+    config = ModelConfig(fusion=fusion, encoders="pretrained", embed_dim=8, hidden_dim=16)
+    model = build_model(data=DATA, model=config, seed=0)
+    assert ModuleValidator.validate(model, strict=False) == []
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(8, FEATURE_SIZES["image"], generator=generator)
+    text = torch.randn(8, FEATURE_SIZES["text"], generator=generator)
+    _, _, signal, present, label = _batch(8)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(image, text, signal, present, label), batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        private, optimizer, loader = PrivacyEngine().make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0,
+            max_grad_norm=1.0, poisson_sampling=False)
+        batch = next(iter(loader))
+        torch.nn.functional.cross_entropy(private(*batch[:4]), batch[4]).backward()
+        optimizer.step()
+    # the frozen encoders are not in the model: far fewer parameters than the trainable ones
+    trainable = build_model(data=DATA, model=ModelConfig(fusion=fusion, embed_dim=8,
+                                                         hidden_dim=16))
+    projection = model.encoders["image"]
+    assert sum(p.numel() for p in projection.parameters()) == (
+        2 * FEATURE_SIZES["image"] + FEATURE_SIZES["image"] * 8 + 8)
+    assert count_parameters(model) != count_parameters(trainable)

@@ -2,8 +2,9 @@
 
 ``MultimodalModel.forward(image, tokens, signal, present)`` takes all three modality tensors and
 the B×3 presence mask (order: image, text, audio); modalities the model is not configured for are
-ignored. Modality dropout (training only) hides each present modality with probability p while
-always keeping at least one.
+ignored. With ``model.encoders = "pretrained"`` the image and text inputs are frozen encoders'
+feature vectors (:mod:`common.features`) and their encoders are projections. Modality dropout
+(training only) hides each present modality with probability p while always keeping at least one.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import torch
 from torch import nn
 
 from common.config import MODALITIES, DataConfig, ModelConfig
+from common.features import FEATURE_SIZES
 from common.models.encoders import (
     AttentionTextEncoder,
+    FeatureProjection,
     GRUTextEncoder,
     ImageEncoder,
     SignalEncoder,
@@ -23,6 +26,8 @@ from common.preprocess import N_MELS
 
 
 def _encoder(modality: str, data: DataConfig, model: ModelConfig) -> nn.Module:
+    if model.encoders == "pretrained" and modality in FEATURE_SIZES:
+        return FeatureProjection(features=FEATURE_SIZES[modality], embed_dim=model.embed_dim)
     if modality == "image":
         return ImageEncoder(channels=data.image_channels, embed_dim=model.embed_dim)
     if modality == "audio":

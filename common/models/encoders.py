@@ -87,3 +87,16 @@ class AttentionTextEncoder(nn.Module):
         padding[:, 0] = False  # a row of all padding (text missing) must not give NaN
         attended, _ = self.attention(x, x, x, key_padding_mask=padding, need_weights=False)
         return _masked_mean(self.norm(x + attended), tokens != 0)
+
+
+class FeatureProjection(nn.Module):
+    """A frozen encoder's feature vector (computed once per sample, :mod:`common.features`) →
+    LayerNorm → linear projection to ``embed_dim``. The only trained part of that modality."""
+
+    def __init__(self, *, features: int, embed_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(features)
+        self.project = nn.Linear(features, embed_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.project(self.norm(features))
