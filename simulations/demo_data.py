@@ -25,6 +25,7 @@ same bytes.
 from __future__ import annotations
 
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,11 @@ def _write_wav(path: Path, samples: np.ndarray) -> None:
         handle.writeframes(samples.astype("<i2").tobytes())
 
 
+# Draws the image of a patient with this label: (label, rng) -> uint8 H×W. ``None`` draws the
+# synthetic chest film; :mod:`simulations.fashion_mnist` supplies real pictures instead.
+PictureSource = Callable[[int, np.random.Generator], np.ndarray]
+
+
 def write_site(
     site_dir: Path,
     *,
@@ -160,6 +166,7 @@ def write_site(
     missing: dict[str, float],
     rng: np.random.Generator,
     prefix: str,
+    pictures: PictureSource | None = None,
 ) -> None:
     """Write one hospital folder: ``manifest.csv``, ``images/``, ``signals/``, ``policy.toml``."""
     (site_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -173,7 +180,8 @@ def write_site(
             drop[("image", "text", "audio")[rng.integers(3)]] = False
         row = {"sample_id": sample_id, "label": str(label)}
         if not drop.get("image", False):
-            _write_png(site_dir / "images" / f"{sample_id}.png", sample.image)
+            image = sample.image if pictures is None else pictures(label, rng)
+            _write_png(site_dir / "images" / f"{sample_id}.png", image)
             row["image"] = f"images/{sample_id}.png"
         if not drop.get("text", False):
             row["text"] = sample.text
@@ -207,8 +215,13 @@ def generate_demo(
     seed: int,
     scenario: Scenario,
     test_samples: int = 400,
+    pictures: PictureSource | None = None,
+    test_pictures: PictureSource | None = None,
 ) -> list[Path]:
-    """Write ``sites`` hospital folders ``site-01 ...`` and a held-out ``test`` folder."""
+    """Write ``sites`` hospital folders ``site-01 ...`` and a held-out ``test`` folder.
+
+    ``pictures`` / ``test_pictures`` replace the synthetic chest films of the sites / the test
+    folder (real images drawn per label); text and signals stay the demo's."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     plan = site_plan(scenario, sites=sites, samples_per_site=samples_per_site,
@@ -217,10 +230,11 @@ def generate_demo(
     for index, site in enumerate(plan, start=1):
         site_dir = out_dir / f"site-{index:02d}"
         write_site(site_dir, labels=site.labels, missing=site.missing, rng=rng,
-                   prefix=f"s{index:02d}")
+                   prefix=f"s{index:02d}", pictures=pictures)
         (site_dir / "policy.toml").write_text(DEMO_POLICY, encoding="utf-8")
         site_dirs.append(site_dir)
     if test_samples:
         test_labels = [int(x) for x in rng.integers(0, len(CLASS_NAMES), size=test_samples)]
-        write_site(out_dir / "test", labels=test_labels, missing={}, rng=rng, prefix="test")
+        write_site(out_dir / "test", labels=test_labels, missing={}, rng=rng, prefix="test",
+                   pictures=test_pictures)
     return site_dirs

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.config import RunConfig
 from simulations.demo_data import generate_demo
+from simulations.fashion_mnist import FILES
 from simulations.scenarios import Scenario
 
 
@@ -35,3 +38,27 @@ def small_config() -> RunConfig:
         "model": {"embed_dim": 8, "hidden_dim": 16},
         "training": {"rounds": 2, "local_epochs": 1, "batch_size": 16},
     })
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture
+def fashion_source(tmp_path: Path) -> Path:
+    """A Fashion-MNIST look-alike in the real IDX format: ten classes × 80 train and 110 test
+    pictures, each picture's first pixel = its class and second its index, so a written PNG
+    says where it came from."""
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for split, per_class in (("train", 80), ("test", 110)):
+        labels = np.repeat(np.arange(10), per_class)
+        images = np.random.default_rng(0).integers(0, 256, (len(labels), 28, 28))
+        images[:, 0, 0] = labels
+        images[:, 0, 1] = np.arange(len(labels)) % 256
+        images_file, labels_file = FILES[split]
+        write_idx(folder / images_file, images)
+        write_idx(folder / labels_file, labels)
+    return folder
