@@ -147,6 +147,7 @@ def local_evaluation(weights: Weights, site: Site, config: RunConfig, *,
 def _train_round(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
     import torch
 
+    from client.grad_sample import MEMO_NAME
     from client.training import plan_round, train_local
     from common.privacy import NoiseMemo, epsilon_for_history
 
@@ -178,7 +179,7 @@ def _train_round(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRou
     torch.manual_seed(site_seed(site, config, round_number))
     global_weights = inputs.global_weights
     result = train_local(config=config, global_weights=global_weights, data=train_data,
-                         plan=plan, history=history)
+                         plan=plan, history=history, mode_memo=site.state_dir / MEMO_NAME)
     update = {name: result.weights[name] - global_weights[name] for name in global_weights}
     if not all_finite(update):
         if privacy.enabled:

@@ -21,6 +21,8 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,12 +30,11 @@ from torch import nn
 
 from common.config import RunConfig
 from common.evaluation import dataset_of
-from common.models import build_model, count_parameters, select_device
+from common.models import build_model, select_device
 from common.privacy import noise_for_budget
 from common.serialization import Weights, load_weights, model_weights
 from common.sitedata import SiteData
 
-GHOST_MIN_PARAMETERS = 1_000_000
 AfterBackward = Callable[[nn.Module, torch.optim.Optimizer], None]
 
 
@@ -97,11 +98,18 @@ def step_size(config: RunConfig) -> float:
     return training.learning_rate if config.privacy.enabled else training.non_private_learning_rate
 
 
-def choose_grad_sample_mode(model: nn.Module, requested: str) -> str:
-    """``auto``: hooks for small models (measured faster here), ghost clipping for large ones."""
-    if requested != "auto":
-        return requested
-    return "ghost" if count_parameters(model) >= GHOST_MIN_PARAMETERS else "hooks"
+def _fresh_model(config: RunConfig, weights: Weights, device: torch.device) -> nn.Module:
+    """The round's starting model without modality dropout (same parameters, deterministic)."""
+    plain = config.model.model_copy(update={"modality_dropout": 0.0})
+    model = build_model(data=config.data, model=plain).to(device)
+    load_weights(model, weights)
+    return model
+
+
+def _first_batch(data: SiteData, size: int, device: torch.device) -> list[torch.Tensor]:
+    """Up to ``size`` samples of ``data`` as (image, tokens, signal, present, label) tensors."""
+    tensors = dataset_of(data.subset(np.arange(min(size, len(data))))).tensors
+    return [t.to(device) for t in tensors]
 
 
 def _proximal_step(model: nn.Module, anchor: dict[str, torch.Tensor], rate: float) -> None:
@@ -118,11 +126,14 @@ def train_local(
     plan: RoundPlan,
     history: list[list[float]],
     after_backward: AfterBackward | None = None,
+    mode_memo: Path | None = None,
 ) -> TrainResult:
     """Train from ``global_weights`` on ``data``; RNG state must be set by the caller.
 
     ``after_backward(model, optimizer)`` runs between each step's backward pass and optimiser
     step (the privacy audit inserts its canary gradients there); ``None`` in normal training.
+    ``mode_memo``: where the calibrated per-sample-gradient mode is remembered
+    (:mod:`client.grad_sample`); ``None`` calibrates afresh when the mode is ``auto``.
     """
     started = time.perf_counter()
     device = select_device(config.model.device)
@@ -140,25 +151,20 @@ def train_local(
     if config.privacy.enabled:
         from opacus import PrivacyEngine
 
-        mode = choose_grad_sample_mode(model, config.privacy.grad_sample_mode)
+        from client.grad_sample import ModeMemo, choose_mode, make_private
+
+        mode = choose_mode(
+            requested=config.privacy.grad_sample_mode,
+            build=partial(_fresh_model, config, global_weights, device),
+            batch=_first_batch(data, config.training.batch_size, device),
+            max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
+            device=device)
         engine = PrivacyEngine(accountant=config.privacy.accountant)
         engine.accountant.history = [tuple(h) for h in history]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if mode == "ghost":
-                trained, optimizer, criterion, loader = engine.make_private(
-                    module=model, optimizer=optimizer, data_loader=loader,
-                    noise_multiplier=plan.noise_multiplier,
-                    max_grad_norm=config.privacy.max_grad_norm,
-                    grad_sample_mode="ghost", criterion=criterion,
-                )
-            else:
-                trained, optimizer, loader = engine.make_private(
-                    module=model, optimizer=optimizer, data_loader=loader,
-                    noise_multiplier=plan.noise_multiplier,
-                    max_grad_norm=config.privacy.max_grad_norm,
-                    grad_sample_mode=mode,
-                )
+        trained, optimizer, criterion, loader = make_private(
+            engine, mode=mode, module=model, optimizer=optimizer, data_loader=loader,
+            criterion=criterion, noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=config.privacy.max_grad_norm)
     anchor = None
     if config.training.strategy == "fedprox" and config.training.proximal_mu > 0:
         anchor = {name: p.detach().clone() for name, p in model.named_parameters()}

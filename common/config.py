@@ -104,7 +104,9 @@ class PrivacyConfig(_Section):
     )
     max_grad_norm: float = Field(1.0, gt=0.0)
     accountant: Literal["rdp", "prv"] = "rdp"
-    grad_sample_mode: Literal["auto", "hooks", "ghost"] = "auto"
+    grad_sample_mode: Literal["auto", "hooks", "ew", "functorch", "ghost"] = Field(
+        "auto", description="Opacus per-sample gradients; auto: the fastest correct one, "
+        "measured at the site (client/grad_sample.py)")
 
 
 class SecureAggregationConfig(_Section):

@@ -260,8 +260,8 @@ def simulate(
                                               "data (a 'test' sub-folder is the test set)")
                     ] = None,
     config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML")] = None,
-    seed: Annotated[int | None, typer.Option(min=0, help="seed (same seed ⇒ same result)")
-                    ] = None,
+    seed: Annotated[int | None, typer.Option(
+        min=0, help="seed (same seed, same site folders ⇒ same result)")] = None,
     resume: Annotated[bool, typer.Option(help="continue a stopped run in --out")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run in --out")] = False,
     centralized: Annotated[bool, typer.Option(help="also train the same model on the pooled "

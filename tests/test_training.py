@@ -1,3 +1,4 @@
+import json
 import math
 from pathlib import Path
 
@@ -5,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from client.grad_sample import MODES, ModeMemo
 from client.training import (
-    GHOST_MIN_PARAMETERS,
-    choose_grad_sample_mode,
     plan_round,
     steps_per_epoch,
     train_local,
@@ -40,6 +40,7 @@ def test_plan_derives_sigma_for_the_whole_planned_run(small_config: RunConfig) -
 
 def test_dp_training_records_every_step_and_continues_history(
         demo_root: Path, small_config: RunConfig) -> None:
+    small_config = _config(small_config, grad_sample_mode="hooks")
     data = load_site(demo_root / "site-01", small_config.data)
     weights = model_weights(build_model(data=small_config.data, model=small_config.model,
                                         seed=0))
@@ -72,12 +73,28 @@ def test_non_private_and_fedprox_paths(demo_root: Path, small_config: RunConfig)
     assert np.isfinite(result.train_loss)
 
 
-def test_grad_sample_mode_choice(small_config: RunConfig) -> None:
-    model = build_model(data=small_config.data, model=small_config.model)
-    assert choose_grad_sample_mode(model, "auto") == "hooks"
-    assert choose_grad_sample_mode(model, "ghost") == "ghost"
-    big = torch.nn.Linear(GHOST_MIN_PARAMETERS, 1)
-    assert choose_grad_sample_mode(big, "auto") == "ghost"
+def test_auto_mode_is_calibrated_once_and_remembered(demo_root: Path, small_config: RunConfig,
+                                                     tmp_path: Path) -> None:
+    data = load_site(demo_root / "site-01", small_config.data)
+    weights = model_weights(build_model(data=small_config.data, model=small_config.model, seed=0))
+    config = _config(small_config, grad_sample_mode="auto")
+    plan = plan_round(len(data), config)
+    memo = tmp_path / "memo.json"
+    torch.manual_seed(0)
+    first = train_local(config=config, global_weights=weights, data=data, plan=plan,
+                        history=[], mode_memo=memo)
+    [entry] = json.loads(memo.read_text()).values()
+    assert first.grad_sample_mode == entry["mode"] in MODES
+    assert set(entry["seconds"]) | set(entry["rejected"]) == set(MODES)
+    stamp = memo.stat().st_mtime_ns
+    torch.manual_seed(0)
+    second = train_local(config=config, global_weights=weights, data=data, plan=plan,
+                         history=[], mode_memo=memo)
+    assert memo.stat().st_mtime_ns == stamp  # remembered, not measured again
+    assert second.grad_sample_mode == first.grad_sample_mode
+    for name in first.weights:  # calibration did not disturb the training RNG
+        np.testing.assert_array_equal(first.weights[name], second.weights[name])
+    assert ModeMemo(memo).get("another model") is None
 
 
 def test_evaluation_metrics(demo_root: Path, small_config: RunConfig) -> None:

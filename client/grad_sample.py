@@ -1,0 +1,222 @@
+"""Which Opacus per-sample-gradient mode a site trains with: the fastest one that is correct,
+measured on this model, batch size and machine.
+
+DP-SGD clips each sample's gradient gᵢ to norm C. Opacus gets the gᵢ (or their norms) four ways:
+
+- ``hooks``: module hooks rebuild each layer's per-sample gradients from its activations and
+  back-propagated gradients (Opacus' default);
+- ``ew``: torch's expanded weights compute them inside the layers' own backward functions;
+- ``functorch``: ``vmap(grad(loss))`` over the batch;
+- ``ghost``: ghost clipping: per-sample gradient *norms* without materialising the gᵢ, then a
+  second backward pass of the loss re-weighted by min(1, C/‖gᵢ‖). Much less memory and time for
+  wide layers; two backward passes for small ones.
+
+Calibration (``grad_sample_mode = "auto"``): on a batch of the site's data each mode makes one
+DP-SGD step without noise; its gradient must equal the reference (1/B) Σᵢ gᵢ·min(1, C/‖gᵢ‖),
+each gᵢ computed on sample i alone, within a relative error ‖Δ‖/‖reference‖ of 1e-3. A mode
+that raises or disagrees is out (``ew`` cannot handle every layer). Each correct mode then times
+a few steps and the fastest wins; the reference mode, hooks, is kept unless another mode is at
+least ``MARGIN`` faster, so the choice does not flip on timing noise. The choice is remembered
+per model architecture, batch size, device and library versions
+(``STATE_DIR/grad_sample_mode.json``) and measured again only when one of these changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.atomic import atomic_write_bytes
+
+MODES = ("hooks", "ew", "functorch", "ghost")
+REFERENCE_MODE = "hooks"
+MARGIN = 0.2  # another mode must be ≥ 20 % faster than hooks to replace it
+CHECK_SAMPLES = 16  # the correctness check compares per-sample gradients on this many samples
+TIMED_STEPS = 3
+MEMO_NAME = "grad_sample_mode.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the calibration measured: the chosen mode, seconds per step of each correct mode,
+    and why the others were rejected."""
+
+    mode: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+def make_private(engine: Any, *, mode: str, module: nn.Module, optimizer: torch.optim.Optimizer,
+                 data_loader: torch.utils.data.DataLoader, criterion: nn.Module,
+                 noise_multiplier: float, max_grad_norm: float, poisson_sampling: bool = True,
+                 ) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module,
+                            torch.utils.data.DataLoader]:
+    """``engine.make_private`` in any mode; returns (module, optimizer, criterion, loader) —
+    ghost clipping wraps the criterion, the other modes keep it."""
+    common = {"module": module, "optimizer": optimizer, "data_loader": data_loader,
+              "noise_multiplier": noise_multiplier, "max_grad_norm": max_grad_norm,
+              "grad_sample_mode": mode, "poisson_sampling": poisson_sampling}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "ghost":
+            return engine.make_private(**common, criterion=criterion)
+        private, optimizer, loader = engine.make_private(**common)
+    return private, optimizer, criterion, loader
+
+
+def reference_gradient(model: nn.Module, batch: Sequence[torch.Tensor],
+                       max_grad_norm: float) -> list[torch.Tensor]:
+    """(1/B) Σᵢ gᵢ·min(1, C/‖gᵢ‖), each gᵢ from a forward and backward pass of sample i alone."""
+    *inputs, labels = batch
+    total = [torch.zeros_like(p) for p in model.parameters()]
+    for i in range(len(labels)):
+        model.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(*(x[i:i + 1] for x in inputs)), labels[i:i + 1])
+        loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p)
+                 for p in model.parameters()]
+        norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
+        factor = min(1.0, max_grad_norm / (float(norm) + 1e-6))
+        for acc, g in zip(total, grads, strict=True):
+            acc.add_(g.detach(), alpha=factor)
+    return [t / len(labels) for t in total]
+
+
+def relative_error(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
+    """‖got − expected‖ / ‖expected‖ over all parameters together."""
+    difference = sum(float(((g - e) ** 2).sum()) for g, e in zip(got, expected, strict=True))
+    scale = sum(float((e**2).sum()) for e in expected)
+    return (difference / max(scale, 1e-30)) ** 0.5
+
+
+def _private_step(build: Callable[[], nn.Module], mode: str, batch: Sequence[torch.Tensor],
+                  max_grad_norm: float, steps: int) -> tuple[list[torch.Tensor], float]:
+    """One noiseless DP-SGD gradient in ``mode`` and the median seconds of ``steps`` steps."""
+    from opacus import PrivacyEngine
+
+    model = build()
+    model.train()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*batch),
+                                         batch_size=len(batch[-1]))
+    private, optimizer, criterion, loader = make_private(
+        PrivacyEngine(), mode=mode, module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data_loader=loader,
+        criterion=nn.CrossEntropyLoss(), noise_multiplier=0.0, max_grad_norm=max_grad_norm,
+        poisson_sampling=False)
+    *inputs, labels = next(iter(loader))
+    seconds, gradient = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(steps):
+            started = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            criterion(private(*inputs), labels).backward()
+            optimizer.pre_step()  # clip, (zero) noise, scale: p.grad is the DP-SGD gradient
+            seconds.append(time.perf_counter() - started)
+            if step == 0:
+                gradient = [p.grad.detach().clone() if p.grad is not None
+                            else torch.zeros_like(p) for p in model.parameters()]
+    return gradient, sorted(seconds)[len(seconds) // 2]
+
+
+def calibrate(*, build: Callable[[], nn.Module], batch: Sequence[torch.Tensor],
+              max_grad_norm: float, modes: Sequence[str] = MODES,
+              steps: int = TIMED_STEPS) -> Calibration:
+    """Check every mode against :func:`reference_gradient` and time the correct ones.
+
+    ``build()`` returns a fresh model with the same weights each call, in a deterministic
+    forward pass (no dropout); ``batch`` is (inputs..., labels) at the training batch size.
+    """
+    check = [x[:CHECK_SAMPLES] for x in batch]
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = reference_gradient(build().train(), check, max_grad_norm)
+        seconds: dict[str, float] = {}
+        rejected: dict[str, str] = {}
+        for mode in modes:
+            try:
+                got, _ = _private_step(build, mode, check, max_grad_norm, steps=1)
+                error = relative_error(got, expected)
+                if error > 1e-3:
+                    rejected[mode] = f"gradient differs from the reference (rel. error {error:.1e})"
+                    continue
+                seconds[mode] = _private_step(build, mode, batch, max_grad_norm, steps + 1)[1]
+            except Exception as failure:
+                rejected[mode] = f"{type(failure).__name__}: {str(failure)[:120]}"
+    return Calibration(pick(seconds), seconds, rejected)
+
+
+def pick(seconds: dict[str, float]) -> str:
+    """The fastest mode; hooks unless another is at least ``MARGIN`` faster."""
+    if not seconds:
+        return REFERENCE_MODE
+    fastest = min(seconds, key=seconds.__getitem__)
+    reference = seconds.get(REFERENCE_MODE)
+    if reference is not None and seconds[fastest] > (1 - MARGIN) * reference:
+        return REFERENCE_MODE
+    return fastest
+
+
+class ModeMemo:
+    """The calibrated mode per signature, in one small JSON file (written atomically)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, Any]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return stored if isinstance(stored, dict) else {}
+
+    def get(self, signature: str) -> str | None:
+        entry = self._read().get(signature)
+        mode = entry.get("mode") if isinstance(entry, dict) else None
+        return mode if mode in MODES else None
+
+    def put(self, signature: str, calibration: Calibration) -> None:
+        if self.path is None:
+            return
+        stored = self._read()
+        stored[signature] = {"mode": calibration.mode, "seconds": calibration.seconds,
+                             "rejected": calibration.rejected}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, json.dumps(stored, indent=1, sort_keys=True).encode())
+
+
+def signature(model: nn.Module, batch_size: int, device: torch.device) -> str:
+    """Model architecture (parameter names and shapes), batch size, device, library versions."""
+    import hashlib
+
+    import opacus
+
+    shapes = ";".join(f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters())
+    text = f"{shapes}|B={batch_size}|{device}|torch {torch.__version__}|opacus {opacus.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def choose_mode(*, requested: str, build: Callable[[], nn.Module],
+                batch: Sequence[torch.Tensor], max_grad_norm: float, memo: ModeMemo,
+                device: torch.device) -> str:
+    """``requested`` itself, or (``auto``) the remembered or freshly calibrated mode."""
+    if requested != "auto":
+        return requested
+    with torch.random.fork_rng(devices=[]):  # calibrating leaves the training RNG untouched
+        key = signature(build(), len(batch[-1]), device)
+        remembered = memo.get(key)
+        if remembered is not None:
+            return remembered
+        calibration = calibrate(build=build, batch=batch, max_grad_norm=max_grad_norm)
+    memo.put(key, calibration)
+    return calibration.mode
