@@ -15,6 +15,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,11 @@ def write_node_config(settings: ClientSettings) -> Path:
     return path
 
 
+def supernode_command() -> list[str]:
+    """Flower's SuperNode with a 0.5 s idle poll instead of 3 s (:mod:`client.supernode`)."""
+    return [sys.executable, "-m", "client.supernode"]
+
+
 class ClientLauncher:
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
@@ -122,7 +128,7 @@ class ClientLauncher:
         node_config = write_node_config(self.settings)
         runtime_port = self.settings.runtime_port or processes.free_port()
         command = [
-            processes.flower_command("flower-supernode"), "--superlink", f"{host}:{port}",
+            *supernode_command(), "--superlink", f"{host}:{port}",
             "--root-certificates", str(self.settings.ca.resolve()),
             "--auth-supernode-private-key", str(self.settings.key.resolve()),
             "--node-config", str(node_config), "--port", str(runtime_port)]

@@ -1,0 +1,40 @@
+"""The SuperNode entry point: Flower's idle poll is capped, everything else is Flower's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from client import supernode
+
+
+def test_capped_time_caps_sleep_and_forwards_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    capped = supernode.capped_time(0.5)
+    capped.sleep(3)
+    capped.sleep(0.2)
+    assert slept == [0.5, 0.2]
+    assert capped.monotonic is time.monotonic and capped.time is time.time
+
+
+def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flwr.supernode.start_client_internal as loop
+
+    monkeypatch.setattr(loop, "time", time)
+    assert supernode.patch_idle_poll(0.5)
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    loop.time.sleep(3)  # the idle wait in Flower's loop
+    assert slept == [0.5]
+    assert not supernode.patch_idle_poll(0.5)  # already replaced: left alone
+
+
+def test_it_is_flower_supernode_underneath() -> None:
+    result = subprocess.run([sys.executable, "-m", "client.supernode", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--superlink" in result.stdout and "--auth-supernode-private-key" in result.stdout
