@@ -91,12 +91,23 @@ class AttentionTextEncoder(nn.Module):
 
 class FeatureProjection(nn.Module):
     """A frozen encoder's feature vector (computed once per sample, :mod:`common.features`) →
-    LayerNorm → linear projection to ``embed_dim``. The only trained part of that modality."""
+    LayerNorm → rescale → linear projection to ``embed_dim``; the only trained part of that
+    modality.
+
+    LayerNorm gives each of the F features unit variance, so the vector's norm is about √F
+    (√1280 ≈ 36 for images). It is rescaled to norm √64 = 8, the size of the trainable
+    encoders' pooled features, so this projection's per-sample gradients (∝ its input) take no
+    larger share of the clipping norm C, and the DP noise on its weights moves its output no
+    more, than a trainable encoder's projection (measured: DP-SGD test accuracy 0.35 → 0.50 on
+    the demo task, 0.53 → 0.57 on Fashion-MNIST, pooled data, ε = 8)."""
+
+    REFERENCE_WIDTH = 64
 
     def __init__(self, *, features: int, embed_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(features)
+        self.scale = (self.REFERENCE_WIDTH / features) ** 0.5
         self.project = nn.Linear(features, embed_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.project(self.norm(features))
+        return self.project(self.norm(features) * self.scale)
