@@ -271,6 +271,9 @@ def simulate(
                           ] = None,
     parallel: Annotated[int | None, typer.Option(min=1, help="virtual hospitals training at "
                                                  "once (default: one per core)")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="join a running Ray cluster ('auto' or HOST:PORT) instead of starting Ray here; "
+        "site folders must be readable at the same path on every node")] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Run a local federated simulation: demo hospitals (or --data), DP-SGD at every site,
@@ -329,7 +332,7 @@ def simulate(
         with RoundDisplay(config.training.rounds) as display:
             state = run_federated_simulation(
                 config=config, run_dir=out, site_dirs=site_dirs, test_dir=test_dir,
-                resume=resume, show=display, parallel=parallel)
+                resume=resume, show=display, parallel=parallel, ray_address=ray_address)
     except (FederationError, SiteDataError, ConfigError, OutputWriteError) as error:
         fail(str(error))
     except RuntimeError as error:

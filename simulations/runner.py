@@ -33,8 +33,17 @@ def prepare_environment(run_dir: Path) -> dict[str, str]:
     return env
 
 
-def backend_config(*, parallel: int | None = None) -> dict[str, Any]:
-    """One CPU per virtual hospital; as many run at once as there are cores (or ``parallel``)."""
+def backend_config(*, parallel: int | None = None, ray_address: str | None = None
+                   ) -> dict[str, Any]:
+    """One CPU per virtual hospital; as many run at once as there are cores (or ``parallel``).
+
+    With ``ray_address`` (``auto`` or ``HOST:PORT``) the simulation joins a running Ray cluster
+    instead of starting Ray here: each virtual hospital takes one CPU of the cluster, as many at
+    once as the cluster has CPUs."""
+    if ray_address:
+        return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"address": ray_address, "logging_level": logging.ERROR,
+                              "log_to_driver": False}}
     cores = os.cpu_count() or 1
     parallel = max(1, min(parallel or cores, cores))
     import torch
@@ -56,13 +65,15 @@ def run_federated_simulation(
     resume: bool = False,
     show: Callable[[RunState, dict[str, Any]], None] | None = None,
     parallel: int | None = None,
+    ray_address: str | None = None,
 ) -> RunState:
     """Run the whole federation; returns the server's final state."""
     run_dir.mkdir(parents=True, exist_ok=True)
     env = prepare_environment(run_dir)
     try:
         return _run(config=config, run_dir=run_dir, site_dirs=site_dirs, test_dir=test_dir,
-                    resume=resume, show=show, parallel=parallel)
+                    resume=resume, show=show,
+                    backend=backend_config(parallel=parallel, ray_address=ray_address))
     finally:
         shutil.rmtree(Path(env["RAY_TMPDIR"]).parent, ignore_errors=True)  # the short link
 
@@ -75,7 +86,7 @@ def _run(
     test_dir: Path | None,
     resume: bool,
     show: Callable[[RunState, dict[str, Any]], None] | None,
-    parallel: int | None,
+    backend: dict[str, Any],
 ) -> RunState:
     from flwr.simulation import run_simulation
 
@@ -88,8 +99,7 @@ def _run(
                                  result=result)
     client_app = make_client_app(site_dirs=[str(p.resolve()) for p in site_dirs])
     run_simulation(server_app=server_app, client_app=client_app,
-                   num_supernodes=len(site_dirs), backend_config=backend_config(
-                       parallel=parallel))
+                   num_supernodes=len(site_dirs), backend_config=backend)
     if not result:
         raise RuntimeError("the simulation ended without a result; see the log above")
     return result[0]
