@@ -34,7 +34,7 @@ hidden_dim = 16
 rounds = 3
 batch_size = 16
 min_sites = 2
-round_timeout_s = 30
+round_timeout_s = 60  # round 1 also calibrates the per-sample-gradient mode
 evaluate_every = 3  # the last round only: each evaluation is a message per site
 [privacy]
 noise_multiplier = 1.2  # fixed: no per-site search for sigma (seconds of CPU per site)
