@@ -1,13 +1,16 @@
-"""``python -m benchmarks [--quick] [--only NAME]``: DP-SGD cost per local epoch, side by side;
-secure aggregation vs plaintext rounds (fedmm and Flower's legacy SecAgg+,
-:mod:`benchmarks.secagg`); a loopback deployment under load (:mod:`benchmarks.loopback`); and
-(without ``--quick``) the main job timed end to end.
+"""``python -m benchmarks [--quick] [--only NAME] [--resume]``: fedmm's speed and utility,
+measured side by side on this machine; one JSON object per result line on stdout, tables and
+PNG plots in BENCHMARKS.md (each section replaced as soon as it is measured).
 
-For each fusion head, one local epoch on the same demo site is timed non-privately and with
-Opacus DP-SGD in each per-sample-gradient mode, interleaved (repeat r: plain, hooks, ghost, ...)
-so drifts in machine load hit every variant alike. Reported: median seconds and the ratio to the
-non-private epoch. Writes one JSON object per result line to stdout and the table to
-BENCHMARKS.md.
+Sections: ``dp_cost`` (DP-SGD epoch vs non-private, per head and per-sample-gradient mode),
+``peer`` (fedmm's client round vs Flower's Opacus example), ``secagg`` (SecAgg+ vs plaintext
+rounds, fedmm's and Flower's legacy), ``scale`` (4/16/64 simulated hospitals), ``latency``
+(deployment overhead per message round trip), ``loopback`` (20 hospitals deployed at once),
+``utility`` (accuracy vs ε, centralized, FL, each hospital alone, trainable vs pretrained
+encoders on both tasks) and ``main_job`` (the README's main job, end to end).
+
+``--quick`` runs small versions of dp_cost, peer, secagg, scale and utility in under 3 minutes
+and writes them to benchmarks/quick/ (not over the full results).
 """
 
 from __future__ import annotations
@@ -18,100 +21,21 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.report import machine, update_sections
 
-MODES = ("none", "hooks", "ghost")
-HEADS = ("concat", "attention", "late")
-
-
-def _epoch_seconds(config, data, mode: str) -> float:
-    import torch
-
-    from client.training import plan_round, train_local
-    from common.models import build_model
-    from common.serialization import model_weights
-
-    privacy = {"enabled": mode != "none", "noise_multiplier": 1.0,
-               "grad_sample_mode": "hooks" if mode == "none" else mode}
-    same_optimiser = {"non_private_optimizer": config.training.optimizer,
-                      "non_private_learning_rate": config.training.learning_rate}
-    run = config.model_copy(update={
-        "privacy": config.privacy.model_copy(update=privacy),
-        "training": config.training.model_copy(update=same_optimiser)})
-    weights = model_weights(build_model(data=run.data, model=run.model, seed=0))
-    plan = plan_round(len(data), run)
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    train_local(config=run, global_weights=weights, data=data, plan=plan, history=[])
-    return time.perf_counter() - started
-
-
-def dp_cost(*, quick: bool) -> list[dict]:
-    import torch
-
-    from common.config import RunConfig
-    from common.sitedata import load_site
-    from simulations.demo_data import generate_demo
-    from simulations.scenarios import Scenario
-
-    torch.set_num_threads(1)
-    repeats = 3 if quick else 7
-    samples = 160 if quick else 480
-    with tempfile.TemporaryDirectory() as folder:
-        generate_demo(Path(folder), sites=1, samples_per_site=samples, seed=0,
-                      scenario=Scenario.IID, test_samples=0)
-        results = []
-        for head in HEADS:
-            config = RunConfig.model_validate({"model": {"fusion": head},
-                                               "training": {"local_epochs": 1}})
-            data = load_site(Path(folder) / "site-01", config.data)
-            times: dict[str, list[float]] = {m: [] for m in MODES}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _epoch_seconds(config, data, "hooks")  # warm-up: imports, allocator
-                for _ in range(repeats):
-                    for mode in MODES:
-                        times[mode].append(_epoch_seconds(config, data, mode))
-            base = statistics.median(times["none"])
-            for mode in MODES:
-                median = statistics.median(times[mode])
-                row = {"benchmark": "dp_cost", "fusion": head, "mode": mode,
-                       "examples": len(data), "seconds_median": round(median, 4),
-                       "ratio_to_non_private": round(median / base, 2), "repeats": repeats}
-                print(json.dumps(row), flush=True)
-                results.append(row)
-    return results
-
-
-def dp_cost_markdown(rows: list[dict], command: str) -> list[str]:
-    lines = [
-        "## DP-SGD cost per local epoch", "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}; 1 torch thread", "",
-        f"One local epoch (Poisson batches of {_batch_size()}, default model ≈ "
-        f"{_parameters()} parameters) on one demo site; median of the repeats; ratio to the "
-        "non-private epoch of the same head in the same run (same optimiser: SGD with momentum).",
-        "",
-        "| fusion | per-sample gradients | examples | s / epoch | × non-private |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows:
-        mode = "non-private" if row["mode"] == "none" else f"DP-SGD, {row['mode']}"
-        lines.append(f"| {row['fusion']} | {mode} | {row['examples']} | "
-                     f"{row['seconds_median']:.3f} | {row['ratio_to_non_private']:.2f} |")
-    lines += ["", "`grad_sample_mode = \"auto\"` picks hooks for models under 1 M parameters "
-              "(faster here, see the table) and ghost clipping above."]
-    return lines
+SECTIONS = ("dp_cost", "peer", "secagg", "scale", "latency", "loopback", "utility",
+            "main_job")
+QUICK_SECTIONS = ("dp_cost", "peer", "secagg", "scale", "utility")
 
 
 def main_job_markdown(job: dict, command: str) -> list[str]:
     return [
         "## The main job (`make demo`)", "",
         f"Command: `{command}` (runs `fedmm simulate --centralized` with defaults: 3 demo "
-        "hospitals × 400 patients, DP-SGD target ε = 8, δ = 1e-5).  ",
+        "hospitals × 400 patients, DP-SGD target ε = 8, δ = 1e-5, secure aggregation on).  ",
         f"Machine: {machine()}", "",
         "| wall time (s) | s / round after the first | rounds | test accuracy (DP-FL) | "
         "test accuracy (centralized, no DP) | ε max |",
@@ -123,14 +47,9 @@ def main_job_markdown(job: dict, command: str) -> list[str]:
         "reference. Four balanced classes: chance is 0.25."]
 
 
-def _batch_size() -> int:
-    from common.config import RunConfig
-
-    return RunConfig().training.batch_size
-
-
 def main_job() -> dict:
     """The README's main job (``fedmm simulate --centralized``, defaults), timed end to end."""
+    import os
     import subprocess
 
     with tempfile.TemporaryDirectory(prefix="fm", dir="/tmp") as folder:
@@ -138,7 +57,7 @@ def main_job() -> dict:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fedmm", "simulate", "--out", str(out),
                         "--centralized"], check=True, capture_output=True,
-                       env={**__import__("os").environ, "TMPDIR": folder})
+                       env={**os.environ, "TMPDIR": folder})
         wall = time.perf_counter() - started
         summary = json.loads((out / "summary.json").read_text())
         reference = json.loads((out / "centralized.json").read_text())
@@ -157,47 +76,88 @@ def main_job() -> dict:
     return row
 
 
-def _parameters() -> str:
-    from common.config import RunConfig
-    from common.models import build_model, count_parameters
+def _section(name: str, *, quick: bool, resume: bool, command: str,
+             plots: Path, relative: Callable[[Path], str]) -> list[str]:
+    """Measure one section; returns its markdown."""
+    if name == "dp_cost":
+        from benchmarks import dp_cost
+        from benchmarks import plots as charts
 
-    config = RunConfig()
-    return f"{count_parameters(build_model(data=config.data, model=config.model)):,}"
+        rows = dp_cost.dp_cost(quick=quick)
+        picture = charts.dp_cost_plot(rows, plots / "dp_cost.png")
+        return [*dp_cost.markdown(rows, command), "",
+                f"![DP-SGD cost per mode]({relative(picture)})"]
+    if name == "peer":
+        from benchmarks import peer
 
+        return peer.markdown(peer.peer_comparison(quick=quick), command)
+    if name == "secagg":
+        from benchmarks.secagg import markdown, secure_aggregation_cost
 
-SECTIONS = ("dp_cost", "secagg", "loopback", "main_job")
+        return markdown(secure_aggregation_cost(quick=quick), command)
+    if name == "scale":
+        from benchmarks import plots as charts
+        from benchmarks import scale
+
+        rows = scale.simulation_scale(quick=quick)
+        picture = charts.scale_plot(rows, plots / "scale.png")
+        return scale.markdown(rows, command, relative(picture))
+    if name == "latency":
+        from benchmarks import latency
+
+        return latency.markdown(latency.deployment_latency(quick=quick), command)
+    if name == "loopback":
+        from benchmarks.loopback import loopback_load
+
+        return loopback_load(quick=quick, command=command)
+    if name == "utility":
+        from benchmarks import plots as charts
+        from benchmarks import utility
+
+        results = plots.parent / "results" / "utility.jsonl"
+        rows = utility.utility(quick=quick, resume=resume, results=results)
+        picture = charts.utility_plot(rows, plots / "utility.png")
+        return utility.markdown(rows, command, relative(picture))
+    return main_job_markdown(main_job(), command)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats, smaller sites, no main job")
+                        help="small versions of " + ", ".join(QUICK_SECTIONS)
+                        + " (< 3 min), written to benchmarks/quick/")
     parser.add_argument("--only", action="append", choices=SECTIONS,
                         help="run only this section (repeatable); the others in the output "
                         "file are kept as they are")
-    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--resume", action="store_true",
+                        help="utility: reuse the rows already in benchmarks/results/")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="markdown file (default: BENCHMARKS.md, or "
+                        "benchmarks/quick/BENCHMARKS.md with --quick)")
     args = parser.parse_args()
-    chosen = args.only or [s for s in SECTIONS if not (args.quick and s == "main_job")]
+    output = args.output or (Path("benchmarks/quick/BENCHMARKS.md") if args.quick
+                             else Path("BENCHMARKS.md"))
+    plots = Path("benchmarks/quick/plots" if args.quick else "benchmarks/plots")
+    chosen = args.only or list(QUICK_SECTIONS if args.quick else SECTIONS)
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(
         f" --only {name}" for name in args.only or [])
-    sections = []
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     for name in SECTIONS:
         if name not in chosen:
             continue
-        if name == "dp_cost":
-            sections.append(dp_cost_markdown(dp_cost(quick=args.quick), command))
-        elif name == "secagg":
-            from benchmarks.secagg import markdown, secure_aggregation_cost
+        section = _section(name, quick=args.quick, resume=args.resume, command=command,
+                           plots=plots, relative=lambda p: _relative(p, output))
+        update_sections(output, [section])  # each section lands as soon as it is done
+    print(f"wrote {output} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
-            sections.append(markdown(secure_aggregation_cost(quick=args.quick), command))
-        elif name == "loopback":
-            from benchmarks.loopback import loopback_load
 
-            sections.append(loopback_load(quick=args.quick, command=command))
-        else:
-            sections.append(main_job_markdown(main_job(), command))
-        update_sections(args.output, [sections[-1]])  # each section lands as soon as it is done
-    print(f"wrote {args.output}", file=sys.stderr)
+def _relative(path: Path, output: Path) -> str:
+    """``path`` as a link from the markdown file's folder."""
+    import os
+
+    return os.path.relpath(path.resolve(), output.resolve().parent)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The other benchmark sections' arithmetic and reports: DP cost verdict, latency overhead per
+round trip, scale ratios, the peer table, and their plots as real PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import dp_cost, latency, peer, scale
+from benchmarks.plots import dp_cost_plot, scale_plot
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _dp_rows() -> list[dict]:
+    rows = [{"model": "concat", "mode": "none", "parameters": 37252, "seconds_median": 0.5,
+             "ratio_to_non_private": 1.0},
+            {"model": "concat", "mode": "hooks", "parameters": 37252, "seconds_median": 0.8,
+             "ratio_to_non_private": 1.6},
+            {"model": "concat", "mode": "ew", "parameters": 37252, "error": "RuntimeError: x"},
+            {"model": "concat", "mode": "auto", "parameters": 37252, "seconds_median": 0.8,
+             "ratio_to_non_private": 1.6, "chosen": "hooks", "calibration_seconds": 4.0}]
+    return rows
+
+
+def test_dp_cost_report_names_failures_and_the_target(tmp_path: Path) -> None:
+    text = "\n".join(dp_cost.markdown(_dp_rows(), "cmd"))
+    assert "| concat | 37,252 | DP-SGD, ew | cannot run: RuntimeError: x | – |" in text
+    assert "DP-SGD, auto → hooks (calibration 4.0 s, once)" in text
+    assert "1.60× with `auto` → hooks: met." in text
+    assert dp_cost_plot(_dp_rows(), tmp_path / "d.png").read_bytes()[:8] == PNG
+
+
+def test_latency_overhead_is_per_exchange_beyond_the_slowest_training() -> None:
+    records = [{"seconds": 30.0, "sites": {"a": {"seconds": 1.0}}},
+               {"seconds": 14.0, "sites": {"a": {"seconds": 1.0}, "b": {"seconds": 2.0}}},
+               {"seconds": 10.0, "sites": {"a": {"seconds": 2.0}, "b": {"seconds": 2.0}}},
+               {"seconds": 40.0, "sites": {"a": {"seconds": 1.0}}}]
+    row = latency._overhead({"secure_aggregation": True, "hospitals": 2}, records)
+    assert row["exchanges_per_round"] == 4
+    assert row["overhead_per_round_trip_seconds"] == 2.5  # median of 12/4 and 8/4
+    text = "\n".join(latency.markdown([row], "cmd"))
+    assert "| SecAgg+ | 4 | 12.0 | 2.0 | 2.5 | missed by 0.5 s |" in text
+
+
+def test_scale_report_compares_the_smallest_and_largest_run(tmp_path: Path) -> None:
+    rows = [{"hospitals": 4, "patients": 160, "wall_seconds": 60, "first_round_seconds": 30,
+             "round_seconds_after_first": 2.0, "seconds_per_1000_patients": 12.5,
+             "sites_ok": [4, 4, 4], "peak_rss_mib": 1000.0},
+            {"hospitals": 64, "patients": 2560, "wall_seconds": 200, "first_round_seconds": 60,
+             "round_seconds_after_first": 32.0, "seconds_per_1000_patients": 12.5,
+             "sites_ok": [64, 64, 64], "peak_rss_mib": 1100.0}]
+    text = "\n".join(scale.markdown(rows, "cmd", "scale.png"))
+    assert "peak memory 1.10× (target: flat), round time 16.0× (target: linear, 16×)" in text
+    assert "--ray-address auto" in text
+    assert scale_plot(rows, tmp_path / "s.png").read_bytes()[:8] == PNG
+
+
+def test_peer_report_says_whose_epsilon_covers_what() -> None:
+    rows = [{"client": "peer", "rounds": 8, "first_round_seconds": 2.0,
+             "round_seconds_median": 1.0, "epsilon_reported": 2.1},
+            {"client": "fedmm", "rounds": 8, "first_round_seconds": 5.0,
+             "round_seconds_median": 1.1, "epsilon_reported": 9.3}]
+    text = "\n".join(peer.markdown(rows, "cmd"))
+    assert "| Flower Opacus example | 2.00 | 1.000 | 2.10 |" in text
+    assert "fedmm's round takes 1.10× the peer's" in text
+    assert "9.30 is the accountant's ε for all 8 rounds" in text
