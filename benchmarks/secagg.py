@@ -40,13 +40,19 @@ class MeteredGrid:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def _count(self, replies) -> list:
         from flwr.common.serde import message_to_proto
 
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = list(replies)
         for reply in replies:
             self.bytes_from[reply.metadata.src_node_id] += message_to_proto(reply).ByteSize()
         return replies
+
+    def send_and_receive(self, messages, *, timeout=None):  # Flower's legacy workflow
+        return self._count(self.grid.send_and_receive(messages, timeout=timeout))
+
+    def pull_messages(self, message_ids):  # fedmm's exchanges (server/replies.py)
+        return self._count(self.grid.pull_messages(message_ids))
 
     def take_bytes(self) -> int:
         """Bytes all clients sent since the last call."""

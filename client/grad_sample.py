@@ -97,60 +97,74 @@ def relative_error(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]
     return (difference / max(scale, 1e-30)) ** 0.5
 
 
-def _private_step(build: Callable[[], nn.Module], mode: str, batch: Sequence[torch.Tensor],
-                  max_grad_norm: float, steps: int) -> tuple[list[torch.Tensor], float]:
-    """One noiseless DP-SGD gradient in ``mode`` and the median seconds of ``steps`` steps."""
-    from opacus import PrivacyEngine
+class _PrivateStep:
+    """One mode's private model, optimiser and criterion on a fixed batch; ``run()`` makes one
+    noiseless DP-SGD step up to the update and returns its gradient and seconds."""
 
-    model = build()
-    model.train()
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*batch),
-                                         batch_size=len(batch[-1]))
-    private, optimizer, criterion, loader = make_private(
-        PrivacyEngine(), mode=mode, module=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.0), data_loader=loader,
-        criterion=nn.CrossEntropyLoss(), noise_multiplier=0.0, max_grad_norm=max_grad_norm,
-        poisson_sampling=False)
-    *inputs, labels = next(iter(loader))
-    seconds, gradient = [], []
+    def __init__(self, build: Callable[[], nn.Module], mode: str,
+                 batch: Sequence[torch.Tensor], max_grad_norm: float) -> None:
+        from opacus import PrivacyEngine
+
+        self.model = build()
+        self.model.train()
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*batch),
+                                             batch_size=len(batch[-1]))
+        self.private, self.optimizer, self.criterion, loader = make_private(
+            PrivacyEngine(), mode=mode, module=self.model,
+            optimizer=torch.optim.SGD(self.model.parameters(), lr=0.0), data_loader=loader,
+            criterion=nn.CrossEntropyLoss(), noise_multiplier=0.0, max_grad_norm=max_grad_norm,
+            poisson_sampling=False)
+        *self.inputs, self.labels = next(iter(loader))
+
+    def run(self) -> tuple[list[torch.Tensor], float]:
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.criterion(self.private(*self.inputs), self.labels).backward()
+        self.optimizer.pre_step()  # clip, (zero) noise, scale: p.grad is the DP-SGD gradient
+        seconds = time.perf_counter() - started
+        return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                for p in self.model.parameters()], seconds
+
+
+def private_gradient(build: Callable[[], nn.Module], mode: str, batch: Sequence[torch.Tensor],
+                     max_grad_norm: float) -> list[torch.Tensor]:
+    """The noiseless DP-SGD gradient ``mode`` computes for ``batch``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for step in range(steps):
-            started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            criterion(private(*inputs), labels).backward()
-            optimizer.pre_step()  # clip, (zero) noise, scale: p.grad is the DP-SGD gradient
-            seconds.append(time.perf_counter() - started)
-            if step == 0:
-                gradient = [p.grad.detach().clone() if p.grad is not None
-                            else torch.zeros_like(p) for p in model.parameters()]
-    return gradient, sorted(seconds)[len(seconds) // 2]
+        return _PrivateStep(build, mode, batch, max_grad_norm).run()[0]
 
 
 def calibrate(*, build: Callable[[], nn.Module], batch: Sequence[torch.Tensor],
               max_grad_norm: float, modes: Sequence[str] = MODES,
               steps: int = TIMED_STEPS) -> Calibration:
-    """Check every mode against :func:`reference_gradient` and time the correct ones.
+    """Check every mode against :func:`reference_gradient`, then time the correct ones.
 
     ``build()`` returns a fresh model with the same weights each call, in a deterministic
     forward pass (no dropout); ``batch`` is (inputs..., labels) at the training batch size.
+    Timing: one untimed step per mode, then ``steps`` rounds in which every mode makes one step
+    in turn (so drifts in machine load hit all alike); a mode's time is its fastest step.
     """
     check = [x[:CHECK_SAMPLES] for x in batch]
+    seconds: dict[str, float] = {}
+    rejected: dict[str, str] = {}
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = reference_gradient(build().train(), check, max_grad_norm)
-        seconds: dict[str, float] = {}
-        rejected: dict[str, str] = {}
+        timed: dict[str, _PrivateStep] = {}
         for mode in modes:
             try:
-                got, _ = _private_step(build, mode, check, max_grad_norm, steps=1)
-                error = relative_error(got, expected)
+                error = relative_error(
+                    _PrivateStep(build, mode, check, max_grad_norm).run()[0], expected)
                 if error > 1e-3:
                     rejected[mode] = f"gradient differs from the reference (rel. error {error:.1e})"
                     continue
-                seconds[mode] = _private_step(build, mode, batch, max_grad_norm, steps + 1)[1]
-            except Exception as failure:
+                timed[mode] = _PrivateStep(build, mode, batch, max_grad_norm)
+                timed[mode].run()  # warm-up, untimed
+            except Exception as failure:  # any failure rules the mode out
                 rejected[mode] = f"{type(failure).__name__}: {str(failure)[:120]}"
+        for _ in range(steps):
+            for mode, step in timed.items():
+                seconds[mode] = min(seconds.get(mode, float("inf")), step.run()[1])
     return Calibration(pick(seconds), seconds, rejected)
 
 
