@@ -133,7 +133,7 @@ def utility(*, quick: bool, resume: bool = False, results: Path = RESULTS) -> li
                 data = _data(root, task, seed)
                 base = {"benchmark": "utility", "task": task, "encoders": encoders,
                         "seed": seed, "rounds": rounds}
-                for epsilon in (None, *epsilons):
+                for epsilon in epsilons if quick else (None, *epsilons):
                     setting = "fl" if epsilon is None else "dp-fl"
                     if store.get(**base, setting=setting, epsilon=epsilon) is None:
                         store.add({**base, "setting": setting, "epsilon": epsilon,
