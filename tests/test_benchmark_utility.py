@@ -21,7 +21,9 @@ def _rows() -> list[dict]:
                   "round_seconds": 2.5},
                  {**base, "setting": "dp-fl", "epsilon": 1.0, "test_accuracy": 0.5 + shift},
                  {**base, "setting": "site-01 alone", "epsilon": None,
-                  "test_accuracy": 0.7 + shift}]
+                  "test_accuracy": 0.7 + shift},
+                 {**base, "setting": "site-01 alone, dp", "epsilon": 8.0,
+                  "test_accuracy": 0.78 + shift}]
     rows.append({"benchmark": "utility", "task": "fashion-mnist", "encoders": "pretrained",
                  "seed": 0, "rounds": 24, "setting": "dp-fl", "epsilon": 8.0,
                  "test_accuracy": 0.6, "round_seconds": 1.9})
@@ -39,7 +41,10 @@ def test_markdown_states_each_target_with_its_margin(tmp_path: Path) -> None:
     assert "| FL, non-private | 0.800 ± 0.020 |" in text
     assert "| DP-FL, ε = 3 | – |" in text
     assert "4.0 points below non-private FL (target: within 3): missed by 1.0 points" in text
-    assert "+10.0 points and DP-FL at ε = 8 +6.0 points" in text and ": met." in text
+    assert ("non-private: FL is +10.0 points against the best single hospital trained the same "
+            "way (target: FL above every single site): met." in text)
+    assert "DP-SGD at ε = 8: FL is -2.0 points" in text and "missed by 2.0 points" in text
+    assert "| site-01 alone (its data only, DP-SGD, ε = 8) | 0.780 ± 0.020 |" in text
     assert "| fashion-mnist | pretrained | – | – | 0.600 | – | 1.9 |" in text
     assert "![accuracy vs ε](plot.png)" in text
 
