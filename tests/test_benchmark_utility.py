@@ -38,7 +38,7 @@ def test_summary_is_mean_and_sample_sd() -> None:
 
 def test_markdown_states_each_target_with_its_margin(tmp_path: Path) -> None:
     text = "\n".join(markdown(_rows(), "python -m benchmarks --only utility", "plot.png"))
-    assert "| FL, non-private | 0.800 ± 0.020 |" in text
+    assert "| FL, non-private (same schedule: 1 local epoch a round) | 0.800 ± 0.020 |" in text
     assert "| DP-FL, ε = 3 | – |" in text
     assert "4.0 points below non-private FL (target: within 3): missed by 1.0 points" in text
     assert ("non-private: FL is +10.0 points against the best single hospital trained the same "
