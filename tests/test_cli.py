@@ -115,8 +115,11 @@ def test_pretrained_encoders_without_the_extra_is_one_line_exit_one(
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_unknown_encoders_is_a_config_error(tmp_path: Path) -> None:
+def test_unknown_encoders_are_refused_by_flag_and_by_config(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", "--encoders", "imagenet", "--out",
+                                 str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--encoders" in result.output
+    result = runner.invoke(app, ["simulate", "--set", "model.encoders=imagenet", "--out",
                                  str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "model.encoders = 'imagenet'" in result.output
