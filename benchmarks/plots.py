@@ -36,13 +36,16 @@ def utility_plot(rows: list[dict], path: Path) -> Path:
         points = [(x, s) for x, s in zip(positions, stats, strict=True) if s]
         if not points:
             continue
+        seeds = len({r["seed"] for r in picked})
         axis.errorbar([x for x, _ in points], [s[0] for _, s in points],
                       yerr=[s[1] for _, s in points], marker="o", capsize=3,
-                      label=f"{task}, {encoders} encoders")
+                      label=f"{task}, {encoders} encoders "
+                      + (f"(mean ± sd, {seeds} seeds)" if seeds > 1 else "(one seed)"))
     central = summary([r for r in rows if r["task"] == "demo"], setting="centralized")
     if central:
         axis.axhline(central[0], linestyle=":", color="grey",
                      label="demo, centralized (no DP)")
+    axis.axhline(0.25, linestyle="--", color="lightgrey", label="chance (4 classes)")
     axis.set_xscale("log")
     axis.set_xticks(positions, [f"{e:g}" for e in EPSILONS] + ["no DP"])
     axis.set_xlabel("ε per hospital (δ = 1e-5)")

@@ -321,4 +321,17 @@ def _encoders_table(rows: list[dict]) -> list[str]:
         cells.append(_cell(summary(picked, setting="fl")))
         timing = next((r["round_seconds"] for r in picked if r.get("epsilon") == 8.0), "–")
         lines.append(f"| {task} | {encoders} | {' | '.join(cells)} | {timing} |")
+    lines.append("")
+    for task in sorted({t for t, _ in combos}):
+        gains = []
+        for label, match in (*((f"ε = {e:g}", {"setting": "dp-fl", "epsilon": e})
+                               for e in EPSILONS), ("non-private", {"setting": "fl"})):
+            both = [summary([r for r in rows if r["task"] == task and r["encoders"] == kind
+                             and r["seed"] == 0], **match)
+                    for kind in ("pretrained", "trainable")]
+            if all(both):
+                gains.append(f"{100 * (both[0][0] - both[1][0]):+.1f} at {label}")
+        if gains:
+            lines.append(f"- {task}: pretrained minus trainable, test accuracy points: "
+                         f"{', '.join(gains)}.")
     return lines

@@ -27,6 +27,9 @@ def _rows() -> list[dict]:
     rows.append({"benchmark": "utility", "task": "fashion-mnist", "encoders": "pretrained",
                  "seed": 0, "rounds": 24, "setting": "dp-fl", "epsilon": 8.0,
                  "test_accuracy": 0.6, "round_seconds": 1.9})
+    rows.append({"benchmark": "utility", "task": "fashion-mnist", "encoders": "trainable",
+                 "seed": 0, "rounds": 24, "setting": "dp-fl", "epsilon": 8.0,
+                 "test_accuracy": 0.52, "round_seconds": 2.5})
     return rows
 
 
@@ -46,6 +49,8 @@ def test_markdown_states_each_target_with_its_margin(tmp_path: Path) -> None:
     assert "DP-SGD at ε = 8: FL is -2.0 points" in text and "missed by 2.0 points" in text
     assert "| site-01 alone (its data only, DP-SGD, ε = 8) | 0.780 ± 0.020 |" in text
     assert "| fashion-mnist | pretrained | – | – | 0.600 | – | 1.9 |" in text
+    assert ("- fashion-mnist: pretrained minus trainable, test accuracy points: +8.0 at ε = 8."
+            in text)
     assert "![accuracy vs ε](plot.png)" in text
 
 
