@@ -50,7 +50,9 @@ def test_scale_report_compares_the_smallest_and_largest_run(tmp_path: Path) -> N
              "round_seconds_after_first": 32.0, "seconds_per_1000_patients": 12.5,
              "sites_ok": [64, 64, 64], "peak_rss_mib": 1100.0}]
     text = "\n".join(scale.markdown(rows, "cmd", "scale.png"))
-    assert "peak memory 1.10× (target: flat), round time 16.0× (target: linear, 16×)" in text
+    assert ("peak memory 1.10× (target: flat: met), round time 16.0× (target: at most linear, "
+            "16×: met)" in text)
+    assert "about 0.5 s per hospital of one-off work" in text
     assert "--ray-address auto" in text
     assert scale_plot(rows, tmp_path / "s.png").read_bytes()[:8] == PNG
 
