@@ -42,7 +42,7 @@ def deployment_latency(*, quick: bool) -> list[dict]:
     for secure in (False, True):
         with tempfile.TemporaryDirectory(prefix="fm", dir="/tmp") as folder:
             raw = run_loopback(root=Path(folder), hospitals=2, rounds=ROUNDS, secure=secure,
-                               samples_per_site=20)
+                               samples_per_site=20, client_args=("--idle-poll", "0.5"))
             log = raw.pop("server_log")
             if raw["exit_code"] != 0:
                 raise RuntimeError(f"the loopback deployment failed:\n{log}")
@@ -60,7 +60,8 @@ def markdown(rows: list[dict], command: str) -> list[str]:
         "## Deployment latency per message round trip", "",
         f"Command: `{command}`  ",
         f"Machine: {machine()}", "",
-        "Two `fedmm client` hospitals and one `fedmm server` on loopback (Flower SuperLink and "
+        "Two `fedmm client --idle-poll 0.5` hospitals and one `fedmm server` on loopback "
+        "(Flower SuperLink and "
         "SuperNodes, TLS, node authentication, DP-SGD), 20 patients each, a small model; "
         f"median of rounds 2 to {ROUNDS - 1} (the first pays start-up, the last evaluates). "
         "Overhead per "
@@ -80,8 +81,9 @@ def markdown(rows: list[dict], command: str) -> list[str]:
               "every message (about 2 s of CPU here, most of it importing Flower; fedmm's own "
               "handlers import no torch, and training runs in the hospital's warm worker). "
               "Flower's SuperNode sleeps a fixed 3 s whenever it finds no message, before "
-              "picking up a message and again before pushing its reply; fedmm's SuperNode "
-              "entry point (`client/supernode.py`) caps that idle sleep at 0.5 s, and the "
+              "picking up a message and again before pushing its reply; `fedmm client --idle-poll "
+              "0.5` (`client/supernode.py`) caps that idle sleep at 0.5 s (not the default: "
+              "each idle poll is a signed request the server verifies), and the "
               "ServerApp polls for replies every 0.2 s instead of Flower's 3 s "
               "(`server/replies.py`)."]
     return lines

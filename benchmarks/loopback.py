@@ -112,7 +112,8 @@ def _wait_for_line(path: Path, text: str, *, process: subprocess.Popen,
 
 def run_loopback(*, root: Path, hospitals: int, rounds: int = 2, secure: bool = True,
                  samples_per_site: int = 40, round_timeout_s: float = 300.0,
-                 timeout_s: float = 900.0) -> dict[str, Any]:
+                 timeout_s: float = 900.0, client_args: tuple[str, ...] = ()
+                 ) -> dict[str, Any]:
     """Run one deployment in ``root`` and return its figures (see the module docstring)."""
     from simulations.demo_data import generate_demo
     from simulations.scenarios import Scenario
@@ -144,7 +145,7 @@ def run_loopback(*, root: Path, hospitals: int, rounds: int = 2, secure: bool = 
                 clients.append(_fedmm(
                     ["client", "--data", str(data / f"site-{i:02d}"), "--server",
                      f"127.0.0.1:{port}", "--ca", str(keys / "ca.crt"), "--key",
-                     str(keys / "hospitals" / f"hospital-{i}.key")],
+                     str(keys / "hospitals" / f"hospital-{i}.key"), *client_args],
                     folder=root / f"hospital-{i}"))
             try:
                 code: int | None = server.wait(timeout=timeout_s)

@@ -11,7 +11,8 @@ DP-SGD clips each sample's gradient gᵢ to norm C. Opacus gets the gᵢ (or the
   second backward pass of the loss re-weighted by min(1, C/‖gᵢ‖). Much less memory and time for
   wide layers; two backward passes for small ones.
 
-Calibration (``grad_sample_mode = "auto"``): on a batch of the site's data each mode makes one
+Calibration (``grad_sample_mode = "auto"``, models of ``CALIBRATE_MIN_PARAMETERS`` or more;
+smaller ones train with hooks): on a batch of the site's data each mode makes one
 DP-SGD step without noise; its gradient must equal the reference (1/B) Σᵢ gᵢ·min(1, C/‖gᵢ‖),
 each gᵢ computed on sample i alone, within a relative error ‖Δ‖/‖reference‖ of 1e-3. A mode
 that raises or disagrees is out (``ew`` cannot handle every layer). Each correct mode then times
@@ -39,6 +40,10 @@ from common.atomic import atomic_write_bytes
 MODES = ("hooks", "ew", "functorch", "ghost")
 REFERENCE_MODE = "hooks"
 MARGIN = 0.2  # another mode must be ≥ 20 % faster than hooks to replace it
+# Below this size every other mode was measured within MARGIN of hooks or slower (BENCHMARKS.md,
+# DP-SGD cost: the three heads and pretrained features, 37-42 k parameters), so calibration
+# would keep hooks: small models skip its cost (seconds of CPU in every hospital's first round).
+CALIBRATE_MIN_PARAMETERS = 200_000
 CHECK_SAMPLES = 16  # the correctness check compares per-sample gradients on this many samples
 TIMED_STEPS = 3
 MEMO_NAME = "grad_sample_mode.json"
@@ -227,7 +232,10 @@ def choose_mode(*, requested: str, build: Callable[[], nn.Module],
     if requested != "auto":
         return requested
     with torch.random.fork_rng(devices=[]):  # calibrating leaves the training RNG untouched
-        key = signature(build(), len(batch[-1]), device)
+        model = build()
+        if sum(p.numel() for p in model.parameters()) < CALIBRATE_MIN_PARAMETERS:
+            return REFERENCE_MODE
+        key = signature(model, len(batch[-1]), device)
         remembered = memo.get(key)
         if remembered is not None:
             return remembered

@@ -46,6 +46,7 @@ class ClientSettings:
     site_id: str | None = None
     runtime_port: int | None = None
     registration_wait_s: float = 600.0  # keep trying this long while the key is unknown there
+    idle_poll_s: float | None = None  # None: Flower's own 3 s idle poll (client/supernode.py)
 
     @property
     def state(self) -> Path:
@@ -102,9 +103,12 @@ def write_node_config(settings: ClientSettings) -> Path:
     return path
 
 
-def supernode_command() -> list[str]:
-    """Flower's SuperNode with a 0.5 s idle poll instead of 3 s (:mod:`client.supernode`)."""
-    return [sys.executable, "-m", "client.supernode"]
+def supernode_command(idle_poll_s: float | None = None) -> list[str]:
+    """Flower's SuperNode; with ``idle_poll_s``, through :mod:`client.supernode`, which polls
+    that often instead of every 3 s when idle."""
+    if idle_poll_s is None:
+        return [processes.flower_command("flower-supernode")]
+    return [sys.executable, "-m", "client.supernode", "--idle-poll", str(idle_poll_s)]
 
 
 class ClientLauncher:
@@ -128,7 +132,7 @@ class ClientLauncher:
         node_config = write_node_config(self.settings)
         runtime_port = self.settings.runtime_port or processes.free_port()
         command = [
-            *supernode_command(), "--superlink", f"{host}:{port}",
+            *supernode_command(self.settings.idle_poll_s), "--superlink", f"{host}:{port}",
             "--root-certificates", str(self.settings.ca.resolve()),
             "--auth-supernode-private-key", str(self.settings.key.resolve()),
             "--node-config", str(node_config), "--port", str(runtime_port)]

@@ -103,8 +103,16 @@ def test_pick_keeps_hooks_unless_another_mode_is_clearly_faster() -> None:
     assert pick({}) == "hooks"
 
 
+def test_small_models_train_with_hooks_without_calibrating(tmp_path: Path) -> None:
+    memo = ModeMemo(tmp_path / "memo.json")
+    assert choose_mode(requested="auto", build=_builder("concat"), batch=_batch(8),
+                       max_grad_norm=1.0, memo=memo, device=torch.device("cpu")) == "hooks"
+    assert not memo.path.exists()
+
+
 def test_choose_mode_uses_the_memo_and_leaves_the_rng_alone(tmp_path: Path,
                                                            monkeypatch) -> None:
+    monkeypatch.setattr("client.grad_sample.CALIBRATE_MIN_PARAMETERS", 0)
     memo = ModeMemo(tmp_path / "memo.json")
     build, batch = _builder("concat"), _batch(8)
     assert choose_mode(requested="ghost", build=build, batch=batch, max_grad_norm=1.0,

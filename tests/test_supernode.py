@@ -34,7 +34,8 @@ def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_it_is_flower_supernode_underneath() -> None:
-    result = subprocess.run([sys.executable, "-m", "client.supernode", "--help"],
+    result = subprocess.run([sys.executable, "-m", "client.supernode", "--idle-poll", "1",
+                             "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "--superlink" in result.stdout and "--auth-supernode-private-key" in result.stdout

@@ -74,7 +74,8 @@ def test_non_private_and_fedprox_paths(demo_root: Path, small_config: RunConfig)
 
 
 def test_auto_mode_is_calibrated_once_and_remembered(demo_root: Path, small_config: RunConfig,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("client.grad_sample.CALIBRATE_MIN_PARAMETERS", 0)  # calibrate it too
     data = load_site(demo_root / "site-01", small_config.data)
     weights = model_weights(build_model(data=small_config.data, model=small_config.model, seed=0))
     config = _config(small_config, grad_sample_mode="auto")
