@@ -225,20 +225,20 @@ def signature(model: nn.Module, batch_size: int, device: torch.device) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def choose_mode(*, requested: str, build: Callable[[], nn.Module],
-                batch: Sequence[torch.Tensor], max_grad_norm: float, memo: ModeMemo,
-                device: torch.device) -> str:
-    """``requested`` itself, or (``auto``) the remembered or freshly calibrated mode."""
+def choose_mode(*, requested: str, model: nn.Module, build: Callable[[], nn.Module],
+                batch: Callable[[], Sequence[torch.Tensor]], max_grad_norm: float,
+                memo: ModeMemo, device: torch.device) -> str:
+    """``requested`` itself, or (``auto``) the remembered or freshly calibrated mode for
+    ``model``; ``build`` and ``batch`` are called only when calibration is needed."""
     if requested != "auto":
         return requested
-    with torch.random.fork_rng(devices=[]):  # calibrating leaves the training RNG untouched
-        model = build()
-        if sum(p.numel() for p in model.parameters()) < CALIBRATE_MIN_PARAMETERS:
-            return REFERENCE_MODE
-        key = signature(model, len(batch[-1]), device)
-        remembered = memo.get(key)
-        if remembered is not None:
-            return remembered
-        calibration = calibrate(build=build, batch=batch, max_grad_norm=max_grad_norm)
+    if sum(p.numel() for p in model.parameters()) < CALIBRATE_MIN_PARAMETERS:
+        return REFERENCE_MODE
+    sample = batch()
+    key = signature(model, len(sample[-1]), device)
+    remembered = memo.get(key)
+    if remembered is not None:
+        return remembered
+    calibration = calibrate(build=build, batch=sample, max_grad_norm=max_grad_norm)
     memo.put(key, calibration)
     return calibration.mode

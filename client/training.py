@@ -154,9 +154,9 @@ def train_local(
         from client.grad_sample import ModeMemo, choose_mode, make_private
 
         mode = choose_mode(
-            requested=config.privacy.grad_sample_mode,
+            requested=config.privacy.grad_sample_mode, model=model,
             build=partial(_fresh_model, config, global_weights, device),
-            batch=_first_batch(data, config.training.batch_size, device),
+            batch=partial(_first_batch, data, config.training.batch_size, device),
             max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
             device=device)
         engine = PrivacyEngine(accountant=config.privacy.accountant)

@@ -105,7 +105,8 @@ def test_pick_keeps_hooks_unless_another_mode_is_clearly_faster() -> None:
 
 def test_small_models_train_with_hooks_without_calibrating(tmp_path: Path) -> None:
     memo = ModeMemo(tmp_path / "memo.json")
-    assert choose_mode(requested="auto", build=_builder("concat"), batch=_batch(8),
+    build = _builder("concat")
+    assert choose_mode(requested="auto", model=build(), build=build, batch=lambda: _batch(8),
                        max_grad_norm=1.0, memo=memo, device=torch.device("cpu")) == "hooks"
     assert not memo.path.exists()
 
@@ -115,12 +116,15 @@ def test_choose_mode_uses_the_memo_and_leaves_the_rng_alone(tmp_path: Path,
     monkeypatch.setattr("client.grad_sample.CALIBRATE_MIN_PARAMETERS", 0)
     memo = ModeMemo(tmp_path / "memo.json")
     build, batch = _builder("concat"), _batch(8)
-    assert choose_mode(requested="ghost", build=build, batch=batch, max_grad_norm=1.0,
+    model = build()
+    assert choose_mode(requested="ghost", model=model, build=build, batch=lambda: batch,
+                       max_grad_norm=1.0,
                        memo=memo, device=torch.device("cpu")) == "ghost"
     assert not memo.path.exists()  # an explicit mode is not calibrated
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    chosen = choose_mode(requested="auto", build=build, batch=batch, max_grad_norm=1.0,
+    chosen = choose_mode(requested="auto", model=model, build=build, batch=lambda: batch,
+                         max_grad_norm=1.0,
                          memo=memo, device=torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -128,7 +132,8 @@ def test_choose_mode_uses_the_memo_and_leaves_the_rng_alone(tmp_path: Path,
         raise AssertionError("calibrated again")
 
     monkeypatch.setattr("client.grad_sample.calibrate", no_second_calibration)
-    assert choose_mode(requested="auto", build=build, batch=batch, max_grad_norm=1.0,
+    assert choose_mode(requested="auto", model=model, build=build, batch=lambda: batch,
+                       max_grad_norm=1.0,
                        memo=memo, device=torch.device("cpu")) == chosen
 
 
