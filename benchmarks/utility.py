@@ -128,27 +128,25 @@ def _alone_private(data: Path, site: Path, *, encoders: str, seed: int, rounds: 
     from client.training import plan_round, train_local
     from common.config import RunConfig
     from common.evaluation import evaluate_weights
-    from common.features import FEATURE_DIR, model_inputs
     from common.models import build_model
     from common.privacy import epsilon_for_history
     from common.serialization import model_weights
-    from common.sitedata import load_site, split_train_validation
+    from common.sitedata import split_train_validation
+    from simulations.centralized import site_inputs
 
     config = RunConfig.model_validate({
         "model": {"encoders": encoders}, "privacy": {"target_epsilon": epsilon},
         "training": {"seed": seed, "rounds": 1, "local_epochs": rounds}})
 
-    def inputs(folder: Path):
-        return model_inputs(load_site(folder, config.data), config.model,
-                            folder / ".fedmm" / FEATURE_DIR)
-
-    train, _ = split_train_validation(inputs(site), config.data.validation_fraction)
+    train, _ = split_train_validation(site_inputs(site, config),
+                                      config.data.validation_fraction)
     torch.manual_seed(seed)
     weights = model_weights(build_model(data=config.data, model=config.model, seed=seed))
     started = time.perf_counter()
     result = train_local(config=config, global_weights=weights, data=train,
                          plan=plan_round(len(train), config), history=[])
-    accuracy = evaluate_weights(config, result.weights, inputs(data / "test"))["accuracy"]
+    accuracy = evaluate_weights(config, result.weights,
+                                site_inputs(data / "test", config))["accuracy"]
     return {"test_accuracy": round(accuracy, 4),
             "wall_seconds": round(time.perf_counter() - started, 1),
             "epsilon_spent": round(epsilon_for_history(result.history,

@@ -31,7 +31,7 @@ def pool(parts: Sequence[SiteData]) -> SiteData:
     )
 
 
-def _inputs(site_dir: Path, config: RunConfig) -> SiteData:
+def site_inputs(site_dir: Path, config: RunConfig) -> SiteData:
     """A site's samples as the model takes them (features from the site's cache if pretrained)."""
     return model_inputs(load_site(site_dir, config.data), config.model,
                         site_dir / STATE_DIR_NAME / FEATURE_DIR)
@@ -52,8 +52,8 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
             "local_epochs": config.training.local_epochs * config.training.rounds,
             "strategy": "fedavg"}),
     })
-    train_parts = [split_train_validation(_inputs(d, config), config.data.validation_fraction)[0]
-                   for d in site_dirs]
+    fraction = config.data.validation_fraction
+    train_parts = [split_train_validation(site_inputs(d, config), fraction)[0] for d in site_dirs]
     pooled = pool(train_parts)
     torch.manual_seed(config.training.seed)
     weights = model_weights(build_model(data=config.data, model=config.model,
@@ -64,6 +64,6 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
     summary: dict[str, Any] = {"examples": len(pooled), "epochs": plain.training.local_epochs,
                                "seconds": round(result.seconds, 2)}
     if test_dir is not None:
-        metrics = evaluate_weights(config, result.weights, _inputs(test_dir, config))
+        metrics = evaluate_weights(config, result.weights, site_inputs(test_dir, config))
         summary.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])
     return summary
