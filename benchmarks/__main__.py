@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.report import machine, update_sections
+from server.run_folder import RunFolder
 
 SECTIONS = ("dp_cost", "peer", "secagg", "scale", "latency", "loopback", "utility",
             "main_job")
@@ -59,13 +60,14 @@ def main_job() -> dict:
                         "--centralized"], check=True, capture_output=True,
                        env={**os.environ, "TMPDIR": folder})
         wall = time.perf_counter() - started
-        summary = json.loads((out / "summary.json").read_text())
-        reference = json.loads((out / "centralized.json").read_text())
-        records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+        run = RunFolder(out)
+        summary = run.read_summary()
+        reference = json.loads(run.centralized.read_text())
+        records = run.rounds()
     row = {
         "benchmark": "main_job", "wall_seconds": round(wall, 1),
         "round_seconds_after_first": round(statistics.median(
-            r["seconds"] for r in records[1:]), 2) if len(records) > 1 else None,
+            r.seconds for r in records[1:]), 2) if len(records) > 1 else None,
         "rounds": summary["rounds_completed"],
         "test_accuracy": round(summary["final_metrics"]["test_accuracy"], 3),
         "centralized_test_accuracy": round(reference["test_accuracy"], 3),

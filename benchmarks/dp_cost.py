@@ -97,8 +97,8 @@ def dp_cost(*, quick: bool) -> list[dict]:
     import torch
 
     from common.config import RunConfig
-    from common.features import model_inputs
-    from common.sitedata import load_site
+    from common.model_inputs import load_model_inputs
+    from common.site_state import SiteState
     from simulations.demo_data import generate_demo
     from simulations.scenarios import Scenario
 
@@ -114,8 +114,7 @@ def dp_cost(*, quick: bool) -> list[dict]:
         for label, overrides in models:
             config = RunConfig.model_validate({"model": overrides,
                                                "training": {"local_epochs": 1}})
-            data = model_inputs(load_site(root / "site-01", config.data), config.model,
-                                root / "features")
+            data = load_model_inputs(root / "site-01", config, SiteState(root / "state"))
             rows += _model_rows(label, config, data, repeats=repeats,
                                 memo=root / f"memo-{len(rows)}.json")
     return rows

@@ -17,16 +17,17 @@ from pathlib import Path
 
 from benchmarks.loopback import run_loopback
 from benchmarks.report import machine
+from server.run_folder import RoundRecord, RunFolder
 
 ROUNDS = 6
 EXCHANGES = {False: 1, True: 4}
 TARGET_S = 2.0
 
 
-def _overhead(row: dict, records: list[dict]) -> dict:
+def _overhead(row: dict, records: list[RoundRecord]) -> dict:
     measured = records[1:-1]
-    training = [max((s.get("seconds") or 0.0) for s in r["sites"].values()) for r in measured]
-    rounds = [r["seconds"] for r in measured]
+    training = [max((s.seconds or 0.0) for s in r.sites.values()) for r in measured]
+    rounds = [r.seconds for r in measured]
     exchanges = EXCHANGES[row["secure_aggregation"]]
     overhead = statistics.median((r - t) / exchanges for r, t in zip(rounds, training,
                                                                      strict=True))
@@ -46,9 +47,7 @@ def deployment_latency(*, quick: bool) -> list[dict]:
             log = raw.pop("server_log")
             if raw["exit_code"] != 0:
                 raise RuntimeError(f"the loopback deployment failed:\n{log}")
-            records = [json.loads(line) for line in
-                       (Path(folder) / "out" / "metrics.jsonl").read_text().splitlines()
-                       if line.strip()]
+            records = RunFolder(Path(folder) / "out").rounds()
         row = _overhead(raw, records)
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -77,10 +76,10 @@ def markdown(rows: list[dict], command: str) -> list[str]:
         lines.append(f"| {'SecAgg+' if r['secure_aggregation'] else 'plaintext'} | "
                      f"{r['exchanges_per_round']} | {r['round_seconds']} | "
                      f"{r['training_seconds']} | {over} | {verdict} |")
-    lines += ["", "Where it goes: Flower 1.42 starts a fresh `flwr-clientapp` process for "
-              "every message (about 2 s of CPU here, most of it importing Flower; fedmm's own "
-              "handlers import no torch, and training runs in the hospital's warm worker). "
-              "Flower's SuperNode sleeps a fixed 3 s whenever it finds no message, before "
+    lines += ["", "Where it goes: each hospital's executor (`client/executor.py`) runs the "
+              "installed ClientApp in the `fedmm client` process (no process start per "
+              "message; torch and Opacus imported once). Flower's SuperNode sleeps a fixed 3 s "
+              "whenever it finds no message, before "
               "picking up a message and again before pushing its reply; `fedmm client --idle-poll "
               "0.5` (`client/supernode.py`) caps that idle sleep at 0.5 s (not the default: "
               "each idle poll is a signed request the server verifies), and the "

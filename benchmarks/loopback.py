@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common import processes
+from server.run_folder import RunFolder
 
 SMALL_MODEL = """\
 model_id = "loopback"
@@ -155,15 +156,14 @@ def run_loopback(*, root: Path, hospitals: int, rounds: int = 2, secure: bool = 
     finally:
         for process in [server, *clients]:
             processes.stop(process)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-               if line.strip()] if (out / "metrics.jsonl").exists() else []
+    records = RunFolder(out).rounds()
     return {
         "benchmark": "loopback_deployment", "hospitals": hospitals, "rounds": rounds,
         "secure_aggregation": secure, "exit_code": code, "wall_seconds": round(wall, 1),
         "server_ready_seconds": round(ready, 1),
-        "round_seconds": [r.get("seconds") for r in records],
-        "sites_ok": [r.get("sites_ok") for r in records],
-        "aggregated": [r.get("aggregated") for r in records],
+        "round_seconds": [r.seconds for r in records],
+        "sites_ok": [r.sites_ok for r in records],
+        "aggregated": [r.aggregated for r in records],
         "server_peak_rss_mib": round(memory.peak / 2**20, 1),
         "server_log": (root / "server" / "output.log").read_text(errors="replace")[-2000:],
     }
@@ -203,9 +203,6 @@ def loopback_load(*, quick: bool, command: str) -> list[str]:
         "CLI, SuperLink, SuperExec, ServerApp), sampled every 0.25 s. Wall time includes key "
         "generation, registration of every hospital's key and start-up.", "",
         "Where a round's time goes: a securely aggregated round is five messages per hospital "
-        "(four SecAgg+ stages, evaluation) and Flower 1.42 starts a fresh `flwr-clientapp` "
-        "process for each (about 2 s of CPU: Python and Flower's imports), so 20 hospitals on "
-        "2 cores spend most of a round starting processes. Training itself runs in each "
-        "hospital's warm worker (`client/worker.py`), which imported torch and Opacus once; "
-        "without it every training and evaluation message also paid about 5 s of CPU for "
-        "those imports."]
+        "(four SecAgg+ stages, evaluation). Each hospital's executor (`client/executor.py`) "
+        "runs the installed ClientApp in the `fedmm client` process, which imported torch and "
+        "Opacus once: no process is started per message."]

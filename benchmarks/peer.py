@@ -65,9 +65,11 @@ def peer_comparison(*, quick: bool) -> list[dict]:
     from client.policy import load_policy
     from client.site import Site
     from common.config import RunConfig
+    from common.model_inputs import load_model_inputs
     from common.models import build_model
     from common.serialization import model_weights
-    from common.sitedata import load_site, split_train_validation
+    from common.site_state import SiteState
+    from common.sitedata import split_train_validation
     from simulations.demo_data import generate_demo
     from simulations.scenarios import Scenario
 
@@ -85,8 +87,8 @@ def peer_comparison(*, quick: bool) -> list[dict]:
         site_dir = root / "site-01"
         policy = site_dir / "policy.toml"  # a budget that lets every round run
         policy.write_text(policy.read_text().replace("max_epsilon = 10.0", "max_epsilon = 1e4"))
-        site = Site("site-01", site_dir, site_dir / ".fedmm", load_policy(policy), True)
-        train, _ = split_train_validation(load_site(site_dir, config.data),
+        site = Site("site-01", site_dir, SiteState.of(site_dir), load_policy(policy), True)
+        train, _ = split_train_validation(load_model_inputs(site_dir, config, site.state),
                                           config.data.validation_fraction)
         initial = model_weights(build_model(data=config.data, model=config.model, seed=0))
         peer_weights = list(initial.values())
@@ -96,13 +98,14 @@ def peer_comparison(*, quick: bool) -> list[dict]:
             peer_weights, epsilon["peer"] = _peer_round(config, peer_weights, train)
             times["peer"].append(time.perf_counter() - started)
             started = time.perf_counter()
-            result = train_round(inputs=RoundInputs(number, "peer-benchmark", fedmm_weights),
-                                 site=site, config=config, threads=1)
+            result = train_round(RoundInputs(number, "peer-benchmark", fedmm_weights),
+                                 site, config, threads=1)
             times["fedmm"].append(time.perf_counter() - started)
             if result.status != "ok":
                 raise RuntimeError(f"fedmm's round {number} failed: {result.reason}")
             fedmm_weights = {k: fedmm_weights[k] + result.update[k] for k in fedmm_weights}
-            epsilon["fedmm"] = float(result.metrics["epsilon"])
+            assert result.report is not None and result.report.epsilon is not None
+            epsilon["fedmm"] = result.report.epsilon
     rows = []
     for name in ("peer", "fedmm"):
         after_first = times[name][1:]

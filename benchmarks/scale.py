@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.loopback import PeakMemory
 from benchmarks.report import machine
+from server.run_folder import RunFolder
 
 SAMPLES_PER_SITE = 40
 ROUNDS = 3
@@ -41,17 +42,16 @@ def run_simulation_at_scale(*, hospitals: int, root: Path) -> dict:
     if code != 0:
         tail = (root / f"sim-{hospitals}.log").read_text(errors="replace")[-1500:]
         raise RuntimeError(f"simulate with {hospitals} hospitals failed (exit {code}):\n{tail}")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
-    later = [r["seconds"] for r in records[1:]]
+    records = RunFolder(out).rounds()
+    later = [r.seconds for r in records[1:]]
     per_round = statistics.median(later)
     row = {"benchmark": "scale", "hospitals": hospitals, "rounds": len(records),
            "patients": hospitals * SAMPLES_PER_SITE, "wall_seconds": round(wall, 1),
-           "first_round_seconds": round(records[0]["seconds"], 2),
+           "first_round_seconds": round(records[0].seconds, 2),
            "round_seconds_after_first": round(per_round, 2),
            "seconds_per_1000_patients": round(1000 * per_round
                                               / (hospitals * SAMPLES_PER_SITE), 2),
-           "sites_ok": [r.get("sites_ok") for r in records],
+           "sites_ok": [r.sites_ok for r in records],
            "peak_rss_mib": round(memory.peak / 2**20, 1)}
     print(json.dumps(row), flush=True)
     return row

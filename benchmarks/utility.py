@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import machine
+from server.run_folder import RunFolder
 
 RESULTS = Path("benchmarks/results/utility.jsonl")
 EPSILONS = (1.0, 3.0, 8.0)
@@ -96,12 +97,12 @@ def _federated(root: Path, data: Path, *, task: str, encoders: str, epsilon: flo
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-1500:]}"
                            f"{result.stderr[-1500:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
+    folder = RunFolder(out)
+    summary = folder.read_summary()
+    records = folder.rounds()
     sites = summary["privacy"]["sites"]
     return {"test_accuracy": round(summary["final_metrics"]["test_accuracy"], 4),
-            "round_seconds": round(statistics.median(r["seconds"] for r in records[1:]), 2),
+            "round_seconds": round(statistics.median(r.seconds for r in records[1:]), 2),
             "wall_seconds": round(time.perf_counter() - started, 1),
             "epsilon_spent": round(max(s["epsilon"] for s in sites.values()), 3) if sites
             else None}
@@ -128,17 +129,17 @@ def _alone_private(data: Path, site: Path, *, encoders: str, seed: int, rounds: 
     from client.training import plan_round, train_local
     from common.config import RunConfig
     from common.evaluation import evaluate_weights
+    from common.model_inputs import load_model_inputs
     from common.models import build_model
     from common.privacy import epsilon_for_history
     from common.serialization import model_weights
     from common.sitedata import split_train_validation
-    from simulations.centralized import site_inputs
 
     config = RunConfig.model_validate({
         "model": {"encoders": encoders}, "privacy": {"target_epsilon": epsilon},
         "training": {"seed": seed, "rounds": 1, "local_epochs": rounds}})
 
-    train, _ = split_train_validation(site_inputs(site, config),
+    train, _ = split_train_validation(load_model_inputs(site, config),
                                       config.data.validation_fraction)
     torch.manual_seed(seed)
     weights = model_weights(build_model(data=config.data, model=config.model, seed=seed))
@@ -146,7 +147,8 @@ def _alone_private(data: Path, site: Path, *, encoders: str, seed: int, rounds: 
     result = train_local(config=config, global_weights=weights, data=train,
                          plan=plan_round(len(train), config), history=[])
     accuracy = evaluate_weights(config, result.weights,
-                                site_inputs(data / "test", config))["accuracy"]
+                                load_model_inputs(data / "test", config,
+                                                  check_usable=False))["accuracy"]
     return {"test_accuracy": round(accuracy, 4),
             "wall_seconds": round(time.perf_counter() - started, 1),
             "epsilon_spent": round(epsilon_for_history(result.history,

@@ -16,24 +16,19 @@ are imported inside the handlers that need them: Flower starts a process per mes
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Sequence
-from functools import partial
 
-from flwr.app import Context, Message, MetricRecord
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client.audit_log import audit_log_mod
-from client.local_round import CACHE_DIR, local_evaluation, local_round
-from client.replies import (
-    EXPECTED_FAILURES,
-    failure,
-    read_request,
-    reply,
-    site_label,
-    status_record,
-)
+from client.local_round import LocalRound, RoundInputs, evaluate_round, train_round
+from client.replies import EXPECTED_FAILURES, failure, label, read_request, reply, status
 from client.secure_aggregation import register_secure_aggregation
+from client.site import Site
+from common import wire
+from common.config import RunConfig
 from common.serialization import digest, from_record, to_record
 from common.sitecache import load_site_cached
 
@@ -41,56 +36,65 @@ from common.sitecache import load_site_cached
 def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1) -> ClientApp:
     """The ClientApp; ``site_dirs`` is given by the simulation runner only."""
     app = ClientApp(mods=[audit_log_mod(site_dirs)])
-    register_secure_aggregation(app, site_dirs=site_dirs,
-                                train=partial(local_round, threads=threads))
 
-    @app.query("site_info")
+    def train_on(msg: Message, site: Site, config: RunConfig) -> LocalRound:
+        return train_round(RoundInputs.from_message(msg), site, config, threads=threads)
+
+    register_secure_aggregation(app, site_dirs=site_dirs, train=train_on)
+
+    @app.query(wire.SITE_INFO_ACTION)
     def site_info(msg: Message, context: Context) -> Message:
         try:
-            site, config = read_request(msg, context, site_dirs)
-            data = load_site_cached(site.data_dir, config.data, site.state_dir / CACHE_DIR)
+            site, _, config = read_request(msg, context, site_dirs)
+            data = load_site_cached(site.data_dir, config.data, site.state.cache_dir)
         except EXPECTED_FAILURES as error:
-            return failure(msg, site_label(context, site_dirs), error)
-        return reply(
-            msg,
-            status=status_record(site.site_id, "ok",
-                                 labels=json.dumps(data.label_counts()),
-                                 coverage=json.dumps(data.modality_coverage())),
-            metrics=MetricRecord({"rows": data.total_rows, "usable": len(data),
-                                  "bad-rows": len(data.issues)}),
-        )
+            return failure(msg, label(context, site_dirs), error)
+        return reply(msg, status(site.site_id, "ok"), wire.SiteInfo(
+            rows=data.total_rows, usable=len(data), bad_rows=len(data.issues),
+            label_counts=data.label_counts(), modality_counts=data.modality_coverage()))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         """Plaintext round: the update itself is sent (only where the site policy allows)."""
         try:
-            site, config = read_request(msg, context, site_dirs)
+            site, _, config = read_request(msg, context, site_dirs)
         except EXPECTED_FAILURES as error:
-            return failure(msg, site_label(context, site_dirs), error)
+            return failure(msg, label(context, site_dirs), error)
         if site.policy.require_secure_aggregation:
-            return reply(msg, status=status_record(
-                site.site_id, "refused", code="secure-aggregation-required",
+            return reply(msg, status(
+                site.site_id, "refused", code=wire.SECURE_AGGREGATION_REQUIRED,
                 reason="this site sends only masked updates (policy "
                        "require_secure_aggregation); run with secure aggregation on"))
-        result = local_round(msg, site, config, threads=threads)
+        result = train_on(msg, site, config)
         if result.update is None:
             return result.reply(msg)
         sha256 = digest(result.update)
         result.mark_sent(sha256)
-        return result.reply(msg, sha256=sha256, arrays=to_record(result.update))
+        return result.reply(msg, sha256=sha256, **{wire.ARRAYS: to_record(result.update)})
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         try:
-            site, config = read_request(msg, context, site_dirs)
-            metrics = local_evaluation(from_record(msg.content["arrays"]), site, config,
-                                       threads=threads)
+            site, _, config = read_request(msg, context, site_dirs)
+            report = evaluate_round(from_record(msg.content[wire.ARRAYS]), site, config,
+                                    threads=threads)
         except EXPECTED_FAILURES as error:
-            return failure(msg, site_label(context, site_dirs), error)
-        return reply(msg, status=status_record(site.site_id, "ok"),
-                     metrics=MetricRecord(metrics))
+            return failure(msg, label(context, site_dirs), error)
+        return reply(msg, status(site.site_id, "ok"), report)
 
     return app
+
+
+def warm_client_app() -> ClientApp:
+    """The deployed ClientApp with torch and Opacus imported up front (the executor loads it
+    once, before its first task: a hospital's long-lived ClientApp)."""
+    import opacus  # noqa: F401
+    import torch  # noqa: F401
+
+    import client.training  # noqa: F401
+    import common.models  # noqa: F401
+
+    return make_client_app(threads=os.cpu_count() or 1)
 
 
 app = make_client_app()

@@ -16,33 +16,53 @@ import datetime
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from client.site import state_dir_of
+from client.site import site_state_of
+from common import wire
 from common.atomic import append_line_durably
 from common.config import ConfigError
+from common.records import RecordError, read_optional
+from common.site_state import SiteState
 
-AUDIT_LOG_NAME = "audit.jsonl"
+T = TypeVar("T")
+
+
+def _read(kind: type[T], content: Any) -> T | None:
+    try:
+        return read_optional(kind, content)
+    except RecordError:
+        return None  # the log records what was sent, even a malformed reply
 
 
 def audit_entry(msg: Message, reply: Message) -> dict:
     from flwr.common.serde import message_to_proto
 
     payload = message_to_proto(reply).SerializeToString()
-    config = msg.content.get("config", {})
+    request = _read(wire.RoundConfig, msg.content)
     entry = {
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
-        "run": str(config.get("run-id", "")), "round": int(config.get("round", 0)),
+        "run": request.run_id if request else "", "round": request.round if request else 0,
         "kind": msg.metadata.message_type, "status": "error", "bytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
     if not reply.has_error():
-        if "status" in reply.content:
-            entry["status"] = str(reply.content["status"].get("status", ""))
-        if "metrics" in reply.content and "epsilon" in reply.content["metrics"]:
-            entry["epsilon"] = float(reply.content["metrics"]["epsilon"])
+        status = _read(wire.Status, reply.content)
+        if status is not None:
+            entry["status"] = status.status
+        report = _read(wire.TrainReport, reply.content)
+        if report is not None and report.epsilon is not None:
+            entry["epsilon"] = report.epsilon
+    return entry
+
+
+def log_refused_run(state: SiteState, msg: Message, reply: Message, reason: str) -> dict:
+    """The audit line of a run the executor refused (its bundle was not this fedmm)."""
+    entry = {**audit_entry(msg, reply), "status": "refused-app", "reason": reason}
+    append_line_durably(state.audit_log, json.dumps(entry, sort_keys=True))
     return entry
 
 
@@ -52,11 +72,10 @@ def audit_log_mod(site_dirs: Sequence[str] | None) -> Mod:
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(msg, context)
         try:
-            state_dir = state_dir_of(context.node_config, site_dirs)
+            state = site_state_of(context.node_config, site_dirs)
         except ConfigError:
             return reply  # no site folder to log into; the reply already says why
-        append_line_durably(state_dir / AUDIT_LOG_NAME,
-                            json.dumps(audit_entry(msg, reply), sort_keys=True))
+        append_line_durably(state.audit_log, json.dumps(audit_entry(msg, reply), sort_keys=True))
         return reply
 
     return mod

@@ -46,7 +46,6 @@ MARGIN = 0.2  # another mode must be ≥ 20 % faster than hooks to replace it
 CALIBRATE_MIN_PARAMETERS = 200_000
 CHECK_SAMPLES = 16  # the correctness check compares per-sample gradients on this many samples
 TIMED_STEPS = 3
-MEMO_NAME = "grad_sample_mode.json"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 
 from common.atomic import atomic_write_json
 from common.privacy import epsilon_for_history, normalise_history
+from common.site_state import SiteState
 
-LEDGER_NAME = "privacy_ledger.json"
 FORMAT_VERSION = 1
 
 
@@ -44,7 +44,7 @@ class ModelSpend:
 
 class PrivacyLedger:
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / LEDGER_NAME
+        self.path = SiteState(Path(state_dir)).ledger
 
     def _read(self) -> dict[str, Any]:
         if not self.path.exists():

@@ -21,16 +21,11 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client.replies import (
-    EXPECTED_FAILURES,
-    failure,
-    read_request,
-    reply,
-    site_label,
-    status_record,
-)
+from client.replies import EXPECTED_FAILURES, failure, label, read_request, reply, status
 from client.site import Site
+from common import wire
 from common.config import RunConfig
+from common.records import RecordError, from_records, to_records
 from common.secagg import client as protocol
 from common.secagg import messages
 from common.secagg.encoding import RingEncoding
@@ -52,13 +47,16 @@ def _save_state(context: Context, state: protocol.State) -> None:
     context.state[STATE_RECORD] = ConfigRecord({"state": protocol.dump_state(state)})
 
 
-def _rounding_rng(site: Site, config: RunConfig, msg: Message) -> np.random.Generator:
+def _rounding_rng(site: Site, config: RunConfig, round_number: int) -> np.random.Generator:
     """Stochastic rounding needs no secrecy, only independence; it follows the site's seed
     (the run seed and round in simulation, so a resumed run rounds as the uninterrupted one)."""
     from client.local_round import site_seed
 
-    round_number = int(msg.content["config"]["round"])
     return np.random.default_rng(site_seed(site, config, round_number, "rounding"))
+
+
+def read_round(msg: Message) -> int:
+    return from_records(wire.RoundConfig, msg.content).round
 
 
 TrainFunction = Callable[[Message, Site, RunConfig], "LocalRound"]
@@ -66,8 +64,8 @@ TrainFunction = Callable[[Message, Site, RunConfig], "LocalRound"]
 
 def _read(kind: type[T], msg: Message) -> T:
     try:
-        return messages.from_records(kind, msg.content)
-    except (KeyError, ValueError, TypeError) as error:
+        return from_records(kind, msg.content)
+    except RecordError as error:
         raise protocol.SecAggError("secagg-malformed", f"malformed secure-aggregation message "
                                    f"({error!r}); round refused") from None
 
@@ -79,15 +77,15 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
     def stage(name: str, step: Callable[[Message, Context, Site, RunConfig], Message]):
         def handler(msg: Message, context: Context) -> Message:
             try:
-                site, config = read_request(msg, context, site_dirs)
+                site, _, config = read_request(msg, context, site_dirs)
             except EXPECTED_FAILURES as error:
-                return failure(msg, site_label(context, site_dirs), error)
+                return failure(msg, label(context, site_dirs), error)
             try:
                 return step(msg, context, site, config)
             except protocol.SecAggError as error:
                 _save_state(context, {"stage": "aborted"})
-                return reply(msg, status=status_record(site.site_id, "failed", code=error.code,
-                                                       reason=str(error)))
+                return reply(msg, status(site.site_id, "failed", code=error.code,
+                                         reason=str(error)))
 
         handler.__name__ = f"secagg_{name}"
         app.train(f"secagg_{name}")(handler)
@@ -98,8 +96,7 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
         def run(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
             state, answer = step(_load_state(context), _read(request_kind, msg))
             _save_state(context, state)
-            return reply(msg, status=status_record(site.site_id, "ok"),
-                         **messages.to_records(answer))
+            return reply(msg, status(site.site_id, "ok"), answer)
 
         return run
 
@@ -114,15 +111,15 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
             return result.reply(msg)
         encoding = RingEncoding(clip_range=state["clip_range"], max_weight=state["max_weight"],
                                 max_clients=state["clients"])
-        encoded = encoding.encode(flatten(result.update), int(result.metrics["num-examples"]),
-                                  _rounding_rng(site, config, msg))
+        assert result.report is not None
+        encoded = encoding.encode(flatten(result.update), result.report.num_examples,
+                                  _rounding_rng(site, config, read_round(msg)))
         state, masked = protocol.mask(state, encoded.vector)
         sha256 = hashlib.sha256(masked.tobytes()).hexdigest()
         result.mark_sent(sha256)
         _save_state(context, state)
-        return result.reply(msg, sha256=sha256,
-                            metrics={"secagg-clipped": encoded.clipped},
-                            **messages.to_records(messages.MaskedInputReply(vector=masked)))
+        return result.reply(msg, sha256=sha256, secagg_clipped=encoded.clipped,
+                            **to_records(messages.MaskedInputReply(vector=masked)))
 
     for name, step in (
             ("setup", protocol_step(lambda _previous, request: protocol.setup(request),

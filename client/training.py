@@ -159,7 +159,9 @@ def train_local(
             batch=partial(_first_batch, data, config.training.batch_size, device),
             max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
             device=device)
-        engine = PrivacyEngine(accountant=config.privacy.accountant)
+        with warnings.catch_warnings():  # "Secure RNG turned off": README, "randomness"
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant=config.privacy.accountant)
         engine.accountant.history = [tuple(h) for h in history]
         trained, optimizer, criterion, loader = make_private(
             engine, mode=mode, module=model, optimizer=optimizer, data_loader=loader,

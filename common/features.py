@@ -21,7 +21,10 @@ Cache: each site keeps one ``.npz`` per modality and encoder version in
 ``STATE_DIR/features/`` (by default inside the site folder, ``SITE/.fedmm/features/``), mapping
 the SHA-256 of an image file's bytes, or of a note's text, to its vector. Reading a site encodes
 only what the cache lacks: a changed file has a new hash and is encoded again, and entries no
-longer named by the manifest are dropped when the cache is next written (atomically).
+longer named by the manifest are dropped when the cache is next written (atomically). An image
+whose size, modification time, change time and inode are all as when it was last hashed is not
+read again (the stat index in the same file); any change, including a ``cp -p`` or ``rsync``
+that keeps size and modification time but not the change time or inode, hashes it again.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 from common.atomic import atomic_write_bytes
 from common.config import MODALITIES, ModelConfig
 from common.preprocess import read_image_pixels, read_note, resolve_inside
-from common.sitedata import SiteData, read_manifest
+from common.sitedata import SiteData
 
 log = logging.getLogger(__name__)
 FEATURE_DIR = "features"
@@ -150,38 +153,64 @@ class PretrainedEncoders:
 
 @dataclass(frozen=True)
 class _Pending:
-    """One modality of one site: each sample's input key ("" where the modality is absent) and,
-    per key, the input itself (an image file's path or a note's text)."""
+    """One modality of one site: each sample's input key ("" where the modality is absent),
+    per key the input itself (an image file's path or a note's text), and the stamps of the
+    files read."""
 
     keys: list[str]
     inputs: dict[str, Path | str]
+    stamps: set[str]
+
+
+def file_stamp(path: Path) -> str:
+    """What changes whenever a file's bytes may have: size, mtime, ctime and inode."""
+    info = path.stat()
+    return f"{path}|{info.st_size}|{info.st_mtime_ns}|{info.st_ctime_ns}|{info.st_ino}"
 
 
 class FeatureCache:
-    """``key → vector`` for one modality and encoder version, stored as one ``.npz``."""
+    """``key → vector`` for one modality and encoder version, stored as one ``.npz``, with the
+    stat index ``file stamp → key`` of the files hashed into it."""
 
     def __init__(self, folder: Path | None, modality: str, version: str) -> None:
         digest = hashlib.sha256(version.encode()).hexdigest()[:16]
         self.path = folder / f"{modality}-{digest}.npz" if folder is not None else None
         self.vectors: dict[str, np.ndarray] = {}
+        self.stamps: dict[str, str] = {}
         if self.path is not None and self.path.is_file():
             try:
                 with np.load(self.path, allow_pickle=False) as stored:
                     if str(stored["version"]) == version:
                         self.vectors = dict(zip((str(k) for k in stored["keys"]),
                                                 stored["vectors"], strict=True))
+                        if "stamps" in stored:
+                            self.stamps = dict(zip((str(s) for s in stored["stamps"]),
+                                                   (str(k) for k in stored["stamp_keys"]),
+                                                   strict=True))
             except (OSError, ValueError, KeyError):
-                self.vectors = {}  # unreadable: rebuilt below
+                self.vectors, self.stamps = {}, {}  # unreadable: rebuilt below
         self.version = version
 
-    def save(self, keep: set[str]) -> None:
+    def key_of_file(self, path: Path) -> str:
+        """The SHA-256 of ``path``'s bytes, read only when its stamp is new."""
+        stamp = file_stamp(path)
+        key = self.stamps.get(stamp)
+        if key is None:
+            key = hashlib.sha256(path.read_bytes()).hexdigest()
+            self.stamps[stamp] = key
+        return key
+
+    def save(self, keep: set[str], stamps: set[str] | None = None) -> None:
         if self.path is None:
             return
         kept = sorted(k for k in self.vectors if k in keep)
+        stamped = sorted(s for s in self.stamps if stamps is None or s in stamps)
         buffer = io.BytesIO()
         np.savez(buffer, version=np.asarray(self.version), keys=np.asarray(kept, dtype=np.str_),
                  vectors=np.stack([self.vectors[k] for k in kept]) if kept
-                 else np.zeros((0, 0), np.float32))
+                 else np.zeros((0, 0), np.float32),
+                 stamps=np.asarray(stamped, dtype=np.str_),
+                 stamp_keys=np.asarray([self.stamps[s] for s in stamped], dtype=np.str_))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path, buffer.getvalue())
 
@@ -194,12 +223,13 @@ class EncodingReport:
     encoded: dict[str, int]
 
 
-def _pending_inputs(data: SiteData) -> dict[str, _Pending]:
-    """Key every present image (its file's bytes) and note (its text) of the usable samples."""
-    rows = {row.sample_id: row for row in read_manifest(data.site_dir)}
-    pending = {m: _Pending([], {}) for m in FEATURE_SIZES}
-    for sample_id, present in zip(data.sample_ids, data.masks, strict=True):
-        row = rows[sample_id]
+def _pending_inputs(data: SiteData, caches: dict[str, FeatureCache]) -> dict[str, _Pending]:
+    """Key every present image (its file's bytes) and note (its text) of the usable samples,
+    each found through the sample's manifest row (the manifest is not read again)."""
+    if len(data.rows) != len(data):
+        raise ValueError("site data without its manifest rows; load it with load_site")
+    pending = {m: _Pending([], {}, set()) for m in FEATURE_SIZES}
+    for row, present in zip(data.rows, data.masks, strict=True):
         for modality, todo in pending.items():
             if not present[MODALITIES.index(modality)]:
                 todo.keys.append("")
@@ -207,7 +237,8 @@ def _pending_inputs(data: SiteData) -> dict[str, _Pending]:
             value: Path | str
             if modality == "image":
                 value = resolve_inside(data.site_dir, row.image)
-                key = hashlib.sha256(value.read_bytes()).hexdigest()
+                key = caches[modality].key_of_file(value)
+                todo.stamps.add(file_stamp(value))
             else:
                 value = read_note(row.text, data.site_dir)
                 key = hashlib.sha256(value.encode("utf-8")).hexdigest()
@@ -228,18 +259,21 @@ def attach_features(data: SiteData, model: ModelConfig, cache_dir: Path | None,
     """``data`` with ``images`` (N×1280) and ``tokens`` (N×384) replaced by frozen features
     (zeros where a modality is absent); only inputs missing from the cache are encoded."""
     require_extra()
-    pending = _pending_inputs(data)
+    caches = {m: FeatureCache(cache_dir, m, encoder_version(m, model)) for m in FEATURE_SIZES}
+    known_stamps = {m: set(c.stamps) for m, c in caches.items()}
+    pending = _pending_inputs(data, caches)
     reused, encoded = {}, {}
     arrays = {}
     for modality, todo in pending.items():
-        cache = FeatureCache(cache_dir, modality, encoder_version(modality, model))
+        cache = caches[modality]
         missing = [k for k in todo.inputs if k not in cache.vectors]
-        if missing:
-            encoders = encoders or PretrainedEncoders(image_size=model.pretrained_image_size)
-            vectors = _encode(encoders, modality, [todo.inputs[k] for k in missing])
-            cache.vectors.update(zip(missing, vectors, strict=True))
+        if missing or todo.stamps != known_stamps[modality]:
+            if missing:
+                encoders = encoders or PretrainedEncoders(image_size=model.pretrained_image_size)
+                vectors = _encode(encoders, modality, [todo.inputs[k] for k in missing])
+                cache.vectors.update(zip(missing, vectors, strict=True))
             try:
-                cache.save(set(todo.inputs))
+                cache.save(set(todo.inputs), todo.stamps if modality == "image" else set())
             except OSError as error:  # a cache only saves time: go on without it
                 log.warning("could not write the feature cache %s (%s); these features will "
                             "be computed again next time", cache.path, error.strerror or error)

@@ -1,16 +1,26 @@
-"""Keys and certificates for a deployment, made with ``cryptography`` (``fedmm keys init``).
+"""Keys and certificates for a deployment, made with ``cryptography``.
 
-Layout of the output folder::
+``fedmm keys init`` (the consortium) writes::
 
     ca.crt  ca.key                 the consortium's certificate authority (EC P-384, 10 years)
     server.crt  server.key         the aggregation server's TLS certificate, signed by the CA,
                                    with the given host names / IP addresses as SANs (2 years)
-    hospitals/NAME.key  NAME.pub   one node-authentication key pair per hospital: EC P-384 in
-                                   OpenSSH format, the format Flower's SuperNode and
-                                   ``flwr supernode register`` read
+    hospitals/NAME.key  NAME.pub   demo only: node key pairs made by the consortium
 
-Private keys are written 0600 (unencrypted: they are read by unattended services; protect the
-folder). Existing keys are never overwritten unless ``force`` is given.
+``fedmm keys hospital OUT --name NAME`` (each hospital, on its own machine) writes
+``OUT/NAME.key`` and ``OUT/NAME.pub`` into a folder of its own (0700, refused when another account
+could change it): an EC P-384 node-authentication key pair in OpenSSH
+format, the format Flower's SuperNode and ``flwr supernode register`` read. Only the ``.pub``
+leaves the hospital, so nobody else can act as it.
+
+``fedmm server`` also makes, at every start, a throw-away CA and certificate for 127.0.0.1
+(:func:`make_loopback_tls`): its own SuperLink listens on loopback only, and talking to it never
+depends on the consortium's certificate naming the loopback address.
+
+Every private key is written through a temporary file created 0600 with O_EXCL|O_NOFOLLOW,
+fsynced and renamed (:func:`common.atomic.atomic_write_bytes`): it never sits under a wider
+mode and a planted symlink is never followed. Keys are unencrypted (unattended services read
+them; protect the folder). Existing keys are never overwritten unless ``force`` is given.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.atomic import atomic_write_bytes
+from common.file_safety import UnsafePathError, own_private_folder
 
 CURVE = ec.SECP384R1
 HOSPITALS_DIR = "hospitals"
@@ -66,11 +79,11 @@ class Layout:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+    atomic_write_bytes(path, data)  # 0600 from its creation, renamed over the old file
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    atomic_write_bytes(path, data, mode=0o644)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -169,14 +182,59 @@ def init_keys(out: Path, *, server_hosts: Sequence[str], hospitals: Sequence[str
                                                       hosts=server_hosts)
     layout.root.mkdir(parents=True, exist_ok=True)
     _write_private(layout.ca_key, _pem_key(ca_key))
-    layout.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_public(layout.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_private(layout.server_key, _pem_key(server_key))
-    layout.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    _write_public(layout.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
     for name in hospitals:
-        private, public = make_node_key()
-        _write_private(layout.hospital_key(name), private)
-        layout.hospital_public(name).write_bytes(public)
+        write_node_key(layout.hospital_key(name), layout.hospital_public(name))
     return layout
+
+
+def write_node_key(private_path: Path, public_path: Path) -> None:
+    private, public = make_node_key()
+    _write_private(private_path, private)
+    _write_public(public_path, public)
+
+
+def hospital_key(out: Path, *, name: str, force: bool = False) -> tuple[Path, Path]:
+    """A hospital's own node key pair ``OUT/NAME.key`` (secret, 0600) and ``OUT/NAME.pub``
+    (for the consortium); made on the hospital's machine."""
+    hospital_names(count=None, names=[name])  # the name's rules
+    try:
+        own_private_folder(Path(out))  # nobody else may swap the key after it is written
+    except UnsafePathError as error:
+        raise KeyFileError(str(error)) from None
+    private_path, public_path = Path(out) / f"{name}.key", Path(out) / f"{name}.pub"
+    existing = [str(p) for p in (private_path, public_path) if p.exists()]
+    if existing and not force:
+        raise KeyFileError(f"{existing[0]} already exists; pass --force to replace it (the "
+                           "server must then --allow the new .pub)")
+    write_node_key(private_path, public_path)
+    return private_path, public_path
+
+
+@dataclass(frozen=True)
+class LoopbackTLS:
+    """A throw-away CA and a certificate for 127.0.0.1, for the server's own SuperLink."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def make_loopback_tls(folder: Path, *, days: int = 30) -> LoopbackTLS:
+    """Write a fresh CA and a 127.0.0.1 server certificate into ``folder`` (made 0700)."""
+    folder = Path(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    ca_key, ca_cert = make_ca(days=days)
+    key, cert = make_server_certificate(ca_key=ca_key, ca_cert=ca_cert,
+                                        hosts=["127.0.0.1", "localhost"], days=days)
+    tls = LoopbackTLS(folder / "ca.crt", folder / "server.crt", folder / "server.key")
+    _write_public(tls.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_public(tls.cert, cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(tls.key, _pem_key(key))
+    return tls
 
 
 def check_public_key(path: Path) -> None:

@@ -31,6 +31,8 @@ SIGNAL_SUFFIXES = {".wav", ".npy"}
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # ~6300²: larger pictures are refused before they are decoded
 N_MELS = 32
+LOG_MEL_FFT = 64
+LOG_MEL_HOP = 16
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -161,10 +163,14 @@ def tokenize(text: str, config: DataConfig) -> np.ndarray:
     return ids
 
 
+def note_is_a_file(cell: str) -> bool:
+    """A text cell ending in ``.txt`` names a file; anything else is the note itself."""
+    return cell.lower().endswith(".txt")
+
+
 def read_note(cell: str, site_dir: Path) -> str:
-    """The note of a manifest cell: a cell ending in ``.txt`` names a file; anything else is the
-    note itself."""
-    if not cell.lower().endswith(".txt"):
+    """The note of a manifest cell (:func:`note_is_a_file`)."""
+    if not note_is_a_file(cell):
         return cell
     path = resolve_inside(site_dir, cell)
     _check_size(path)
@@ -274,7 +280,15 @@ def mel_filterbank(n_fft: int, sample_rate: int, n_mels: int = N_MELS) -> np.nda
     return bank
 
 
-def log_mel(samples: np.ndarray, sample_rate: int, n_fft: int = 64, hop: int = 16) -> np.ndarray:
+def signal_shape(config: DataConfig) -> tuple[int, int]:
+    """The array one signal becomes: 1×L (raw) or N_MELS×frames (log-mel)."""
+    if config.signal_features == "log_mel":
+        return N_MELS, config.signal_length // LOG_MEL_HOP + 1
+    return 1, config.signal_length
+
+
+def log_mel(samples: np.ndarray, sample_rate: int, n_fft: int = LOG_MEL_FFT,
+            hop: int = LOG_MEL_HOP) -> np.ndarray:
     """Log-mel spectrogram (Hann window, power spectrum) → float32 ``N_MELS × frames``."""
     padded = np.pad(samples, (n_fft // 2, n_fft // 2), mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]

@@ -29,6 +29,10 @@ QUIET_ENV = {
 }
 
 
+# Flower's hidden switches (FLWR_INTERNAL_GRPC_CONTROL_API=1 and the like) open legacy gRPC APIs
+# on 0.0.0.0 beside the ones fedmm configures; no process fedmm starts inherits them.
+INTERNAL_PREFIX = "FLWR_INTERNAL_"
+
 # SuperExec looks for new ClientApp/ServerApp tasks every second by default; each message waits
 # for that poll. 0.5 s takes ~0.25 s off every message round trip; shorter polls cost real CPU
 # when many SuperNodes share a machine (0.2 s: ~3 % of a core per hospital, idle).
@@ -40,7 +44,8 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     flwr_home.mkdir(parents=True, exist_ok=True)
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
-    return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home),
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(INTERNAL_PREFIX)}
+    return {**inherited, **QUIET_ENV, "FLWR_HOME": str(flwr_home),
             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": TASK_POLL_S,
             "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir}
 

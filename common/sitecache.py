@@ -1,7 +1,7 @@
-"""On-disk cache of a site's preprocessed arrays, so each Flower message (a fresh process in
-deployment) does not decode every image and WAV again.
+"""On-disk cache of a site's preprocessed arrays, so each round (and each process of a
+simulation) does not decode every image and WAV again.
 
-The cache key is a SHA-256 over the manifest's bytes, the data config, and the size and
+The cache key is a SHA-256 over the manifest's rows, the data config, and the size and
 modification time of every file the manifest names: change any of them and the site is read
 afresh. The cache lives in the site's *state* folder (never the data folder, which may be
 read-only) and is written atomically; an unreadable cache entry is ignored and rebuilt.
@@ -9,6 +9,7 @@ read-only) and is written atomically; an unreadable cache entry is ignored and r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -18,20 +19,29 @@ import numpy as np
 
 from common.atomic import atomic_write_bytes
 from common.config import MODALITIES, DataConfig
-from common.sitedata import MANIFEST_NAME, RowIssue, SiteData, load_site, read_manifest
+from common.preprocess import note_is_a_file
+from common.sitedata import (
+    ManifestRow,
+    RowIssue,
+    SiteData,
+    load_site,
+    read_manifest,
+)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
-def cache_key(site_dir: Path, config: DataConfig) -> str:
+def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow]) -> str:
+    """SHA-256 over the manifest (its parsed rows), the data config and every named file's
+    size and modification time."""
     hasher = hashlib.sha256(CACHE_VERSION.encode())
-    hasher.update((site_dir / MANIFEST_NAME).read_bytes())
+    hasher.update(json.dumps([dataclasses.astuple(row) for row in rows]).encode())
     hasher.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
     root = site_dir.resolve()
-    for row in read_manifest(site_dir):
+    for row in rows:
         for modality in MODALITIES:
             cell = row.cell(modality)
-            if not cell or (modality == "text" and not cell.lower().endswith(".txt")):
+            if not cell or (modality == "text" and not note_is_a_file(cell)):
                 continue
             try:
                 stat = (root / cell).stat()
@@ -43,11 +53,12 @@ def cache_key(site_dir: Path, config: DataConfig) -> str:
 
 def _encode(data: SiteData) -> bytes:
     buffer = io.BytesIO()
+    meta = {"total_rows": data.total_rows, "issues": [i.__dict__ for i in data.issues],
+            "rows": [dataclasses.asdict(row) for row in data.rows]}
     np.savez(buffer, labels=data.labels, images=data.images, tokens=data.tokens,
              signals=data.signals, masks=data.masks,
              sample_ids=np.asarray(data.sample_ids, dtype=np.str_),
-             meta=np.asarray(json.dumps({"total_rows": data.total_rows,
-                                         "issues": [i.__dict__ for i in data.issues]})))
+             meta=np.asarray(json.dumps(meta)))
     return buffer.getvalue()
 
 
@@ -60,22 +71,24 @@ def _decode(site_dir: Path, raw: bytes) -> SiteData:
             signals=arrays["signals"], masks=arrays["masks"],
             issues=[RowIssue(**issue) for issue in meta["issues"]],
             total_rows=int(meta["total_rows"]),
+            rows=[ManifestRow(**row) for row in meta["rows"]],
         )
 
 
 def load_site_cached(site_dir: Path, config: DataConfig, cache_dir: Path | None) -> SiteData:
-    """:func:`load_site`, served from ``cache_dir`` when nothing changed since the last read."""
+    """:func:`load_site`, served from ``cache_dir`` when nothing changed since the last read.
+    The manifest is read once."""
     site_dir = Path(site_dir)
+    rows = read_manifest(site_dir)  # folder-level errors first, with their own message
     if cache_dir is None:
-        return load_site(site_dir, config)
-    read_manifest(site_dir)  # folder-level errors first, with their own message
-    path = Path(cache_dir) / f"site-{cache_key(site_dir, config)[:32]}.npz"
+        return load_site(site_dir, config, rows)
+    path = Path(cache_dir) / f"site-{cache_key(site_dir, config, rows)[:32]}.npz"
     if path.is_file():
         try:
             return _decode(site_dir, path.read_bytes())
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable entry: rebuild below
-    data = load_site(site_dir, config)
+    data = load_site(site_dir, config, rows)
     for old in Path(cache_dir).glob("site-*.npz"):
         old.unlink(missing_ok=True)
     atomic_write_bytes(path, _encode(data))

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from common.config import MODALITIES, DataConfig
-from common.preprocess import SampleError, read_image, read_signal, read_text, resolve_inside
+from common.preprocess import (
+    SampleError,
+    read_image,
+    read_signal,
+    read_text,
+    resolve_inside,
+    signal_shape,
+)
 
 MANIFEST_NAME = "manifest.csv"
 SPLIT_SEED = 20_240_101  # train/validation split of every site, fixed across rounds and runs
@@ -59,7 +66,9 @@ class RowIssue:
 
 @dataclass
 class SiteData:
-    """Usable samples as arrays; ``masks[i, m]`` is True when modality ``m`` is present."""
+    """Usable samples as arrays; ``masks[i, m]`` is True when modality ``m`` is present.
+    ``rows[i]`` is sample i's manifest row (where its files are), so nothing reads the manifest
+    again to find them."""
 
     site_dir: Path
     sample_ids: list[str]
@@ -70,6 +79,7 @@ class SiteData:
     masks: np.ndarray
     issues: list[RowIssue] = field(default_factory=list)
     total_rows: int = 0
+    rows: list[ManifestRow] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -90,6 +100,7 @@ class SiteData:
             signals=self.signals[index],
             masks=self.masks[index],
             total_rows=len(index),
+            rows=[self.rows[i] for i in index] if self.rows else [],
         )
 
 
@@ -150,12 +161,7 @@ def _parse_label(text: str, num_classes: int) -> int:
 def _blank_arrays(config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = np.zeros((config.image_channels, config.image_size, config.image_size), np.float32)
     tokens = np.zeros(config.max_text_tokens, np.int64)
-    if config.signal_features == "log_mel":
-        frames = config.signal_length // 16 + 1
-        signal = np.zeros((32, frames), np.float32)
-    else:
-        signal = np.zeros((1, config.signal_length), np.float32)
-    return image, tokens, signal
+    return image, tokens, np.zeros(signal_shape(config), np.float32)
 
 
 def _read_modalities(
@@ -178,14 +184,17 @@ def _read_modalities(
     return tuple(arrays)
 
 
-def load_site(site_dir: Path, config: DataConfig) -> SiteData:
-    """Read, validate and preprocess every row; bad rows become :class:`RowIssue` entries."""
+def load_site(site_dir: Path, config: DataConfig,
+              rows: list[ManifestRow] | None = None) -> SiteData:
+    """Read, validate and preprocess every row (``rows``: the manifest, when already read);
+    bad rows become :class:`RowIssue` entries."""
     site_dir = Path(site_dir)
-    rows = read_manifest(site_dir)
+    rows = read_manifest(site_dir) if rows is None else rows
     blanks = _blank_arrays(config)
     blank_image, blank_tokens, blank_signal = blanks
     seen: set[str] = set()
     ids: list[str] = []
+    usable_rows: list[ManifestRow] = []
     labels, images, tokens, signals, masks = [], [], [], [], []
     issues: list[RowIssue] = []
     for row in rows:
@@ -214,6 +223,7 @@ def load_site(site_dir: Path, config: DataConfig) -> SiteData:
             continue
         image, token_ids, signal = arrays
         ids.append(row.sample_id)
+        usable_rows.append(row)
         labels.append(label)
         images.append(image)
         tokens.append(token_ids)
@@ -230,6 +240,7 @@ def load_site(site_dir: Path, config: DataConfig) -> SiteData:
         masks=np.asarray(masks, dtype=bool).reshape(count, len(MODALITIES)),
         issues=issues,
         total_rows=len(rows),
+        rows=usable_rows,
     )
 
 

@@ -6,11 +6,11 @@ and a non-zero exit: 2 for wrong configuration or arguments, 1 for data or run f
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import shutil
 import sys
-import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +19,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from common.atomic import atomic_write_json
 from common.config import ConfigError, RunConfig, load_config, parse_override_pairs
-from common.sitedata import MANIFEST_NAME, SiteDataError
+from common.sitedata import SiteDataError
+from server.run_folder import RoundRecord, RunFolder, RunFolderError
 from simulations.scenarios import Scenario
 from simulations.tasks import Task
 
@@ -33,6 +35,21 @@ app = typer.Typer(
 )
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
+
+
+def reflow(text: str | None) -> str:
+    """A docstring with each paragraph on one line: the terminal then wraps it evenly at any
+    width (typer keeps single line breaks after the first paragraph)."""
+    paragraphs = inspect.cleandoc(text or "").split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+def command(group: typer.Typer, name: str | None = None) -> Callable[[Callable], Callable]:
+    """``group.command(name)`` with the function's docstring as its reflowed help."""
+    def register(function: Callable) -> Callable:
+        return group.command(name, help=reflow(function.__doc__))(function)
+
+    return register
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -72,7 +89,7 @@ def _generate(task: Task, out: Path, **options: Any) -> list[Path]:
         raise  # unreachable
 
 
-@app.command("demo-data")
+@command(app, "demo-data")
 def demo_data(
     out: Annotated[Path, typer.Argument(help="folder to write site-01, site-02, ... and test/")],
     sites: Annotated[int, typer.Option(min=1, max=1000, help="number of hospitals")] = 3,
@@ -95,7 +112,7 @@ def demo_data(
                   f"{'a test folder' if test_samples else 'no test folder'} under {out}")
 
 
-@app.command("validate-data")
+@command(app, "validate-data")
 def validate_data(
     site_dir: Annotated[Path, typer.Argument(help="a site folder holding manifest.csv")],
     config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML")] = None,
@@ -132,7 +149,7 @@ def validate_data(
     raise typer.Exit(0 if usable else 1)
 
 
-@app.command()
+@command(app)
 def privacy(
     site_dir: Annotated[Path, typer.Argument(help="a site folder (its ledger is in .fedmm/)")],
     state_dir: Annotated[Path | None, typer.Option(help="the site's state folder, if not "
@@ -181,25 +198,10 @@ def privacy(
 
 
 def _prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs in one folder: an existing run needs --resume or --overwrite."""
-    if resume and overwrite:
-        fail("--resume and --overwrite contradict each other; pick one", 2)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        fail(f"--out {out} already holds a run; pass --resume to continue it or --overwrite "
-             "to replace it", 2)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-
-
-def _find_sites(data_dir: Path) -> tuple[list[Path], Path | None]:
-    if not data_dir.is_dir():
-        fail(f"--data {data_dir}: not a folder")
-    sites = sorted(p for p in data_dir.iterdir()
-                   if p.is_dir() and p.name != "test" and (p / MANIFEST_NAME).is_file())
-    if not sites:
-        fail(f"--data {data_dir}: no site folders (sub-folders with {MANIFEST_NAME}) found")
-    test = data_dir / "test"
-    return sites, test if (test / MANIFEST_NAME).is_file() else None
+    try:
+        RunFolder(out).prepare(resume=resume, overwrite=overwrite)
+    except RunFolderError as error:
+        fail(str(error), 2)
 
 
 class RoundDisplay:
@@ -221,28 +223,26 @@ class RoundDisplay:
         if self.status is not None:
             self.status.stop()
 
-    def __call__(self, state: Any, record: dict[str, Any]) -> None:
-        parts = [f"round {record['round']}/{self.total}"]
-        for key, label in (("accuracy", "val acc"), ("test_accuracy", "test acc"),
-                           ("loss", "val loss")):
-            if record.get(key) is not None:
-                parts.append(f"{label} {record[key]:.3f}")
-        epsilon = record.get("epsilon_max")
+    def __call__(self, record: RoundRecord) -> None:
+        parts = [f"round {record.round}/{self.total}"]
+        for value, label in ((record.accuracy, "val acc"), (record.test_accuracy, "test acc"),
+                             (record.loss, "val loss")):
+            if value is not None:
+                parts.append(f"{label} {value:.3f}")
+        epsilon = record.epsilon_max
         parts.append("DP off" if epsilon is None else f"ε max {epsilon:.2f}")
-        sites = record.get("sites", {})
-        parts.append(f"{record.get('sites_ok', 0)}/{len(sites)} sites ok")
-        parts.append(f"{record.get('seconds', 0):.1f} s")
+        parts.append(f"{record.sites_ok}/{len(record.sites)} sites ok")
+        parts.append(f"{record.seconds:.1f} s")
         console.print(" · ".join(parts), highlight=False)
-        for site, info in sites.items():
-            if info.get("status") != "ok":
-                console.print(f"  [yellow]{site} {info.get('status')}[/] "
-                              f"({info.get('code', '')}): {info.get('reason', '')}",
-                              highlight=False)
-        if self.status is not None and record["round"] < self.total:
-            self.status.update(self._waiting(record["round"] + 1))
+        for site, info in record.sites.items():
+            if info.status != "ok":
+                console.print(f"  [yellow]{site} {info.status}[/] "
+                              f"({info.code or ''}): {info.reason or ''}", highlight=False)
+        if self.status is not None and record.round < self.total:
+            self.status.update(self._waiting(record.round + 1))
 
 
-@app.command()
+@command(app)
 def simulate(
     out: Annotated[Path, typer.Option(help="run folder (metrics, checkpoints, model, report)")
                    ] = Path("runs/demo"),
@@ -306,16 +306,15 @@ def simulate(
         except MissingExtraError as error:
             fail(str(error))
     _prepare_run_folder(out, resume=resume, overwrite=overwrite)
-    if data is not None:
-        site_dirs, test_dir = _find_sites(data)
-    else:
-        demo_dir = out / "data"
-        if resume and demo_dir.is_dir():
-            site_dirs, test_dir = _find_sites(demo_dir)
-        else:
-            site_dirs = _generate(task, demo_dir, sites=sites, samples_per_site=samples_per_site,
-                                  seed=config.training.seed, scenario=scenario)
-            test_dir = demo_dir / "test"
+    from simulations.fashion_mnist import FashionDataError
+    from simulations.sites import simulation_sites
+
+    try:
+        site_dirs, test_dir = simulation_sites(
+            run_dir=out, data=data, resume=resume, task=task, sites=sites,
+            samples_per_site=samples_per_site, seed=config.training.seed, scenario=scenario)
+    except (SiteDataError, FashionDataError) as error:
+        fail(str(error))
     if config.training.min_sites > len(site_dirs):
         fail(f"training.min_sites = {config.training.min_sites} but only {len(site_dirs)} "
              "sites are simulated; lower it or add sites", 2)
@@ -345,14 +344,14 @@ def simulate(
     except RuntimeError as error:
         cause = error.__cause__ or error
         fail(f"simulation failed: {cause}")
-    summary = json.loads((out / "summary.json").read_text())
+    summary = RunFolder(out).read_summary()
     _print_summary(summary, out)
     if centralized:
         from simulations.centralized import train_centralized
 
         console.print("training the centralized reference (pooled data, no DP) ...")
         reference = train_centralized(config=config, site_dirs=site_dirs, test_dir=test_dir)
-        (out / "centralized.json").write_text(json.dumps(reference, indent=2) + "\n")
+        atomic_write_json(RunFolder(out).centralized, reference)
         if "test_accuracy" in reference:
             console.print(f"centralized reference: test acc {reference['test_accuracy']:.3f} "
                           f"(federated: {summary['final_metrics'].get('test_accuracy', 0):.3f})")
@@ -364,35 +363,62 @@ keys_app = typer.Typer(help="Keys and certificates for a deployment.", no_args_i
 app.add_typer(keys_app, name="keys")
 
 
-@keys_app.command("init")
+@command(keys_app, "init")
 def keys_init(
-    out: Annotated[Path, typer.Argument(help="folder for ca.crt, server.crt/.key, hospitals/")],
+    out: Annotated[Path, typer.Argument(help="folder for ca.crt, ca.key, server.crt, server.key")],
     server_name: Annotated[list[str], typer.Option(
         "--server-name", help="host name or IP address hospitals use to reach the server "
         "(repeatable; all go into the certificate)")],
     hospitals: Annotated[int | None, typer.Option(
-        "--hospitals", min=1, max=10_000, help="make keys for hospital-1 .. hospital-N")] = None,
+        "--hospitals", min=1, max=10_000,
+        help="DEMO ONLY: also make node keys for hospital-1 .. hospital-N here (whoever "
+        "makes a hospital's key can act as it; real hospitals run `fedmm keys hospital`)")
+                         ] = None,
     hospital: Annotated[list[str] | None, typer.Option(
-        "--hospital", help="make keys for this hospital name (repeatable)")] = None,
+        "--hospital", help="DEMO ONLY: also make a node key for this hospital name "
+        "(repeatable)")] = None,
     force: Annotated[bool, typer.Option(help="replace existing keys")] = False,
 ) -> None:
-    """Make the consortium CA, the server's TLS certificate and one node key per hospital.
+    """The consortium's CA and the server's TLS certificate (run once, by the consortium).
 
-    Give each hospital its hospitals/NAME.key (secret) and ca.crt; give the server the .pub
-    files to --allow. Private keys are written 0600."""
+    Give every hospital ca.crt; keep ca.key offline and server.key on the server. Each
+    hospital makes its own node key with `fedmm keys hospital` and sends only the .pub file
+    to the server operator (fedmm server --allow). Private keys are written 0600."""
     from common.pki import KeyFileError, hospital_names, init_keys
 
     try:
-        names = hospital_names(count=hospitals, names=hospital or [])
+        names = (hospital_names(count=hospitals, names=hospital or [])
+                 if hospitals or hospital else [])
         layout = init_keys(out, server_hosts=server_name, hospitals=names, force=force)
     except KeyFileError as error:
         fail(str(error), 2)
     console.print(f"CA: {layout.ca_cert}\nserver: {layout.server_cert} (for "
                   f"{', '.join(server_name)})", highlight=False)
     for name in names:
-        console.print(f"{name}: {layout.hospital_key(name)} (secret) · "
-                      f"{layout.hospital_public(name)} (for the server's --allow)",
+        console.print(f"[yellow]demo only[/]: {name}: {layout.hospital_key(name)} (secret) · "
+                      f"{layout.hospital_public(name)} (for the server's --allow); the "
+                      "consortium holds this key, so it can act as the hospital",
                       highlight=False)
+
+
+@command(keys_app, "hospital")
+def keys_hospital(
+    out: Annotated[Path, typer.Argument(help="folder for NAME.key and NAME.pub")],
+    name: Annotated[str, typer.Option(help="this hospital's name (letters, digits, . _ -)")],
+    force: Annotated[bool, typer.Option(help="replace an existing key pair")] = False,
+) -> None:
+    """Make this hospital's node key pair, on the hospital's own machine.
+
+    NAME.key stays here (secret, 0600; fedmm client --key); send only NAME.pub to the server
+    operator, who registers it with fedmm server --allow."""
+    from common.pki import KeyFileError, hospital_key
+
+    try:
+        private, public = hospital_key(out, name=name, force=force)
+    except KeyFileError as error:
+        fail(str(error), 2)
+    console.print(f"{name}: {private} (secret: stays at this hospital) · {public} (send it to "
+                  "the server operator for fedmm server --allow)", highlight=False)
 
 
 class _Stop(Exception):
@@ -408,7 +434,7 @@ def _raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-@app.command()
+@command(app)
 def server(
     config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML")
                            ] = None,
@@ -432,10 +458,12 @@ def server(
                                                          "key, e.g. --set training.rounds=5")
                           ] = None,
 ) -> None:
-    """Run the central aggregation server: Flower's SuperLink over TLS with node
-    authentication, the allowed hospitals registered, one run to completion.
+    """Run the central aggregation server: Flower's SuperLink with node authentication, the
+    allowed hospitals registered, one run to completion.
 
-    Hospitals connect out to --port (the only port to open). Ctrl-C or SIGTERM stops the run and
+    Hospitals connect out to --port (the only port to open): TLS with the consortium's
+    certificate, and only Flower's Fleet API is served there; the SuperLink's Control and
+    Runtime APIs listen on this machine's loopback only. Ctrl-C or SIGTERM stops the run and
     everything started; --resume continues from the last checkpoint."""
     from server.launcher import DeploymentError, ServerLauncher, ServerSettings
 
@@ -453,14 +481,15 @@ def server(
         launcher.check()
         launcher.prepare_run_dir()
         launcher.start_superlink()
+        launcher.start_gateway()
         launcher.register_hospitals()
-        console.print(f"[bold]fedmm server[/]: listening on {host}:{port} (TLS, node "
-                      f"authentication), {len(allow or [])} hospitals allowed, "
+        console.print(f"[bold]fedmm server[/]: listening on {host}:{port} (TLS, Fleet API "
+                      f"only, node authentication), {len(allow or [])} hospitals allowed, "
                       f"{config.training.rounds} rounds → {out}", highlight=False)
         run_id = launcher.submit_run()
         console.print(f"run {run_id} started; waiting for hospitals ...", highlight=False)
         with RoundDisplay(config.training.rounds) as display:
-            summary = launcher.follow(lambda record: display(None, record))
+            summary = launcher.follow(display)
     except DeploymentError as error:
         launcher.stop()
         fail(str(error))
@@ -472,7 +501,7 @@ def server(
     _print_summary(summary, out)
 
 
-@app.command()
+@command(app)
 def client(
     data: Annotated[Path, typer.Option(help="this hospital's site folder")],
     server: Annotated[str, typer.Option(help="the aggregation server, HOST:PORT")],
@@ -488,8 +517,6 @@ def client(
                                                 "folder's name)")] = None,
     config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML to "
                                                      "validate the data against")] = None,
-    runtime_port: Annotated[int | None, typer.Option(min=1, max=65535, help="local port of "
-                                                     "the SuperNode's runtime API")] = None,
     registration_wait: Annotated[float, typer.Option(min=0, help="seconds to keep trying while "
                                                      "the server refuses this hospital's key "
                                                      "(a starting server registers keys "
@@ -502,15 +529,16 @@ def client(
     """Join a federation as one hospital: validate the site data, check the server's TLS
     certificate, then run Flower's SuperNode with this hospital's key.
 
-    Outbound connections only. The privacy ledger and an audit log of every message sent live
-    in the state folder; training refuses anything the site policy forbids."""
+    Outbound connections only. The hospital runs only the fedmm installed here: a run that
+    brings any other app is refused. The privacy ledger and an audit log of every message sent
+    live in the state folder; training refuses anything the site policy forbids."""
     from client.launcher import ClientLauncher, ClientSettings, JoinError, node_config
     from client.site import resolve_site
     from common.sitedata import load_site, require_usable
 
     config = build_config(config_file, {})
     settings = ClientSettings(data_dir=data, server=server, ca=ca, key=key, policy=policy,
-                              state_dir=state_dir, site_id=site_id, runtime_port=runtime_port,
+                              state_dir=state_dir, site_id=site_id,
                               registration_wait_s=registration_wait, idle_poll_s=idle_poll)
     try:
         site = resolve_site(node_config(settings), None)  # as the ClientApp will: policy too
@@ -520,35 +548,15 @@ def client(
     console.print(f"site {site.site_id}: {len(rows)} usable rows"
                   + (f", {len(rows.issues)} bad rows skipped (see fedmm validate-data)"
                      if rows.issues else ""), highlight=False)
-    from client.worker import TrainingWorker, WorkerError
-
-    launcher = ClientLauncher(settings)
-    worker = TrainingWorker(site.state_dir)
     _raise_on_sigterm()
     try:
-        worker.start()  # imports torch and Opacus once, while the SuperNode connects
-        while not launcher.check():
-            console.print(f"server {server}: not reachable yet; trying again in 10 s",
-                          highlight=False)
-            time.sleep(10)
-        console.print(f"server {server}: TLS certificate verified", highlight=False)
-        console.print(f"joining as a SuperNode; log: {launcher.log_path}", highlight=False)
-        launcher.supervise(
-            on_restart=lambda code: console.print(
-                f"connection to the server ended (exit {code}); reconnecting ...",
-                highlight=False),
-            on_unregistered=lambda pause: console.print(
-                f"server {server}: this hospital's key is not registered there (yet); trying "
-                f"again in {pause:.0f} s", highlight=False))
-    except (JoinError, WorkerError) as error:
-        launcher.stop()
+        ClientLauncher(settings).serve(  # text from the server is never rich markup
+            lambda text: console.print(text, highlight=False, markup=False))
+    except JoinError as error:
         fail(str(error))
     except (KeyboardInterrupt, _Stop):
-        launcher.stop()
         errors.print("stopped")
         raise typer.Exit(130) from None
-    finally:
-        worker.stop()
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -577,7 +585,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         console.print(f"  {site}: ε = {info['epsilon']:.3f} (δ = "
                       f"{summary['privacy']['delta']:g}, {summary['privacy']['accountant']})",
                       highlight=False)
-    console.print(f"model: {out / 'model.safetensors'} · report: {out / 'report' / 'report.md'}")
+    folder = RunFolder(out)
+    console.print(f"model: {folder.model} · report: {folder.report}")
 
 
 def main() -> None:

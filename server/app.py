@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
-from server.callbacks import Callback, Checkpointer, FinalOutputs, MetricsLog, Progress, RunState
+from server.callbacks import Callback, Checkpointer, FinalOutputs, MetricsLog, Progress
 from server.federation import Federation
+from server.run_folder import RoundRecord
+from server.run_state import RunState
 
 
-def default_callbacks(
-    show: Callable[[RunState, dict[str, Any]], None] | None = None,
-) -> list[Callback]:
+def default_callbacks(show: Callable[[RoundRecord], None] | None = None) -> list[Callback]:
     callbacks: list[Callback] = [MetricsLog(), Checkpointer()]
     if show is not None:
         callbacks.append(Progress(show))

@@ -6,10 +6,7 @@ The round loop (:mod:`server.federation`) knows none of these; it calls ``on_run
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from common.atomic import (
@@ -19,52 +16,32 @@ from common.atomic import (
     atomic_write_text,
     remove_stale_temporaries,
 )
-from common.config import RunConfig
-from common.serialization import Weights
-from server.checkpoint import CHECKPOINT_DIR, Checkpoint, list_checkpoints, save_checkpoint
-from server.optimizers import ServerOptimizer
-
-METRICS_NAME = "metrics.jsonl"
-SUMMARY_NAME = "summary.json"
-MODEL_NAME = "model.safetensors"
-MODEL_CONFIG_NAME = "model_config.json"
-
-
-@dataclass
-class RunState:
-    config: RunConfig
-    run_dir: Path
-    run_id: str
-    weights: Weights
-    optimizer: ServerOptimizer
-    round: int = 0
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stop_reason: str = ""
+from server.checkpoint import Checkpoint, list_checkpoints, save_checkpoint
+from server.run_folder import RoundRecord
+from server.run_state import RunState
 
 
 class Callback:
     def on_run_start(self, state: RunState) -> None:
         """Called once, after a resume point (if any) is restored."""
 
-    def on_round_end(self, state: RunState, record: dict[str, Any]) -> None:
-        """Called after each round with that round's metrics record."""
+    def on_round_end(self, state: RunState, record: RoundRecord) -> None:
+        """Called after each round with that round's record."""
 
     def on_run_end(self, state: RunState) -> None:
         """Called once when the loop ends (all rounds, or stopped early)."""
 
 
 class MetricsLog(Callback):
-    """``metrics.jsonl``: one JSON object a round; on resume, later rounds are dropped."""
+    """``metrics.jsonl``: one record a round; on resume, later rounds are dropped."""
 
     def on_run_start(self, state: RunState) -> None:
-        path = state.run_dir / METRICS_NAME
-        kept = [r for r in _read_jsonl(path) if r.get("round", 0) <= state.round]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        kept = [r for r in state.folder.rounds() if r.round <= state.round]
+        atomic_write_text(state.folder.metrics, "".join(r.to_line() + "\n" for r in kept))
         state.rounds = kept
 
-    def on_round_end(self, state: RunState, record: dict[str, Any]) -> None:
-        append_line_durably(state.run_dir / METRICS_NAME, json.dumps(record))
+    def on_round_end(self, state: RunState, record: RoundRecord) -> None:
+        append_line_durably(state.folder.metrics, record.to_line())
 
 
 class OutputWriteError(OSError):
@@ -77,14 +54,14 @@ class Checkpointer(Callback):
     the previous checkpoint is intact and ``--resume`` continues from it."""
 
     def on_run_start(self, state: RunState) -> None:
-        remove_stale_temporaries(state.run_dir / CHECKPOINT_DIR)
+        remove_stale_temporaries(state.folder.checkpoints)
 
-    def on_round_end(self, state: RunState, record: dict[str, Any]) -> None:
+    def on_round_end(self, state: RunState, record: RoundRecord) -> None:
         try:
             save_checkpoint(state.run_dir, Checkpoint(
                 round=state.round, weights=state.weights,
                 optimizer_state=state.optimizer.state(),
-                state={"run_id": state.run_id, "sites": state.sites,
+                state={"run_id": state.run_id, "sites": state.sites_json(),
                        "config": state.config.model_dump(mode="json")},
             ))
         except OSError as error:
@@ -92,18 +69,18 @@ class Checkpointer(Callback):
             intact = (f"{kept[-1].name} is intact" if kept else "no earlier checkpoint exists")
             raise OutputWriteError(
                 f"could not write the round {state.round} checkpoint in "
-                f"{state.run_dir / CHECKPOINT_DIR}: {error.strerror or error}; {intact}. "
+                f"{state.folder.checkpoints}: {error.strerror or error}; {intact}. "
                 "Free space or fix permissions there, then rerun with --resume") from None
 
 
 class Progress(Callback):
     """Hands each round's record to a display function (the CLI's progress bar or a log)."""
 
-    def __init__(self, show: Callable[[RunState, dict[str, Any]], None]) -> None:
+    def __init__(self, show: Callable[[RoundRecord], None]) -> None:
         self.show = show
 
-    def on_round_end(self, state: RunState, record: dict[str, Any]) -> None:
-        self.show(state, record)
+    def on_round_end(self, state: RunState, record: RoundRecord) -> None:
+        self.show(record)
 
 
 class FinalOutputs(Callback):
@@ -114,18 +91,21 @@ class FinalOutputs(Callback):
 
         from server.report import write_report
 
-        model_path = state.run_dir / MODEL_NAME
-        atomic_write_bytes(model_path, save(state.weights, metadata={"model_id":
-                                                                    state.config.model_id}))
-        atomic_write_json(state.run_dir / MODEL_CONFIG_NAME, state.config.model_dump(mode="json"))
-        summary = build_summary(state, model_path)
-        write_report(state.run_dir, state.rounds, summary)
-        atomic_write_json(state.run_dir / SUMMARY_NAME, summary)  # last: marks the run complete
+        folder = state.folder
+        atomic_write_bytes(folder.model, save(state.weights, metadata={
+            "model_id": state.config.model_id}))
+        atomic_write_json(folder.model_config, state.config.model_dump(mode="json"))
+        summary = build_summary(state)
+        write_report(folder, state.rounds, summary)
+        atomic_write_json(folder.summary, summary)  # last: marks the run complete
 
 
-def build_summary(state: RunState, model_path: Path) -> dict[str, Any]:
-    last = next((r for r in reversed(state.rounds) if r.get("accuracy") is not None), {})
-    final = {k: last[k] for k in ("accuracy", "loss", "test_accuracy", "test_loss") if k in last}
+def build_summary(state: RunState) -> dict[str, Any]:
+    last = next((r for r in reversed(state.rounds) if r.accuracy is not None), None)
+    final = ({} if last is None else
+             {k: v for k, v in (("accuracy", last.accuracy), ("loss", last.loss),
+                                ("test_accuracy", last.test_accuracy),
+                                ("test_loss", last.test_loss)) if v is not None})
     privacy = state.config.privacy
     return {
         "rounds_completed": state.round,
@@ -134,25 +114,8 @@ def build_summary(state: RunState, model_path: Path) -> dict[str, Any]:
         "strategy": state.config.training.strategy,
         "dp_enabled": privacy.enabled,
         "stop_reason": state.stop_reason,
-        "privacy": {
-            "delta": privacy.delta,
-            "accountant": privacy.accountant,
-            "sites": {site: {"epsilon": info["epsilon"], "max_grad_norm": info["max_grad_norm"],
-                             "history": info["history"]}
-                      for site, info in sorted(state.sites.items())},
-        },
-        "model": {"path": str(model_path), "parameters": int(sum(v.size for v in
-                                                                   state.weights.values()))},
+        "privacy": {"delta": privacy.delta, "accountant": privacy.accountant,
+                    "sites": state.sites_json()},
+        "model": {"path": str(state.folder.model),
+                  "parameters": int(sum(v.size for v in state.weights.values()))},
     }
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a crash: drop it and what follows
-    return records

@@ -15,8 +15,8 @@ from typing import Any
 
 from common.atomic import atomic_write_bytes
 from common.serialization import Weights
+from server.run_folder import RunFolder
 
-CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^round-(\d{4,})\.safetensors$")
 KEEP = 3
 
@@ -35,7 +35,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     tensors = {f"w/{k}": v for k, v in checkpoint.weights.items()}
     tensors.update({f"o/{k}": v for k, v in checkpoint.optimizer_state.items()})
     metadata = {"round": str(checkpoint.round), "state": json.dumps(checkpoint.state)}
-    path = Path(run_dir) / CHECKPOINT_DIR / f"round-{checkpoint.round:04d}.safetensors"
+    path = RunFolder(Path(run_dir)).checkpoints / f"round-{checkpoint.round:04d}.safetensors"
     atomic_write_bytes(path, save(tensors, metadata=metadata))
     for old in list_checkpoints(run_dir)[:-KEEP]:
         old.unlink(missing_ok=True)
@@ -43,7 +43,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder = RunFolder(Path(run_dir)).checkpoints
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]

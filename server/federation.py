@@ -1,4 +1,4 @@
-"""The round loop: select sites, send the global model, aggregate updates, evaluate, repeat.
+"""The round loop: select sites, send the global model, average their updates, step, evaluate.
 
 It talks to sites only through a Flower ``Grid`` and knows nothing of checkpoints, logs or
 displays (those are :mod:`server.callbacks`). A round whose usable updates are fewer than
@@ -7,7 +7,6 @@ displays (those are :mod:`server.callbacks`). A round whose usable updates are f
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,12 +19,15 @@ from typing import Any
 import numpy as np
 from flwr.serverapp import Grid
 
+from common import wire
 from common.config import RunConfig
 from common.serialization import Weights, all_finite, check_compatible
-from server.callbacks import Callback, RunState
+from server.callbacks import Callback
 from server.checkpoint import latest_checkpoint
 from server.optimizers import build_server_optimizer, weighted_mean
 from server.replies import SiteReply, TrainOutcome, send_and_parse
+from server.run_folder import RoundRecord, RunFolder, SiteRound
+from server.run_state import RunState, SitePrivacy
 from server.secure_aggregation import SecureAggregation
 
 log = logging.getLogger("fedmm.server")
@@ -49,7 +51,7 @@ class Federation:
         wait_for_sites_s: float = 120.0,
         expected_sites: int | None = None,
     ) -> None:
-        self.grid, self.config, self.run_dir = grid, config, Path(run_dir)
+        self.grid, self.config, self.folder = grid, config, RunFolder(Path(run_dir))
         self.callbacks, self.resume, self.test_dir = list(callbacks), resume, test_dir
         self.wait_for_sites_s = wait_for_sites_s
         self.expected_sites = expected_sites
@@ -64,23 +66,24 @@ class Federation:
         model = build_model(data=config.data, model=config.model, seed=config.training.seed)
         weights = model_weights(model)
         optimizer = build_server_optimizer(config.training)
-        state = RunState(config=config, run_dir=self.run_dir, run_id=uuid.uuid4().hex[:12],
+        state = RunState(config=config, folder=self.folder, run_id=uuid.uuid4().hex[:12],
                          weights=weights, optimizer=optimizer)
         if not self.resume:
             return state
-        checkpoint = latest_checkpoint(self.run_dir)
+        checkpoint = latest_checkpoint(self.folder.root)
         if checkpoint is None:
-            raise FederationError(f"{self.run_dir}: no checkpoint to resume from; run without "
-                                  "--resume to start afresh")
+            raise FederationError(f"{self.folder.root}: no checkpoint to resume from; run "
+                                  "without --resume to start afresh")
         check_compatible(weights, checkpoint.weights, what="checkpoint")
         saved_config = checkpoint.state.get("config")
         if saved_config and RunConfig.model_validate(saved_config) != config:
-            raise FederationError(f"{self.run_dir}: the checkpoint was made with another "
+            raise FederationError(f"{self.folder.root}: the checkpoint was made with another "
                                   "configuration; resume with the same config")
         optimizer.load_state(checkpoint.optimizer_state)
         state.weights, state.round = checkpoint.weights, checkpoint.round
         state.run_id = checkpoint.state.get("run_id", state.run_id)
-        state.sites = checkpoint.state.get("sites", {})
+        state.sites = {name: SitePrivacy(**info)
+                       for name, info in checkpoint.state.get("sites", {}).items()}
         log.info("resuming after round %d", checkpoint.round)
         return state
 
@@ -104,22 +107,26 @@ class Federation:
 
     def _exchange(self, nodes: Sequence[int], kind: str, state: RunState,
                   arrays: Weights | None,
-                  extra: Mapping[int, Mapping[str, Any]] | None = None) -> list[SiteReply]:
-        config = {"run-config": self.config.to_json(), "round": state.round + 1,
-                  "run-id": state.run_id}
-        return send_and_parse(self.grid, nodes, kind, config=config, arrays=arrays,
+                  extra: Mapping[int, Mapping[str, Any]] | None = None, *,
+                  round_number: int | None = None) -> list[SiteReply]:
+        """One message kind to ``nodes``; it belongs to the round in progress unless
+        ``round_number`` says otherwise (the evaluation of a finished round)."""
+        number = state.round + 1 if round_number is None else round_number
+        request = wire.RoundConfig(run_config=self.config.to_json(), round=number,
+                                   run_id=state.run_id)
+        return send_and_parse(self.grid, nodes, kind, config=request, arrays=arrays,
                               extra=extra, timeout=self.config.training.round_timeout_s,
-                              group_id=str(state.round + 1), site_of=self.site_of)
+                              group_id=str(number), site_of=self.site_of)
 
     def _discover_sites(self, state: RunState) -> list[int]:
         usable = []
-        for reply in self._exchange(self._wait_for_nodes(), "query.site_info", state, None):
+        for reply in self._exchange(self._wait_for_nodes(), wire.SITE_INFO, state, None):
             if reply.status == "ok":
                 self.site_of[reply.node] = reply.site_id
                 usable.append(reply.node)
-                bad = int(reply.metrics.get("bad-rows", 0))
-                if bad:
-                    log.warning("site %s: %d bad rows skipped", reply.site_id, bad)
+                info = reply.read(wire.SiteInfo)
+                if info is not None and info.bad_rows:
+                    log.warning("site %s: %d bad rows skipped", reply.site_id, info.bad_rows)
             else:
                 log.warning("site %s unusable: %s", reply.site_id, reply.reason)
         if len(usable) < self.config.training.min_sites:
@@ -168,15 +175,17 @@ class Federation:
                 log.warning(state.stop_reason)
                 break
             selected = self._select(self._prefer_online(active), state.round + 1)
-            outcome = self._train(state, selected)
-            record = self._aggregate(state, outcome)
-            exhausted |= {r.site_id for r in outcome.replies if r.code == "budget-exhausted"}
+            outcome = self._collect_mean_update(state, selected)
+            record = self._record_round(state, outcome)
+            self._step_global_model(state, outcome, record)
+            exhausted |= {r.site_id for r in outcome.replies
+                          if r.code == wire.BUDGET_EXHAUSTED}
             state.round += 1
             training = self.config.training
             if state.round % training.evaluate_every == 0 or state.round == training.rounds:
-                reachable = [r.node for r in outcome.replies if r.code != "no-reply"]
-                record.update(self._evaluate(state, reachable, test_data))
-            record["seconds"] = round(time.perf_counter() - started, 3)
+                reachable = [r.node for r in outcome.replies if r.code != wire.NO_REPLY]
+                record = record.model_copy(update=self._evaluate(state, reachable, test_data))
+            record.seconds = round(time.perf_counter() - started, 3)
             state.rounds.append(record)
             for callback in self.callbacks:
                 callback.on_round_end(state, record)
@@ -184,7 +193,9 @@ class Federation:
             callback.on_run_end(state)
         return state
 
-    def _train(self, state: RunState, selected: list[int]) -> TrainOutcome:
+    def _collect_mean_update(self, state: RunState, selected: list[int]) -> TrainOutcome:
+        """Send the round to ``selected``; their replies and the mean of the usable updates
+        (the securely aggregated one, or the screened plaintext ones averaged)."""
         if self.config.secure_aggregation.enabled:
             def exchange(nodes, kind, arrays, extra):
                 return self._exchange(nodes, kind, state, arrays, extra)
@@ -195,82 +206,85 @@ class Federation:
                                 weights=state.weights)
         usable: list[tuple[Weights, float]] = []
         replies = []
-        for reply in self._exchange(selected, "train", state, state.weights):
+        for reply in self._exchange(selected, wire.TRAIN, state, state.weights):
             if reply.status == "ok" and reply.update is not None:
                 reply = screen_update(reply, state.weights,
                                       declared_range=self.config.secure_aggregation.clip_range)
-                if reply.status == "ok" and reply.update is not None:
-                    usable.append((reply.update, float(reply.metrics["num-examples"])))
+                report = reply.read(wire.TrainReport)
+                if reply.status == "ok" and reply.update is not None and report is not None:
+                    usable.append((reply.update, float(report.num_examples)))
             replies.append(reply)
         mean = weighted_mean(usable) if usable else None
         return TrainOutcome(replies, mean, len(usable))
 
-    def _aggregate(self, state: RunState, outcome: TrainOutcome) -> dict[str, Any]:
-        sites: dict[str, dict[str, Any]] = {}
-        for reply in outcome.replies:
-            entry: dict[str, Any] = {"status": reply.status}
-            if reply.code:
-                entry.update(code=reply.code, reason=reply.reason)
-            if "history" in reply.record:
-                history = json.loads(reply.record["history"])
-                state.sites[reply.site_id] = {
-                    "epsilon": float(reply.metrics.get("epsilon", 0.0)),
-                    "max_grad_norm": float(reply.metrics.get(
-                        "max-grad-norm", self.config.privacy.max_grad_norm)),
-                    "history": history,
-                }
-            for key in ("epsilon", "train-loss", "num-examples", "seconds", "noise-multiplier",
-                        "skipped-rows", "secagg-clipped", "out-of-range"):
-                if key in reply.metrics:
-                    entry[key.replace("-", "_")] = reply.metrics[key]
-            if "grad-sample-mode" in reply.record:
-                entry["grad_sample_mode"] = reply.record["grad-sample-mode"]
-            if reply.status != "ok":
-                log.warning("site %s %s (%s): %s", reply.site_id, reply.status, reply.code,
-                            reply.reason)
-            sites[reply.site_id] = entry
-        record: dict[str, Any] = {"round": state.round + 1, "sites": sites,
-                                  "sites_ok": outcome.contributors}
-        if outcome.details:
-            record["secure_aggregation"] = outcome.details
-        epsilons = [s["epsilon"] for s in state.sites.values()]
-        record["epsilon_max"] = max(epsilons) if epsilons else None
+    def _site_round(self, state: RunState, reply: SiteReply) -> SiteRound:
+        """What the round record keeps of one reply; updates the site's privacy figures."""
+        entry = SiteRound(status=reply.status, code=reply.code or None,
+                          reason=reply.reason or None, out_of_range=reply.out_of_range)
+        report, spend = reply.read(wire.TrainReport), reply.read(wire.Spend)
+        if report is not None:
+            entry = entry.model_copy(update={
+                "epsilon": report.epsilon, "train_loss": report.train_loss,
+                "num_examples": report.num_examples, "seconds": report.seconds,
+                "noise_multiplier": report.noise_multiplier,
+                "skipped_rows": report.skipped_rows, "secagg_clipped": report.secagg_clipped,
+                "grad_sample_mode": report.grad_sample_mode or None})
+            if report.history is not None:
+                state.sites[reply.site_id] = SitePrivacy(
+                    epsilon=report.epsilon or 0.0, history=report.history,
+                    max_grad_norm=report.max_grad_norm or self.config.privacy.max_grad_norm)
+        elif spend is not None:
+            entry = entry.model_copy(update={"epsilon": spend.epsilon})
+            state.sites[reply.site_id] = SitePrivacy(
+                epsilon=spend.epsilon, history=spend.history,
+                max_grad_norm=self.config.privacy.max_grad_norm)
+        if reply.status != "ok":
+            log.warning("site %s %s (%s): %s", reply.site_id, reply.status, reply.code,
+                        reply.reason)
+        return entry
+
+    def _record_round(self, state: RunState, outcome: TrainOutcome) -> RoundRecord:
+        sites = {reply.site_id: self._site_round(state, reply) for reply in outcome.replies}
+        epsilons = [s.epsilon for s in state.sites.values()]
+        return RoundRecord(round=state.round + 1, sites=sites, sites_ok=outcome.contributors,
+                           secure_aggregation=outcome.details or None,
+                           epsilon_max=max(epsilons) if epsilons else None)
+
+    def _step_global_model(self, state: RunState, outcome: TrainOutcome,
+                           record: RoundRecord) -> None:
+        """Apply the server optimiser to the mean update, or keep the model and say why."""
         minimum = self.config.training.min_sites
         if outcome.mean is None or outcome.contributors < minimum:
-            record["aggregated"] = False
-            record["note"] = outcome.note or (f"{outcome.contributors} usable updates < "
-                                              f"min_sites {minimum}; global model kept")
-            log.warning("round %d: %s", state.round + 1, record["note"])
-            return record
+            record.note = outcome.note or (f"{outcome.contributors} usable updates < "
+                                           f"min_sites {minimum}; global model kept")
+            log.warning("round %d: %s", record.round, record.note)
+            return
         new_weights = state.optimizer.step(state.weights, outcome.mean)
         if not all_finite(new_weights):
-            record["aggregated"] = False
-            record["note"] = "aggregate not finite; global model kept"
-            log.error("round %d: %s", state.round + 1, record["note"])
-            return record
+            record.note = "aggregate not finite; global model kept"
+            log.error("round %d: %s", record.round, record.note)
+            return
         state.weights = new_weights
-        record["aggregated"] = True
-        return record
+        record.aggregated = True
 
     def _load_test_data(self):
         if self.test_dir is None:
             return None
-        from client.site import STATE_DIR_NAME
-        from common.features import FEATURE_DIR, model_inputs
-        from common.sitedata import load_site
+        from common.model_inputs import load_model_inputs
 
-        return model_inputs(load_site(self.test_dir, self.config.data), self.config.model,
-                            self.test_dir / STATE_DIR_NAME / FEATURE_DIR)
+        return load_model_inputs(self.test_dir, self.config, check_usable=False)
 
     def _evaluate(self, state: RunState, nodes: list[int], test_data) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        replies = [r for r in self._exchange(nodes, "evaluate", state, state.weights)
-                   if r.status == "ok" and r.metrics.get("num-examples")]
-        total = sum(float(r.metrics["num-examples"]) for r in replies)
+        replies = self._exchange(nodes, wire.EVALUATE, state, state.weights,
+                                 round_number=state.round)
+        reports = [report for r in replies
+                   if r.status == "ok" and (report := r.read(wire.EvaluationReport)) is not None
+                   and report.num_examples > 0]
+        total = sum(r.num_examples for r in reports)
         if total > 0:
-            for key in ("loss", "accuracy"):
-                result[key] = sum(float(r.metrics[key]) * float(r.metrics["num-examples"])
-                                  for r in replies) / total
+            result["loss"] = sum(r.loss * r.num_examples for r in reports) / total
+            result["accuracy"] = sum(r.accuracy * r.num_examples for r in reports) / total
         if test_data is not None and len(test_data):
             from common.evaluation import evaluate_weights
 
@@ -283,18 +297,18 @@ def screen_update(reply: SiteReply, reference: Weights, *, declared_range: float
     """A plaintext update the mean may use: same names and shapes as the global model
     (``bad-shape``) and finite (``non-finite``), else rejected alone. Elements beyond
     ±``declared_range`` (the range secure aggregation would clip to) are counted as
-    ``out-of-range`` and logged; the update is still used, exactly as sent."""
+    ``out_of_range`` and logged; the update is still used, exactly as sent."""
     update = reply.update or {}
     try:
         check_compatible(reference, update, what=f"site {reply.site_id}")
     except ValueError as error:
-        return reply.failed("bad-shape", str(error), status="rejected")
+        return reply.failed(wire.BAD_SHAPE, str(error), status="rejected")
     if not all_finite(update):
-        return reply.failed("non-finite", f"site {reply.site_id} sent NaN or infinite values",
-                            status="rejected")
+        return reply.failed(wire.NON_FINITE, f"site {reply.site_id} sent NaN or infinite "
+                            "values", status="rejected")
     outside = sum(int(np.count_nonzero(np.abs(v) > declared_range))
                   for v in update.values())
     if outside:
         log.warning("site %s: %d update elements outside ±%g", reply.site_id, outside,
                     declared_range)
-    return replace(reply, metrics={**reply.metrics, "out-of-range": outside})
+    return replace(reply, out_of_range=outside)

@@ -1,12 +1,17 @@
-"""``fedmm server``: a SuperLink with TLS and node authentication, and one run on it.
+"""``fedmm server``: a SuperLink on loopback, a Fleet-only gateway in front, and one run on it.
 
-1. Starts ``flower-superlink`` (TLS from the certificate folder, ``--enable-supernode-auth``,
-   runtime dependency installation off) on the given host and port, logs in ``RUN_DIR/logs``.
-2. Registers exactly the allowed hospital public keys (``flwr supernode register``).
-3. Submits the run (``flwr run`` of :mod:`server.flower_app` with the run folder as run config);
-   the ServerApp (:mod:`server.deployment`) writes metrics, checkpoints, report and model there.
-4. Follows ``metrics.jsonl`` (one callback per finished round) and the run's status until it
-   ends, then stops the SuperLink. :meth:`ServerLauncher.stop` (Ctrl-C, SIGTERM) stops the run
+1. Starts ``flower-superlink`` on 127.0.0.1 (a free port) with a throw-away loopback certificate
+   (:func:`common.pki.make_loopback_tls`), ``--enable-supernode-auth``, runtime dependency
+   installation off; logs in ``RUN_DIR/logs``. Its Control and Runtime APIs are reachable from
+   this machine only, and nothing here depends on the consortium's certificate naming loopback.
+2. Opens the public port: :class:`server.gateway.Gateway` with the consortium's certificate,
+   forwarding only Fleet API routes to the SuperLink.
+3. Registers exactly the allowed hospital public keys (``flwr supernode register``).
+4. Submits the run (``flwr run`` of :data:`common.app_bundle.APP_DIR` with the run folder as run
+   config); the ServerApp (:mod:`server.deployment`) writes metrics, checkpoints, report and
+   model there.
+5. Follows ``metrics.jsonl`` (one callback per finished round) and the run's status until it
+   ends, then stops everything. :meth:`ServerLauncher.stop` (Ctrl-C, SIGTERM) stops the run
    and everything started, leaving the last checkpoint for ``--resume``.
 """
 
@@ -22,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from common import processes
+from common.app_bundle import APP_DIR
 from common.atomic import atomic_write_text
 from common.config import RunConfig
-from common.pki import Layout, check_public_key
-from server.deployment import FAILED_NAME, RUN_CONFIG_NAME
+from common.pki import Layout, LoopbackTLS, check_public_key, make_loopback_tls
+from server import deployment
+from server.gateway import Gateway, GatewayError, pem_of_openssh
+from server.run_folder import RoundRecord, RunFolder
 
-APP_DIR = Path(__file__).resolve().parent / "flower_app"
 CONNECTION = "fedmm"
 STATUS_EVERY_S = 30.0
 REGISTRATION_WORKERS = 8
@@ -49,11 +56,6 @@ class ServerSettings:
     test_dir: Path | None = None
     wait_for_sites_s: float = 300.0
 
-    @property
-    def local_address(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"{host}:{self.port}"
-
 
 def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
@@ -62,12 +64,16 @@ def _toml_string(value: str) -> str:
 class ServerLauncher:
     def __init__(self, settings: ServerSettings, config: RunConfig) -> None:
         self.settings, self.config = settings, config
-        self.run_dir = settings.run_dir.resolve()
-        self.flwr_home = self.run_dir / ".flwr"
-        self.logs = self.run_dir / "logs"
+        self.folder = RunFolder(settings.run_dir.resolve())
+        self.run_dir = self.folder.root
+        self.flwr_home = self.folder.flwr_home
+        self.logs = self.folder.logs
         self.superlink: subprocess.Popen | None = None
+        self.gateway: Gateway | None = None
         self.run_id: str | None = None
         self.env: dict[str, str] = {}
+        self.local_address = ""  # the SuperLink's, 127.0.0.1:PORT
+        self.loopback: LoopbackTLS | None = None
 
     # -- checks --------------------------------------------------------------------------
     def check(self) -> None:
@@ -84,39 +90,56 @@ class ServerLauncher:
                 raise DeploymentError(str(error)) from None
 
     def prepare_run_dir(self) -> None:
-        saved = self.run_dir / RUN_CONFIG_NAME
+        saved = self.folder.run_config
         if self.settings.resume:
             if not saved.is_file():
-                raise DeploymentError(f"{self.run_dir}: no run to resume (no {RUN_CONFIG_NAME})")
+                raise DeploymentError(f"{self.run_dir}: no run to resume (no {saved.name})")
             if RunConfig.from_json(saved.read_text(encoding="utf-8")) != self.config:
                 raise DeploymentError(f"{saved}: the run was started with another "
                                       "configuration; resume with the same --config")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, self.config.to_json())
-        (self.run_dir / FAILED_NAME).unlink(missing_ok=True)
+        self.folder.failed.unlink(missing_ok=True)
         self.logs.mkdir(exist_ok=True)
 
     # -- processes -------------------------------------------------------------------------
     def start_superlink(self) -> None:
-        layout = Layout(self.settings.certs.resolve())
+        """The SuperLink on 127.0.0.1 with its own loopback certificate."""
         self.env = processes.flower_env(self.flwr_home)
+        self.loopback = make_loopback_tls(self.flwr_home / "loopback-tls")
+        port = processes.free_port()
+        self.local_address = f"127.0.0.1:{port}"
         command = [
             processes.flower_command("flower-superlink"),
-            "--ssl-ca-certfile", str(layout.ca_cert), "--ssl-certfile", str(layout.server_cert),
-            "--ssl-keyfile", str(layout.server_key), "--enable-supernode-auth",
-            "--disable-runtime-dependency-installation",
-            "--host", self.settings.host, "--port", str(self.settings.port)]
+            "--ssl-ca-certfile", str(self.loopback.ca_cert),
+            "--ssl-certfile", str(self.loopback.cert), "--ssl-keyfile", str(self.loopback.key),
+            "--enable-supernode-auth", "--disable-runtime-dependency-installation",
+            "--host", "127.0.0.1", "--port", str(port)]
         with (self.logs / "superlink.log").open("ab") as log:  # the child keeps its own copy
             self.superlink = processes.start(command, env=self.env, log=log, cwd=self.run_dir)
-        host, port = self.settings.local_address.rsplit(":", 1)
-        if not processes.wait_for_port(host, int(port), timeout=60, process=self.superlink):
-            raise DeploymentError(f"the SuperLink did not start on {self.settings.host}:"
-                                  f"{self.settings.port} (port in use?); see "
+        if not processes.wait_for_port("127.0.0.1", port, timeout=60, process=self.superlink):
+            raise DeploymentError(f"the SuperLink did not start on {self.local_address}; see "
                                   f"{self.logs / 'superlink.log'}")
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f"address = {_toml_string(self.settings.local_address)}\n"
-            f"root-certificates = {_toml_string(str(layout.ca_cert))}\n", encoding="utf-8")
+            f"address = {_toml_string(self.local_address)}\n"
+            f"root-certificates = {_toml_string(str(self.loopback.ca_cert))}\n",
+            encoding="utf-8")
+
+    def start_gateway(self) -> None:
+        """The public port: the consortium's certificate, Fleet API routes only."""
+        assert self.loopback is not None, "start the SuperLink first"
+        layout = Layout(self.settings.certs.resolve())
+        self.gateway = Gateway(host=self.settings.host, port=self.settings.port,
+                               certfile=layout.server_cert, keyfile=layout.server_key,
+                               upstream=f"https://{self.local_address}",
+                               upstream_ca=self.loopback.ca_cert,
+                               allowed=frozenset(pem_of_openssh(k)
+                                                 for k in self.settings.allowed))
+        try:
+            self.gateway.start()
+        except GatewayError as error:
+            raise DeploymentError(str(error)) from None
 
     def _flwr(self, *args: str) -> dict[str, Any]:
         try:
@@ -153,11 +176,11 @@ class ServerLauncher:
         overrides = self.flwr_home / "run_overrides.toml"
         test_dir = str(self.settings.test_dir.resolve()) if self.settings.test_dir else ""
         overrides.write_text(
-            f"out-dir = {_toml_string(str(self.run_dir))}\n"
-            f"resume = {'true' if self.settings.resume else 'false'}\n"
-            f"expected-sites = {len(self.settings.allowed)}\n"
-            f"wait-for-sites-s = {float(self.settings.wait_for_sites_s)}\n"
-            f"test-dir = {_toml_string(test_dir)}\n", encoding="utf-8")
+            f"{deployment.OUT_DIR} = {_toml_string(str(self.run_dir))}\n"
+            f"{deployment.RESUME} = {'true' if self.settings.resume else 'false'}\n"
+            f"{deployment.EXPECTED_SITES} = {len(self.settings.allowed)}\n"
+            f"{deployment.WAIT_FOR_SITES_S} = {float(self.settings.wait_for_sites_s)}\n"
+            f"{deployment.TEST_DIR} = {_toml_string(test_dir)}\n", encoding="utf-8")
         answer = self._flwr("run", str(APP_DIR), CONNECTION, "--run-config", str(overrides))
         self.run_id = str(answer["run-id"])
         return self.run_id
@@ -168,24 +191,21 @@ class ServerLauncher:
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
     # -- following the run -----------------------------------------------------------------
-    def follow(self, on_round: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def follow(self, on_round: Callable[[RoundRecord], None]) -> dict[str, Any]:
         """Report each new metrics line until the run ends; the summary when it succeeded.
 
         The end shows as ``summary.json`` or ``run_failed.txt`` in the run folder; Flower's run
         status (a ``flwr list`` call, a process start) is asked only now and then, to notice a
         ServerApp that died without writing either."""
-        metrics = self.run_dir / "metrics.jsonl"
-        summary, failed = self.run_dir / "summary.json", self.run_dir / FAILED_NAME
-        seen = (len(metrics.read_text().splitlines())
-                if self.settings.resume and metrics.exists() else 0)
+        summary, failed = self.folder.summary, self.folder.failed
+        seen = len(self.folder.rounds()) if self.settings.resume else 0
         next_status = time.monotonic() + STATUS_EVERY_S
         status = "running"
         while True:
-            lines = metrics.read_text().splitlines() if metrics.exists() else []
-            for line in lines[seen:]:
-                if line.strip():
-                    on_round(json.loads(line))
-            seen = max(seen, len(lines))
+            rounds = self.folder.rounds()
+            for record in rounds[seen:]:
+                on_round(record)
+            seen = max(seen, len(rounds))
             if summary.is_file() or failed.is_file() or status.startswith("finished"):
                 break
             if self.superlink is not None and self.superlink.poll() is not None:
@@ -201,7 +221,7 @@ class ServerLauncher:
             raise DeploymentError(f"the run ended as '{status}' without a final model; see "
                                   f"{self.logs / 'superlink.log'}")
         self.run_id = None  # complete: nothing left to stop but the SuperLink
-        return json.loads(summary.read_text(encoding="utf-8"))
+        return self.folder.read_summary()
 
     def stop(self) -> None:
         """Stop the run (if any) and the SuperLink; safe to call more than once."""
@@ -209,7 +229,10 @@ class ServerLauncher:
                 and self.superlink.poll() is None:
             with contextlib.suppress(DeploymentError, subprocess.TimeoutExpired):
                 self._flwr("stop", self.run_id, CONNECTION)
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
         processes.stop(self.superlink)
         if self.superlink is not None:  # a ServerApp process can outlive its SuperExec
-            processes.stop_strays("--runtime-api-address", self.settings.local_address)
+            processes.stop_strays("--runtime-api-address", self.local_address)
         self.superlink = None

@@ -4,50 +4,57 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from flwr.app import Message
 
+from common import wire
+from common.records import RecordError, from_records, read_optional
 from common.serialization import Weights, from_record
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class SiteReply:
+    """One site's reply: its status and the records it carried (``content``)."""
+
     node: int
     site_id: str
     status: str
-    code: str
-    reason: str
-    metrics: dict[str, Any]
-    record: dict[str, str]
-    update: Weights | None
+    code: str = ""
+    reason: str = ""
+    update: Weights | None = None
     content: Any = field(default=None, compare=False, repr=False)
+    out_of_range: int | None = None  # plaintext: update elements beyond the declared range
 
     def failed(self, code: str, reason: str, *, status: str = "failed") -> SiteReply:
-        return SiteReply(self.node, self.site_id, status, code, reason, self.metrics,
-                         self.record, None, self.content)
+        return replace(self, status=status, code=code, reason=reason, update=None)
+
+    def read(self, kind: type[T]) -> T | None:
+        """The ``kind`` record the site sent, ``None`` when it sent none."""
+        return None if self.content is None else read_optional(kind, self.content)
 
 
 def no_reply(node: int, site_id: str) -> SiteReply:
-    return SiteReply(node, site_id, "failed", "no-reply", "no reply before the round timeout",
-                     {}, {}, None)
+    return SiteReply(node, site_id, "failed", wire.NO_REPLY, "no reply before the round timeout")
 
 
 def parse_reply(reply: Message, site_of: Mapping[int, str]) -> SiteReply:
     node = reply.metadata.src_node_id
     fallback = site_of.get(node, f"node-{node}")
     if reply.has_error():
-        return SiteReply(node, fallback, "failed", "client-error", reply.error.reason[:300], {},
-                         {}, None)
+        return SiteReply(node, fallback, "failed", wire.CLIENT_ERROR, reply.error.reason[:300])
     content = reply.content
-    record = dict(content["status"]) if "status" in content else {}
-    metrics = dict(content["metrics"]) if "metrics" in content else {}
-    update = from_record(content["arrays"]) if "arrays" in content else None
-    return SiteReply(node, str(record.get("site-id", fallback)),
-                     str(record.get("status", "failed")),
-                     str(record.get("code", "")), str(record.get("reason", "")), metrics,
-                     {k: str(v) for k, v in record.items()}, update, content)
+    try:
+        status = from_records(wire.Status, content)
+        update = from_record(content[wire.ARRAYS]) if wire.ARRAYS in content else None
+    except (RecordError, KeyError, TypeError, ValueError) as error:
+        return SiteReply(node, fallback, "failed", wire.MALFORMED,
+                         f"malformed reply: {error}"[:300])
+    return SiteReply(node, status.site_id or fallback, status.status, status.code,
+                     status.reason, update, content)
 
 
 POLL_INTERVAL_S = 0.2
@@ -69,23 +76,24 @@ def send_and_receive(grid: Any, messages: Sequence[Message], *, timeout: float) 
     return replies
 
 
-def send_and_parse(grid: Any, nodes: Sequence[int], kind: str, *, config: Mapping[str, Any],
+def send_and_parse(grid: Any, nodes: Sequence[int], kind: str, *, config: wire.RoundConfig,
                    arrays: Weights | None, extra: Mapping[int, Mapping[str, Any]] | None,
                    timeout: float, group_id: str, site_of: Mapping[int, str]) -> list[SiteReply]:
-    """Send ``kind`` with the ``config`` record (plus ``extra`` records per node) to ``nodes``
+    """Send ``kind`` with the round's ``config`` (plus ``extra`` records per node) to ``nodes``
     through a Flower ``Grid``; one reply per node (``no-reply`` for the silent ones), sorted by
     site id so that sums over replies are reproducible."""
-    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app import RecordDict
 
+    from common.records import to_records
     from common.serialization import to_record
 
-    base = ConfigRecord(dict(config))
+    base = to_records(config)
     payload = to_record(arrays) if arrays is not None else None
     messages = []
     for node in nodes:
-        content = RecordDict({"config": base, **(extra or {}).get(node, {})})
+        content = RecordDict({**base, **(extra or {}).get(node, {})})
         if payload is not None:
-            content["arrays"] = payload
+            content[wire.ARRAYS] = payload
         messages.append(Message(content, dst_node_id=node, message_type=kind,
                                 group_id=group_id))
     parsed = [parse_reply(r, site_of) for r in send_and_receive(grid, messages, timeout=timeout)]

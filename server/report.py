@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write_text
+from server.run_folder import RoundRecord, RunFolder
 
 
 def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]]) -> None:
@@ -29,13 +30,13 @@ def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, lis
     plt.close(fig)
 
 
-def _series(rounds: list[dict[str, Any]], key: str) -> tuple[list, list]:
-    points = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
+def _series(rounds: list[RoundRecord], key: str) -> tuple[list, list]:
+    points = [(r.round, getattr(r, key)) for r in rounds if getattr(r, key) is not None]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def write_report(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    report_dir = run_dir / "report"
+def write_report(folder: RunFolder, rounds: list[RoundRecord], summary: dict[str, Any]) -> None:
+    report_dir = folder.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     _plot(report_dir / "accuracy.png", "Accuracy per round", "accuracy", {
         "sites' validation (federated)": _series(rounds, "accuracy"),
@@ -45,10 +46,10 @@ def write_report(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str,
         "sites' validation (federated)": _series(rounds, "loss"),
         "held-out test (server)": _series(rounds, "test_loss"),
     })
-    sites = sorted({s for r in rounds for s in r.get("sites", {})})
+    sites = sorted({s for r in rounds for s in r.sites})
     epsilon = {
-        site: ([r["round"] for r in rounds if site in r.get("sites", {})],
-               [r["sites"][site].get("epsilon", 0.0) for r in rounds if site in r.get("sites", {})])
+        site: ([r.round for r in rounds if site in r.sites],
+               [r.sites[site].epsilon or 0.0 for r in rounds if site in r.sites])
         for site in sites
     }
     _plot(report_dir / "epsilon.png", "Privacy spent per site (ε)", "ε", epsilon)
@@ -77,17 +78,19 @@ def write_report(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str,
     lines += ["", "## Sites", "",
               "| site | last status | training examples | bad rows skipped |", "|---|---|---|---|"]
     for site in sites:
-        last = next(r["sites"][site] for r in reversed(rounds) if site in r.get("sites", {}))
-        status = last["status"] + (f" ({last['code']})" if last.get("code") else "")
-        lines.append(f"| {site} | {status} | {last.get('num_examples', '-')} | "
-                     f"{last.get('skipped_rows', '-')} |")
+        last = next(r.sites[site] for r in reversed(rounds) if site in r.sites)
+        status = last.status + (f" ({last.code})" if last.code else "")
+        examples = "-" if last.num_examples is None else last.num_examples
+        skipped = "-" if last.skipped_rows is None else last.skipped_rows
+        lines.append(f"| {site} | {status} | {examples} | {skipped} |")
     lines += ["", "## Rounds", "", "| round | accuracy | loss | test acc | ε max | sites ok | s |",
               "|---|---|---|---|---|---|---|"]
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
     for r in rounds:
-        def fmt(key: str, r: dict[str, Any] = r) -> str:
-            return "-" if r.get(key) is None else f"{r[key]:.4f}"
-        lines.append(f"| {r['round']} | {fmt('accuracy')} | {fmt('loss')} | "
-                     f"{fmt('test_accuracy')} | {fmt('epsilon_max')} | {r.get('sites_ok', 0)} | "
-                     f"{r.get('seconds', 0):.1f} |")
+        lines.append(f"| {r.round} | {fmt(r.accuracy)} | {fmt(r.loss)} | "
+                     f"{fmt(r.test_accuracy)} | {fmt(r.epsilon_max)} | {r.sites_ok} | "
+                     f"{r.seconds:.1f} |")
     lines += ["", "![accuracy](accuracy.png) ![loss](loss.png) ![epsilon](epsilon.png)", ""]
-    atomic_write_text(report_dir / "report.md", "\n".join(lines))
+    atomic_write_text(folder.report, "\n".join(lines))

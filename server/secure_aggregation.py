@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from common.config import SecureAggregationConfig
+from common.records import RecordError, from_records, to_records
 from common.secagg import messages
 from common.secagg.encoding import RingEncoding
 from common.secagg.server import SecAggAbort, SecAggServer, Settings
@@ -50,16 +51,15 @@ class SecureAggregation:
                   arrays: Weights | None = None) -> dict[int, T]:
             """One stage; a site's reply to the last stage it reached (up to masked input)
             stands for it in the round record, later failures go into ``details``."""
-            extra = {nodes[i]: messages.to_records(r) for i, r in requests.items()}
+            extra = {nodes[i]: to_records(r) for i, r in requests.items()}
             answers: dict[int, T] = {}
             for reply in self.exchange(list(extra), kind, arrays, extra):
                 if reply.status == "ok":
                     try:
-                        answers[index_of[reply.node]] = messages.from_records(answer,
-                                                                              reply.content)
-                    except (KeyError, ValueError, TypeError) as error:
+                        answers[index_of[reply.node]] = from_records(answer, reply.content)
+                    except RecordError as error:
                         reply = reply.failed("secagg-malformed",
-                                             f"malformed {kind} reply: {error!r}")
+                                             f"malformed {kind} reply: {error}")
                 if kind != messages.UNMASK:
                     latest[reply.node] = reply
                 elif reply.status != "ok":

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from client.site import STATE_DIR_NAME
 from common.config import RunConfig
-from common.features import FEATURE_DIR, model_inputs
-from common.sitedata import SiteData, load_site, split_train_validation
+from common.model_inputs import load_model_inputs
+from common.sitedata import SiteData, split_train_validation
 
 
 def pool(parts: Sequence[SiteData]) -> SiteData:
@@ -29,12 +28,6 @@ def pool(parts: Sequence[SiteData]) -> SiteData:
         masks=np.concatenate([p.masks for p in parts]),
         total_rows=sum(len(p) for p in parts),
     )
-
-
-def site_inputs(site_dir: Path, config: RunConfig) -> SiteData:
-    """A site's samples as the model takes them (features from the site's cache if pretrained)."""
-    return model_inputs(load_site(site_dir, config.data), config.model,
-                        site_dir / STATE_DIR_NAME / FEATURE_DIR)
 
 
 def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
@@ -53,7 +46,8 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
             "strategy": "fedavg"}),
     })
     fraction = config.data.validation_fraction
-    train_parts = [split_train_validation(site_inputs(d, config), fraction)[0] for d in site_dirs]
+    train_parts = [split_train_validation(load_model_inputs(d, config), fraction)[0]
+                   for d in site_dirs]
     pooled = pool(train_parts)
     torch.manual_seed(config.training.seed)
     weights = model_weights(build_model(data=config.data, model=config.model,
@@ -64,6 +58,7 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
     summary: dict[str, Any] = {"examples": len(pooled), "epochs": plain.training.local_epochs,
                                "seconds": round(result.seconds, 2)}
     if test_dir is not None:
-        metrics = evaluate_weights(config, result.weights, site_inputs(test_dir, config))
+        test = load_model_inputs(test_dir, config, check_usable=False)
+        metrics = evaluate_weights(config, result.weights, test)
         summary.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])
     return summary

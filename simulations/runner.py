@@ -17,7 +17,8 @@ from typing import Any
 
 from common.config import RunConfig
 from common.processes import QUIET_ENV
-from server.callbacks import RunState
+from server.run_folder import RoundRecord
+from server.run_state import RunState
 
 
 def prepare_environment(run_dir: Path) -> dict[str, str]:
@@ -63,7 +64,7 @@ def run_federated_simulation(
     site_dirs: Sequence[Path],
     test_dir: Path | None = None,
     resume: bool = False,
-    show: Callable[[RunState, dict[str, Any]], None] | None = None,
+    show: Callable[[RoundRecord], None] | None = None,
     parallel: int | None = None,
     ray_address: str | None = None,
 ) -> RunState:
@@ -85,7 +86,7 @@ def _run(
     site_dirs: Sequence[Path],
     test_dir: Path | None,
     resume: bool,
-    show: Callable[[RunState, dict[str, Any]], None] | None,
+    show: Callable[[RoundRecord], None] | None,
     backend: dict[str, Any],
 ) -> RunState:
     from flwr.simulation import run_simulation

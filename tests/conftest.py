@@ -40,6 +40,15 @@ def small_config() -> RunConfig:
     })
 
 
+@pytest.fixture(scope="session")
+def deployment():
+    """The README's deployment (tests/deployment.py), attacked while it runs: one for the
+    deployment end-to-end tests and every attack test."""
+    from tests.deployment import readme_deployment
+
+    yield from readme_deployment()
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(n).to_bytes(4, "big") for n in array.shape)

@@ -20,17 +20,19 @@ REPO = Path(__file__).resolve().parent.parent
 class CliRun:
     """A ``fedmm`` subprocess in its own session, with a short private TMPDIR (Ray sockets)."""
 
-    def __init__(self, args: list[str], *, cwd: Path, module: str = "fedmm") -> None:
+    def __init__(self, args: list[str], *, cwd: Path, module: str = "fedmm",
+                 prefix: list[str] | None = None) -> None:
+        """``prefix``: a command that runs the CLI, e.g. in a private mount namespace."""
         self.tmpdir = tempfile.mkdtemp(prefix="fm", dir="/tmp")
         self.cwd = cwd
         env = {**os.environ, "TMPDIR": self.tmpdir, "PYTHONUNBUFFERED": "1",
                "FLWR_HOME": str(cwd / ".flwr-home"),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        self.log = cwd / f"cli-{int(time.time() * 1000)}.log"
+        self.log = cwd / f"cli-{time.time_ns()}.log"
         self._log_handle = self.log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=self._log_handle,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [*(prefix or []), sys.executable, "-m", module, *args], cwd=cwd, env=env,
+            stdout=self._log_handle, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, timeout: float) -> int:
         try:
@@ -68,8 +70,9 @@ def _pids_mentioning(text: str) -> list[int]:
     return found
 
 
-def run_cli(args: list[str], *, cwd: Path, timeout: float = 600) -> tuple[int, str]:
-    run = CliRun(args, cwd=cwd)
+def run_cli(args: list[str], *, cwd: Path, timeout: float = 600,
+            prefix: list[str] | None = None) -> tuple[int, str]:
+    run = CliRun(args, cwd=cwd, prefix=prefix)
     code = run.wait(timeout)
     return code, run.output()
 

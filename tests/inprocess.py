@@ -7,12 +7,24 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import Context, Message, Metadata, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.local_round import LocalRound
+from common import wire
 from common.config import RunConfig
+from common.records import to_records
 from common.serialization import Weights, to_record
 from server.replies import SiteReply, no_reply, parse_reply
+
+
+def trained(site_id: str, update: Weights, num_examples: int, *,
+            epsilon: float | None = None) -> LocalRound:
+    """A successful local round, for stand-ins of training."""
+    return LocalRound(site_id, "ok", update=update, report=wire.TrainReport(
+        num_examples=num_examples, train_loss=0.0, steps=1, skipped_rows=0, seconds=0.0,
+        epsilon=epsilon))
+
 
 Tamper = Callable[[int, str, Message], Message | None]  # None: the node stays silent
 
@@ -38,11 +50,11 @@ class InProcessSites:
                  extra: Mapping[int, Mapping[str, Any]] | None = None) -> list[SiteReply]:
         replies = []
         for node in nodes:
-            content = RecordDict({"config": ConfigRecord({
-                "run-config": self.config.to_json(), "round": 1, "run-id": "test"}),
+            content = RecordDict({**to_records(wire.RoundConfig(
+                run_config=self.config.to_json(), round=1, run_id="test")),
                 **(extra or {}).get(node, {})})
             if arrays is not None:
-                content["arrays"] = to_record(arrays)
+                content[wire.ARRAYS] = to_record(arrays)
             message = Message(content=content, metadata=Metadata(
                 run_id=1, message_id=f"{kind}-{node}", src_node_id=0, dst_node_id=node,
                 reply_to_message_id="", group_id="1", created_at=time.time(), ttl=3600.0,

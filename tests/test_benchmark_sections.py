@@ -7,6 +7,7 @@ from pathlib import Path
 
 from benchmarks import dp_cost, latency, peer, scale
 from benchmarks.plots import dp_cost_plot, scale_plot
+from server.run_folder import RoundRecord
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -31,10 +32,13 @@ def test_dp_cost_report_names_failures_and_the_target(tmp_path: Path) -> None:
 
 
 def test_latency_overhead_is_per_exchange_beyond_the_slowest_training() -> None:
-    records = [{"seconds": 30.0, "sites": {"a": {"seconds": 1.0}}},
-               {"seconds": 14.0, "sites": {"a": {"seconds": 1.0}, "b": {"seconds": 2.0}}},
-               {"seconds": 10.0, "sites": {"a": {"seconds": 2.0}, "b": {"seconds": 2.0}}},
-               {"seconds": 40.0, "sites": {"a": {"seconds": 1.0}}}]
+    records = [RoundRecord.model_validate(r) for r in (
+        {"round": 1, "seconds": 30.0, "sites": {"a": {"status": "ok", "seconds": 1.0}}},
+        {"round": 2, "seconds": 14.0, "sites": {"a": {"status": "ok", "seconds": 1.0},
+                                                "b": {"status": "ok", "seconds": 2.0}}},
+        {"round": 3, "seconds": 10.0, "sites": {"a": {"status": "ok", "seconds": 2.0},
+                                                "b": {"status": "ok", "seconds": 2.0}}},
+        {"round": 4, "seconds": 40.0, "sites": {"a": {"status": "ok", "seconds": 1.0}}})]
     row = latency._overhead({"secure_aggregation": True, "hospitals": 2}, records)
     assert row["exchanges_per_round"] == 4
     assert row["overhead_per_round_trip_seconds"] == 2.5  # median of 12/4 and 8/4

@@ -22,6 +22,33 @@ def test_help_explains_itself(command: list[str]) -> None:
     assert "Usage" in result.output and len(result.output) > 300
 
 
+COMMANDS = [["demo-data"], ["validate-data"], ["simulate"], ["privacy"], ["server"],
+            ["client"], ["keys", "init"], ["keys", "hospital"]]
+
+
+@pytest.mark.parametrize("width", [80, 100])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_paragraphs_wrap_evenly_at_any_width(command: list[str], width: int) -> None:
+    """Each paragraph of a command's help fills the terminal's lines (no docstring line break
+    leaves a ragged short line mid-sentence), and nothing runs past the width."""
+    import itertools
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "fedmm", *command, "--help"],
+                            capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": str(width), "TERM": "dumb"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= width for line in lines)
+    prose = lines[lines.index(next(x for x in lines if x.strip().startswith("Usage"))) + 2:
+                  next(i for i, x in enumerate(lines) if x.startswith(("╭", "+")))]
+    for line, following in itertools.pairwise(prose):
+        if line.strip() and following.strip():  # a line the same paragraph goes on after
+            assert len(line.rstrip()) > width - 25, (line, following)
+
+
 def test_demo_data_then_validate(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "--sites", "2",
                                  "--samples-per-site", "12", "--test-samples", "0"])

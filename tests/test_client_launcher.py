@@ -93,7 +93,7 @@ def test_a_refused_key_is_retried_for_the_registration_wait_then_named(
     refusing = tmp_path / "flower-supernode"
     refusing.write_text("#!/bin/sh\necho 'Exit Code: 305'\nexit 1\n")
     refusing.chmod(0o755)
-    monkeypatch.setattr(launcher_module, "supernode_command", lambda _: [str(refusing)])
+    monkeypatch.setattr(launcher_module, "supernode_command", lambda **_: [str(refusing)])
     monkeypatch.setattr(launcher_module, "RESTART_PAUSE_S", 0.1)
     (tmp_path / "site").mkdir()
     settings = ClientSettings(data_dir=tmp_path / "site", server="127.0.0.1:9", ca=tmp_path / "ca",

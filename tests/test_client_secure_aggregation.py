@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from client.app import make_client_app
 from client.secure_aggregation import register_secure_aggregation
 from common.config import RunConfig
+from common.records import to_records
 from common.secagg import messages
 from simulations.demo_data import DEMO_POLICY
 from tests.inprocess import InProcessSites
@@ -37,7 +38,7 @@ def test_a_stage_out_of_order_is_refused_without_training(site_copy) -> None:
     app = ClientApp()
     register_secure_aggregation(app, site_dirs=None, train=lambda *a: calls.append(a))
     sites = InProcessSites(app, [site_copy], RunConfig())
-    extra = {1: messages.to_records(messages.MaskedInputRequest(ciphertexts={}))}
+    extra = {1: to_records(messages.MaskedInputRequest(ciphertexts={}))}
     [reply] = sites.exchange(sites.nodes, messages.MASKED_INPUT, None, extra)
     assert reply.status == "failed" and reply.code == "secagg-out-of-order"
     assert calls == []
@@ -58,15 +59,13 @@ from pathlib import Path
 import numpy as np
 import numpy as np
 from flwr.clientapp import ClientApp
-from client.local_round import LocalRound
 from client.secure_aggregation import register_secure_aggregation
 from common.config import RunConfig
 from server.secure_aggregation import SecureAggregation
-from tests.inprocess import InProcessSites
+from tests.inprocess import InProcessSites, trained
 
 def train(msg, site, config):
-    return LocalRound(site.site_id, "ok", metrics={{"num-examples": 10}},
-                      update={{"w": np.ones(3, np.float32)}})
+    return trained(site.site_id, {{"w": np.ones(3, np.float32)}}, 10)
 
 app = ClientApp()
 register_secure_aggregation(app, site_dirs=None, train=train)

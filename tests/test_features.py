@@ -77,6 +77,41 @@ def test_second_read_reuses_the_cache_and_a_changed_file_is_encoded_again(
     np.testing.assert_array_equal(after.images[unchanged], first.images[unchanged])
 
 
+def test_unchanged_images_are_not_read_again_but_a_copy_with_their_times_is(
+        site: Path, tmp_path: Path, encoders: PretrainedEncoders,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stat index: a file whose size, mtime, ctime and inode are as when it was hashed is
+    not read; `cp -p` (same size and mtime, new ctime and inode) is hashed and encoded again."""
+    import os
+    import shutil
+
+    cache = tmp_path / "cache"
+    data = load_site(site, DataConfig())
+    first, _ = attach_features(data, PRETRAINED, cache, encoders)
+    reads: list[Path] = []
+    real = Path.read_bytes
+
+    def counting(path: Path) -> bytes:
+        if path.suffix == ".png":
+            reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    _, report = attach_features(data, PRETRAINED, cache, None)
+    assert reads == [] and report.encoded == {"image": 0, "text": 0}
+
+    target = site / "images" / f"{data.sample_ids[2]}.png"
+    other = site / "images" / f"{data.sample_ids[3]}.png"
+    replacement = tmp_path / "same-size.png"
+    shutil.copyfile(other, replacement)
+    before = target.stat()
+    os.replace(replacement, target)  # other picture, new inode and ctime
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # mtime as before
+    after, report = attach_features(load_site(site, DataConfig()), PRETRAINED, cache, None)
+    assert reads == [target] and report.encoded == {"image": 0, "text": 0}  # known content
+    np.testing.assert_array_equal(after.images[2], first.images[3])
+
+
 def test_the_cache_is_per_encoder_version(site: Path, tmp_path: Path,
                                           encoders: PretrainedEncoders) -> None:
     cache = tmp_path / "cache"

@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import numpy as np
+from flwr.app import RecordDict
 
+from common import wire
 from common.config import RunConfig
-from server.callbacks import RunState
+from common.records import to_records
 from server.federation import Federation
 from server.optimizers import build_server_optimizer
 from server.replies import SiteReply, TrainOutcome
+from server.run_folder import RunFolder
+from server.run_state import RunState
+
+
+def state_for(config: RunConfig, tmp_path) -> RunState:
+    return RunState(config=config, folder=RunFolder(tmp_path), run_id="r",
+                    weights={"w": np.ones(3, np.float32)},
+                    optimizer=build_server_optimizer(config.training))
 
 
 def setup(tmp_path, **training):
     config = RunConfig.model_validate({"training": {"min_sites": 2, **training}})
     federation = Federation(grid=None, config=config, run_dir=tmp_path, callbacks=[])
-    state = RunState(config=config, run_dir=tmp_path, run_id="r",
-                     weights={"w": np.ones(3, np.float32)},
-                     optimizer=build_server_optimizer(config.training))
-    return federation, state
+    return federation, state_for(config, tmp_path)
+
+
+def report(examples: int = 10) -> RecordDict:
+    return RecordDict(to_records(wire.TrainReport(num_examples=examples, train_loss=0.5,
+                                                  steps=1, skipped_rows=0, seconds=0.1)))
 
 
 def reply(site: str, status: str = "ok", code: str = "") -> SiteReply:
-    return SiteReply(1, site, status, code, "", {"num-examples": 10}, {}, None)
+    return SiteReply(1, site, status, code, "", None, report())
+
+
+def aggregate(federation: Federation, state: RunState, outcome: TrainOutcome):
+    record = federation._record_round(state, outcome)
+    federation._step_global_model(state, outcome, record)
+    return record
 
 
 def test_an_aborted_secure_round_keeps_the_previous_model_and_says_why(tmp_path) -> None:
@@ -29,25 +47,25 @@ def test_an_aborted_secure_round_keeps_the_previous_model_and_says_why(tmp_path)
     note = "secure aggregation aborted: only 1 of 3 clients sent masked input; global model kept"
     outcome = TrainOutcome([reply("a"), reply("b", "failed", "no-reply")], None, 0, note=note,
                            details={"clients": 3, "threshold": 2})
-    record = federation._aggregate(state, outcome)
-    assert record["aggregated"] is False and record["note"] == note
-    assert record["secure_aggregation"] == {"clients": 3, "threshold": 2}
+    record = aggregate(federation, state, outcome)
+    assert record.aggregated is False and record.note == note
+    assert record.secure_aggregation == {"clients": 3, "threshold": 2}
     assert np.array_equal(state.weights["w"], np.ones(3, np.float32))
 
 
 def test_fewer_contributors_than_min_sites_keep_the_model(tmp_path) -> None:
     federation, state = setup(tmp_path)
     outcome = TrainOutcome([reply("a")], {"w": np.full(3, 0.5, np.float32)}, 1)
-    record = federation._aggregate(state, outcome)
-    assert record["aggregated"] is False and "min_sites 2" in record["note"]
+    record = aggregate(federation, state, outcome)
+    assert record.aggregated is False and "min_sites 2" in record.note
     assert np.array_equal(state.weights["w"], np.ones(3, np.float32))
 
 
 def test_a_non_finite_aggregate_is_rejected(tmp_path) -> None:
     federation, state = setup(tmp_path)
     outcome = TrainOutcome([reply("a"), reply("b")], {"w": np.full(3, np.nan, np.float32)}, 2)
-    record = federation._aggregate(state, outcome)
-    assert record["aggregated"] is False and "not finite" in record["note"]
+    record = aggregate(federation, state, outcome)
+    assert record.aggregated is False and "not finite" in record.note
     assert np.array_equal(state.weights["w"], np.ones(3, np.float32))
 
 
@@ -55,34 +73,33 @@ def test_plain_updates_are_screened_one_by_one(tmp_path) -> None:
     config = RunConfig.model_validate({"training": {"min_sites": 2},
                                        "secure_aggregation": {"enabled": False}})
     federation = Federation(grid=None, config=config, run_dir=tmp_path, callbacks=[])
-    state = RunState(config=config, run_dir=tmp_path, run_id="r",
-                     weights={"w": np.ones(3, np.float32)},
-                     optimizer=build_server_optimizer(config.training))
+    state = state_for(config, tmp_path)
     updates = {"a": {"w": np.array([0.5, 0.5, 0.5], np.float32)},
                "b": {"w": np.array([0.5, 20.0, -30.0], np.float32)},  # beyond ±8
                "c": {"w": np.array([0.5, np.nan, 0.5], np.float32)},
                "d": {"w": np.ones(4, np.float32)},
                "e": {"v": np.ones(3, np.float32)}}
     federation._exchange = lambda nodes, kind, state, arrays, extra=None: [
-        SiteReply(i, site, "ok", "", "", {"num-examples": 10}, {}, update)
+        SiteReply(i, site, "ok", "", "", update, report())
         for i, (site, update) in enumerate(updates.items())]
-    outcome = federation._train(state, [0, 1, 2, 3, 4])
-    record = federation._aggregate(state, outcome)
-    sites = record["sites"]
-    assert outcome.contributors == 2 and record["aggregated"] is True
-    assert sites["a"] == {"status": "ok", "num_examples": 10, "out_of_range": 0}
-    assert sites["b"]["out_of_range"] == 2
-    assert sites["c"]["code"] == "non-finite" and sites["c"]["status"] == "rejected"
-    assert sites["d"]["code"] == "bad-shape" and "shape (4,)" in sites["d"]["reason"]
-    assert sites["e"]["code"] == "bad-shape" and "'v'" in sites["e"]["reason"]
+    outcome = federation._collect_mean_update(state, [0, 1, 2, 3, 4])
+    record = aggregate(federation, state, outcome)
+    sites = record.sites
+    assert outcome.contributors == 2 and record.aggregated is True
+    assert sites["a"].status == "ok" and sites["a"].num_examples == 10
+    assert sites["a"].out_of_range == 0 and sites["a"].code is None
+    assert sites["b"].out_of_range == 2
+    assert sites["c"].code == "non-finite" and sites["c"].status == "rejected"
+    assert sites["d"].code == "bad-shape" and "shape (4,)" in sites["d"].reason
+    assert sites["e"].code == "bad-shape" and "'v'" in sites["e"].reason
     assert np.isfinite(state.weights["w"]).all()
 
 
 def test_a_usable_mean_moves_the_model(tmp_path) -> None:
     federation, state = setup(tmp_path)
     outcome = TrainOutcome([reply("a"), reply("b")], {"w": np.full(3, 0.5, np.float32)}, 2)
-    record = federation._aggregate(state, outcome)
-    assert record["aggregated"] is True and record["sites_ok"] == 2
+    record = aggregate(federation, state, outcome)
+    assert record.aggregated is True and record.sites_ok == 2
     assert np.allclose(state.weights["w"], 1.5)
 
 

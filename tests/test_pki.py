@@ -8,8 +8,10 @@ from common.pki import (
     KeyFileError,
     check_private_key,
     check_public_key,
+    hospital_key,
     hospital_names,
     init_keys,
+    make_loopback_tls,
 )
 
 
@@ -58,3 +60,46 @@ def test_wrong_key_files_are_named(tmp_path) -> None:
         check_private_key(layout.hospital_public("a"))
     with pytest.raises(KeyFileError, match="not found"):
         check_public_key(tmp_path / "missing.pub")
+
+
+def test_a_hospital_makes_its_own_key_pair(tmp_path) -> None:
+    private, public = hospital_key(tmp_path / "mine", name="st-mary")
+    check_private_key(private)
+    check_public_key(public)
+    assert (private.name, public.name) == ("st-mary.key", "st-mary.pub")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    with pytest.raises(KeyFileError, match="already exists"):
+        hospital_key(tmp_path / "mine", name="st-mary")
+
+
+def test_replacing_a_key_never_follows_a_planted_symlink(tmp_path) -> None:
+    """--force renames a fresh 0600 file over the path: a symlink planted there is replaced,
+    not written through (and no moment passes with the key under another mode)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    victim.chmod(0o644)
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    (folder / "h.key").symlink_to(victim)
+    private, _ = hospital_key(folder, name="h", force=True)
+    assert victim.read_text() == "keep me" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert not private.is_symlink() and stat.S_IMODE(private.lstat().st_mode) == 0o600
+    check_private_key(private)
+
+
+def test_keys_init_without_hospitals_makes_only_the_ca_and_server(tmp_path) -> None:
+    layout = init_keys(tmp_path, server_hosts=["fl.example.org"], hospitals=[])
+    assert layout.ca_cert.is_file() and layout.server_key.is_file()
+    assert not (tmp_path / "hospitals").exists()
+
+
+def test_the_loopback_certificate_names_127_0_0_1(tmp_path) -> None:
+    tls = make_loopback_tls(tmp_path / "tls")
+    ca = x509.load_pem_x509_certificate(tls.ca_cert.read_bytes())
+    cert = x509.load_pem_x509_certificate(tls.cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert stat.S_IMODE((tmp_path / "tls").stat().st_mode) == 0o700
+    assert stat.S_IMODE(tls.key.stat().st_mode) == 0o600

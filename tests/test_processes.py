@@ -17,8 +17,10 @@ from common.processes import (
 )
 
 
-def test_flower_processes_get_a_quiet_own_environment(tmp_path) -> None:
+def test_flower_processes_get_a_quiet_own_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FLWR_INTERNAL_GRPC_CONTROL_API", "1")  # would open 0.0.0.0:9093
     env = flower_env(tmp_path / "home")
+    assert not [k for k in env if k.startswith("FLWR_INTERNAL_")]
     assert env["FLWR_HOME"] == str(tmp_path / "home") and (tmp_path / "home").is_dir()
     assert all(env[k] == v for k, v in QUIET_ENV.items())
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)

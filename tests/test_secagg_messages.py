@@ -1,11 +1,12 @@
 import numpy as np
 from flwr.app import RecordDict
 
+from common.records import from_records, to_records
 from common.secagg import messages
 
 
 def roundtrip(message):
-    return messages.from_records(type(message), RecordDict(messages.to_records(message)))
+    return from_records(type(message), RecordDict(to_records(message)))
 
 
 def test_every_stage_message_survives_the_record_form() -> None:

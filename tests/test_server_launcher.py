@@ -2,8 +2,8 @@ import pytest
 
 from common.config import RunConfig
 from common.pki import init_keys
-from server.deployment import RUN_CONFIG_NAME
 from server.launcher import DeploymentError, ServerLauncher, ServerSettings
+from server.run_folder import RunFolder
 
 
 def launcher(tmp_path, **settings) -> ServerLauncher:
@@ -27,18 +27,13 @@ def test_resume_needs_the_same_configuration(tmp_path) -> None:
     with pytest.raises(DeploymentError, match="no run to resume"):
         launcher(tmp_path, resume=True).prepare_run_dir()
     launcher(tmp_path).prepare_run_dir()
-    assert RunConfig.from_json((tmp_path / "run" / RUN_CONFIG_NAME).read_text()) == RunConfig()
+    assert RunConfig.from_json(RunFolder(tmp_path / "run").run_config.read_text()) == RunConfig()
     launcher(tmp_path, resume=True).prepare_run_dir()
     other = ServerLauncher(ServerSettings(run_dir=tmp_path / "run", certs=tmp_path,
                                           allowed=[], resume=True),
                            RunConfig.model_validate({"training": {"rounds": 3}}))
     with pytest.raises(DeploymentError, match="another configuration"):
         other.prepare_run_dir()
-
-
-def test_the_local_address_replaces_a_wildcard_host(tmp_path) -> None:
-    assert launcher(tmp_path, host="0.0.0.0", port=9).settings.local_address == "127.0.0.1:9"
-    assert launcher(tmp_path, host="10.0.0.5", port=9).settings.local_address == "10.0.0.5:9"
 
 
 def test_a_failing_flwr_call_reports_its_last_line(tmp_path, monkeypatch) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from common import wire
+from common.records import to_records
 from server.replies import POLL_INTERVAL_S, send_and_parse
 
 
@@ -33,9 +35,10 @@ class SlowGrid:
             message = self.pushed[message_id]
             node = message.metadata.dst_node_id
             if node == self.asks:
-                content = RecordDict({"status": ConfigRecord({"status": "ok",
-                                                              "site-id": f"site-{node}"}),
-                                      "metrics": MetricRecord({"num-examples": node})})
+                content = RecordDict({
+                    **to_records(wire.Status(site_id=f"site-{node}", status="ok")),
+                    **to_records(wire.EvaluationReport(num_examples=node, loss=0.0,
+                                                       accuracy=1.0))})
                 reply = Message(content, reply_to=message)
                 reply.metadata.__dict__["_src_node_id"] = node
                 ready.append(reply)
@@ -53,11 +56,13 @@ def inside_a_server_app(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_replies_are_collected_across_asks_and_silent_nodes_are_named() -> None:
     grid = SlowGrid()
     started = time.monotonic()
-    replies = send_and_parse(grid, [1, 2, 99], "train", config={"round": 1}, arrays=None,
+    config = wire.RoundConfig(run_config="{}", round=1, run_id="r")
+    replies = send_and_parse(grid, [1, 2, 99], "evaluate", config=config, arrays=None,
                              extra=None, timeout=1.0, group_id="1",
                              site_of={1: "site-1", 2: "site-2", 99: "site-99"})
     waited = time.monotonic() - started
     assert [(r.site_id, r.status, r.code) for r in replies] == [
         ("site-1", "ok", ""), ("site-2", "ok", ""), ("site-99", "failed", "no-reply")]
-    assert replies[1].metrics == {"num-examples": 2}
+    assert replies[1].read(wire.EvaluationReport).num_examples == 2
+    assert grid.pushed["m0"].content["config"]["round"] == 1
     assert grid.asks >= 1.0 / POLL_INTERVAL_S - 1 and waited < 2.0  # asked often, until timeout

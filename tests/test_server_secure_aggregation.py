@@ -14,7 +14,7 @@ from common.secagg import messages
 from common.secagg.encoding import RingEncoding
 from common.serialization import flatten
 from server.secure_aggregation import SecureAggregation
-from tests.inprocess import InProcessSites
+from tests.inprocess import InProcessSites, trained
 
 SHAPES = {"a.weight": (6, 5), "b.bias": (7,)}
 COUNTS = {"site-1": 100, "site-2": 250, "site-3": 40, "site-4": 400}
@@ -26,8 +26,7 @@ def update_of(site_id: str) -> dict[str, np.ndarray]:
 
 
 def fake_train(msg: Message, site, config) -> LocalRound:
-    return LocalRound(site.site_id, "ok", metrics={"num-examples": COUNTS[site.site_id]},
-                      update=update_of(site.site_id))
+    return trained(site.site_id, update_of(site.site_id), COUNTS[site.site_id])
 
 
 @pytest.fixture

@@ -52,3 +52,30 @@ def test_corrupt_cache_entry_is_rebuilt_and_folder_errors_still_raise(
     (site_copy / "manifest.csv").unlink()
     with pytest.raises(SiteDataError, match="missing"):
         load_site_cached(site_copy, CONFIG, cache)
+
+
+def test_a_load_reads_the_manifest_once(site_copy, monkeypatch) -> None:
+    from pathlib import Path
+
+    from common.config import RunConfig
+    from common.model_inputs import load_model_inputs
+
+    reads: list[str] = []
+    real_text, real_bytes = Path.read_text, Path.read_bytes
+
+    def text(path: Path, *args, **kwargs):
+        if path.name == "manifest.csv":
+            reads.append("text")
+        return real_text(path, *args, **kwargs)
+
+    def raw(path: Path):
+        if path.name == "manifest.csv":
+            reads.append("bytes")
+        return real_bytes(path)
+
+    monkeypatch.setattr(Path, "read_text", text)
+    monkeypatch.setattr(Path, "read_bytes", raw)
+    for _ in range(2):  # a fresh read, then one from the cache
+        reads.clear()
+        load_model_inputs(site_copy, RunConfig())
+        assert reads == ["text"]

@@ -1,4 +1,5 @@
-"""The SuperNode entry point: Flower's idle poll is capped, everything else is Flower's."""
+"""The SuperNode entry point: its runtime API on a Unix socket, Flower's idle poll capped,
+everything else Flower's."""
 
 from __future__ import annotations
 
@@ -33,9 +34,25 @@ def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not supernode.patch_idle_poll(0.5)  # already replaced: left alone
 
 
-def test_it_is_flower_supernode_underneath() -> None:
-    result = subprocess.run([sys.executable, "-m", "client.supernode", "--idle-poll", "1",
-                             "--help"],
+def test_it_is_flower_supernode_underneath(tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-m", "client.supernode", "--runtime-socket",
+                             str(tmp_path / "api.sock"), "--idle-poll", "1", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "--superlink" in result.stdout and "--auth-supernode-private-key" in result.stdout
+
+
+def test_it_never_starts_without_its_socket() -> None:
+    result = subprocess.run([sys.executable, "-m", "client.supernode", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "--runtime-socket PATH is required" in result.stderr
+
+
+def test_the_runtime_api_start_is_replaced(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import importlib
+
+    cli = importlib.import_module("flwr.supernode.cli.flower_supernode")
+    monkeypatch.setattr(cli, "_start_supernode_http_api", cli._start_supernode_http_api)
+    original = cli._start_supernode_http_api
+    supernode.patch_runtime_socket(tmp_path / "api.sock")
+    assert cli._start_supernode_http_api is not original

@@ -1,0 +1,157 @@
+"""The layout of a run folder, and the typed record each round writes into it.
+
+Every name inside a run folder is defined here and nowhere else::
+
+    metrics.jsonl                one RoundRecord (JSON) a round, appended durably
+    summary.json                 written last: its presence means the run completed
+    checkpoints/                 round-NNNN.safetensors, the last three (server/checkpoint.py)
+    model.safetensors            the final global model
+    model_config.json            the config that builds it
+    report/report.md, *.png      the end-of-run report (server/report.py)
+    centralized.json             the pooled-data reference (``--centralized``)
+    run_config.json              deployments: the validated run config the ServerApp reads
+    run_failed.txt               deployments: why a run stopped
+    logs/                        Flower's logs; serverapp-error.log when the ServerApp failed
+    .flwr/                       FLWR_HOME of the processes this run started
+
+:meth:`RunFolder.rounds` is the one reader of ``metrics.jsonl``: it stops at a torn last line
+(a crash mid-append) instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked; the message says what to pass instead."""
+
+
+class SiteRound(BaseModel):
+    """One site in one round, as the server saw it."""
+
+    model_config = ConfigDict(extra="ignore")
+    status: str
+    code: str | None = None
+    reason: str | None = None
+    epsilon: float | None = None
+    train_loss: float | None = None
+    num_examples: int | None = None
+    seconds: float | None = None
+    noise_multiplier: float | None = None
+    skipped_rows: int | None = None
+    secagg_clipped: int | None = None
+    out_of_range: int | None = None
+    grad_sample_mode: str | None = None
+
+
+class RoundRecord(BaseModel):
+    """What ``metrics.jsonl`` holds for one round."""
+
+    model_config = ConfigDict(extra="ignore")
+    round: int
+    sites: dict[str, SiteRound] = {}
+    sites_ok: int = 0
+    aggregated: bool = False
+    note: str | None = None
+    secure_aggregation: dict[str, Any] | None = None
+    epsilon_max: float | None = None
+    loss: float | None = None
+    accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    seconds: float = 0.0
+
+    def to_line(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def model_config(self) -> Path:
+        return self.root / "model_config.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report(self) -> Path:
+        return self.report_dir / "report.md"
+
+    @property
+    def centralized(self) -> Path:
+        return self.root / "centralized.json"
+
+    @property
+    def run_config(self) -> Path:
+        return self.root / "run_config.json"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "run_failed.txt"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def serverapp_error_log(self) -> Path:
+        return self.logs / "serverapp-error.log"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / ".flwr"
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse to mix runs in one folder: an existing run needs ``resume`` (continue it)
+        or ``overwrite`` (delete it first)."""
+        if resume and overwrite:
+            raise RunFolderError("--resume and --overwrite contradict each other; pick one")
+        if self.root.exists() and any(self.root.iterdir()) and not (resume or overwrite):
+            raise RunFolderError(f"--out {self.root} already holds a run; pass --resume to "
+                                 "continue it or --overwrite to replace it")
+        if overwrite and self.root.exists():
+            shutil.rmtree(self.root)
+
+    def rounds(self) -> list[RoundRecord]:
+        """Every complete round record, in order; a torn or unreadable line ends the list."""
+        if not self.metrics.is_file():
+            return []
+        records = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                records.append(RoundRecord.model_validate(json.loads(line)))
+            except (json.JSONDecodeError, ValidationError):
+                break  # a torn last line from a crash: drop it and what follows
+        return records
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary.read_text(encoding="utf-8"))
