@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,8 +32,10 @@ from typing import Any
 from client import site
 from common import processes
 from common.atomic import atomic_write_bytes, atomic_write_text
+from common.config import ConfigError
 from common.file_safety import UnsafePathError, check_not_writable_by_others, own_private_folder
 from common.pki import check_private_key
+from common.secagg.identity import IdentityError
 from common.site_state import SiteState
 
 RESTART_PAUSE_S = 5.0
@@ -97,7 +100,7 @@ def node_config(settings: ClientSettings) -> dict[str, str]:
     return site.node_config(
         data_dir=settings.data_dir.resolve(), state_dir=settings.state.root,
         policy_file=settings.policy.resolve() if settings.policy is not None else None,
-        site_id=settings.site_id)
+        site_id=settings.site_id, node_key=settings.key.resolve())
 
 
 def write_node_config(settings: ClientSettings) -> Path:
@@ -119,10 +122,14 @@ def _own_private_folder(path: Path) -> None:
 
 
 def check_site_paths(settings: ClientSettings) -> None:
-    """The data folder, the policy, the key and the CA certificate: no other account can
-    change them, or any folder above them (:mod:`common.file_safety`)."""
+    """The data folder, the policy, the roster, the key and the CA certificate: no other
+    account can change them, or any folder above them (:mod:`common.file_safety`)."""
     policy = settings.policy or settings.data_dir / site.POLICY_NAME
     paths = [settings.data_dir, settings.key, settings.ca, *([policy] if policy.exists() else [])]
+    with contextlib.suppress(ConfigError, IdentityError):  # reported where they are read
+        roster = site.resolve_site(node_config(settings), None).roster_dir
+        if roster is not None and roster.is_dir():
+            paths += [roster, *sorted(roster.glob("*.pub"))]
     for path in paths:
         try:
             if path.exists():

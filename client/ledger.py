@@ -1,10 +1,15 @@
-"""The site's privacy ledger: every DP-SGD step this site ran, per model, on disk.
+"""The site's privacy ledger: every DP mechanism this site ran, per model, on disk.
 
 One JSON file in the site's state folder. For each ``model_id`` it keeps the accountant history
-``[[σ, q, steps], ...]``, δ, ε spent and one entry per round served. A round is *reserved*
-(its steps
-written into the history) before training starts and marked *sent* (with the SHA-256 of the update)
-before the update leaves: a crash can over-count ε, never under-count it. Writes are atomic.
+``[[σ, q, steps], ...]``, δ, ε spent and one entry per round served: a training round's DP-SGD
+steps, or an evaluation's one Gaussian release ``[z, 1, 1]`` (``kind``). A round is *reserved*
+(its steps written into the history) before the work starts and marked *sent* (with the SHA-256
+of what left) before the reply leaves: a crash can over-count ε, never under-count it. Writes
+are atomic.
+
+The site's patients are the same whatever the server calls the model, so the budget that
+matters is the *total*: every model's history composed under one accountant
+(:meth:`PrivacyLedger.total_history`; RDP composes by concatenation).
 """
 
 from __future__ import annotations
@@ -39,7 +44,13 @@ class ModelSpend:
 
     @property
     def rounds_served(self) -> int:
-        return sum(1 for entry in self.rounds if entry.get("status") == "sent")
+        return sum(1 for entry in self.rounds
+                   if entry.get("status") == "sent" and entry.get("kind", "train") == "train")
+
+    @property
+    def evaluations_released(self) -> int:
+        return sum(1 for entry in self.rounds
+                   if entry.get("status") == "sent" and entry.get("kind") == "evaluate")
 
 
 class PrivacyLedger:
@@ -83,6 +94,10 @@ class PrivacyLedger:
         spend = self.spend(model_id)
         return [] if spend is None else [list(h) for h in spend.history]
 
+    def total_history(self) -> list[list[float]]:
+        """Every model's history, one after the other: the site's whole spend."""
+        return [list(h) for spend in self.models() for h in spend.history]
+
     def reserve(
         self,
         *,
@@ -94,8 +109,9 @@ class PrivacyLedger:
         steps: int,
         delta: float,
         accountant: str,
+        kind: str = "train",
     ) -> float:
-        """Record the round's steps as spent (before training). Returns ε after them."""
+        """Record the round's steps as spent (before the work). Returns ε after them."""
         data = self._read()
         entry = data["models"].setdefault(
             model_id,
@@ -108,7 +124,7 @@ class PrivacyLedger:
         entry["epsilon"] = epsilon_for_history(entry["history"], delta=delta,
                                                accountant=accountant)
         entry["rounds"].append({
-            "run_id": run_id, "round": round_number, "status": "reserved",
+            "run_id": run_id, "round": round_number, "kind": kind, "status": "reserved",
             "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps,
             "epsilon_after": entry["epsilon"], "time": time.time(),
         })
@@ -116,12 +132,13 @@ class PrivacyLedger:
         return float(entry["epsilon"])
 
     def mark(self, *, model_id: str, run_id: str, round_number: int, status: str,
-             sha256: str = "", detail: str = "") -> None:
-        """Mark the newest reserved entry of (run, round) as ``sent`` or failed."""
+             sha256: str = "", detail: str = "", kind: str = "train") -> None:
+        """Mark the newest reserved entry of (run, round, kind) as ``sent`` or failed."""
         data = self._read()
         rounds = data["models"][model_id]["rounds"]
         for entry in reversed(rounds):
-            if entry["run_id"] == run_id and entry["round"] == round_number:
+            if entry["run_id"] == run_id and entry["round"] == round_number and \
+                    entry.get("kind", "train") == kind:
                 entry.update(status=status, sha256=sha256, detail=detail, time=time.time())
                 break
         else:

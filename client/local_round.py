@@ -4,7 +4,12 @@
 Δ = w_local − w_global, up to (not including) what is sent. The caller decides what leaves (the
 update itself, or its masked encoding under secure aggregation) and marks the ledger entry sent
 with that payload's SHA-256 (``mark_sent``) before replying. :func:`evaluate_round`: the model's
-metrics on the site's validation split.
+metrics on the site's own validation split (:mod:`client.validation`), through the policy's DP
+mechanism in DP runs (:mod:`client.private_evaluation`), with the same policy and budget rules.
+
+Every budget check weighs two figures: ε for this ``model_id`` (``max_epsilon``) and the site's
+total over all models (``max_total_epsilon``), so a new model name never resets the patients'
+budget.
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ from typing import Any
 from flwr.app import Message
 
 from client.ledger import PrivacyLedger
-from client.policy import RoundRequest, check_round
+from client.policy import RoundRequest, check_evaluation, check_round
 from client.replies import EXPECTED_FAILURES, failure_code, reply, status
 from client.site import Site
+from client.validation import site_split
 from common import wire
 from common.config import RunConfig
 from common.model_inputs import load_model_inputs
+from common.randomness import RandomStream, derive_seed
 from common.records import from_records
 from common.serialization import Weights, all_finite, from_record
-from common.sitedata import split_train_validation as split
 
 
 @dataclass
@@ -59,18 +65,20 @@ class LocalRound:
         return reply(msg, *messages, **records)
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from the run seed and names (simulation only)."""
-    text = "/".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") >> 1
-
-
 def site_seed(site: Site, config: RunConfig, *parts: object) -> int:
     """Simulation: reproducible from the run seed. Deployment: from the OS CSPRNG, so nobody
     who knows the run configuration can predict (and subtract) this site's randomness."""
     if site.simulated:
         return derive_seed(config.training.seed, site.site_id, *parts)
     return int.from_bytes(os.urandom(8), "big") >> 1
+
+
+def site_stream(site: Site, config: RunConfig, *parts: object) -> RandomStream:
+    """The DP randomness of one job: a ChaCha20 stream keyed from the OS CSPRNG in deployment,
+    from the run seed in simulation (reproducible; research only)."""
+    if site.simulated:
+        return RandomStream.from_seed(config.training.seed, site.site_id, *parts)
+    return RandomStream.fresh()
 
 
 @dataclass(frozen=True)
@@ -100,21 +108,130 @@ def train_round(inputs: RoundInputs, site: Site, config: RunConfig, *,
         return LocalRound(site.site_id, "failed", code=failure_code(error), reason=str(error))
 
 
-def evaluate_round(weights: Weights, site: Site, config: RunConfig, *,
-                   threads: int | None = None) -> wire.EvaluationReport:
-    """Loss / accuracy (AUROC for two classes) of ``weights`` on the site's validation split."""
-    import torch
+@dataclass
+class LocalEvaluation:
+    """What one evaluation produced: a report, or why there is none."""
 
-    from common.evaluation import evaluate_weights
+    site_id: str
+    status: wire.SiteStatus
+    code: str = ""
+    reason: str = ""
+    report: wire.EvaluationReport | None = None
+    spend: wire.Spend | None = None
+
+    def reply(self, msg: Message) -> Message:
+        messages: list[Any] = [status(self.site_id, self.status, code=self.code,
+                                      reason=self.reason)]
+        messages += [m for m in (self.report, self.spend) if m is not None]
+        return reply(msg, *messages)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """ε before and after a planned mechanism, for this model and over all models."""
+
+    history: list[list[float]]
+    spent: float
+    after: float
+    total_after: float
+
+
+def _budget(ledger: PrivacyLedger, config: RunConfig, planned: list[list[float]]) -> Budget:
+    from common.privacy import epsilon_for_history
+
+    privacy = config.privacy
+    history = ledger.history(config.model_id)
+
+    def epsilon(entries: list[list[float]]) -> float:
+        return epsilon_for_history(entries, delta=privacy.delta, accountant=privacy.accountant)
+
+    spent = epsilon(history)
+    if not privacy.enabled:
+        return Budget(history, spent, spent, 0.0)
+    return Budget(history, spent, epsilon([*history, *planned]),
+                  epsilon([*ledger.total_history(), *planned]))
+
+
+def _request(config: RunConfig, budget: Budget, noise_multiplier: float) -> RoundRequest:
+    privacy = config.privacy
+    return RoundRequest(
+        private=privacy.enabled, delta=privacy.delta, noise_multiplier=noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm, modalities=config.model.modalities,
+        epsilon_spent=budget.spent, epsilon_after=budget.after, model_id=config.model_id,
+        total_epsilon_after=budget.total_after)
+
+
+def planned_evaluation_noise(site: Site, validation_rows: int) -> float | None:
+    """The noise multiplier of the evaluation releases this site will make in a DP run (None
+    when it will make none), so training leaves room for them in ``target_epsilon``."""
+    if validation_rows < site.policy.min_eval_rows:
+        return None
+    return site.policy.evaluation_noise_multiplier
+
+
+def evaluate_round(inputs: RoundInputs, site: Site, config: RunConfig, *,
+                   threads: int | None = None) -> LocalEvaluation:
+    """The model's validation sums at ``site`` (a refusal or failure is a normal result)."""
+    import torch
 
     if threads:
         torch.set_num_threads(threads)
-    _, validation = split(load_model_inputs(site.data_dir, config, site.state),
-                          config.data.validation_fraction)
-    metrics = evaluate_weights(config, weights, validation)
-    return wire.EvaluationReport(num_examples=int(metrics["num-examples"]),
-                                 loss=metrics["loss"], accuracy=metrics["accuracy"],
-                                 auroc=metrics.get("auroc"))
+    try:
+        return _evaluate(inputs, site, config)
+    except EXPECTED_FAILURES as error:
+        return LocalEvaluation(site.site_id, "failed", code=failure_code(error),
+                               reason=str(error))
+
+
+def _evaluate(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalEvaluation:
+    from client.private_evaluation import (
+        LOSS_BOUND,
+        ValidationSums,
+        gaussian_release,
+        history_entry,
+    )
+    from common.evaluation import evaluate_weights
+    from common.privacy import epsilon_for_history
+
+    privacy = config.privacy
+    _, validation = site_split(site, config, load_model_inputs(site.data_dir, config,
+                                                               site.state))
+    noise = site.policy.evaluation_noise_multiplier
+    planned = [history_entry(noise)] if privacy.enabled and noise is not None else []
+    ledger = PrivacyLedger(site.state_dir)
+    budget = _budget(ledger, config, planned)
+    refusal = check_evaluation(site.policy, _request(config, budget, noise or 0.0),
+                               len(validation))
+    if refusal is not None:
+        return LocalEvaluation(site.site_id, "refused", code=refusal.code,
+                               reason=refusal.reason,
+                               spend=wire.Spend(epsilon=budget.spent, history=budget.history))
+    entry = {"model_id": config.model_id, "run_id": inputs.run_id,
+             "round_number": inputs.round_number, "kind": "evaluate"}
+    if planned:
+        assert noise is not None
+        ledger.reserve(**entry, noise_multiplier=noise, sample_rate=1.0, steps=1,
+                       delta=privacy.delta, accountant=privacy.accountant)
+    metrics = evaluate_weights(config, inputs.global_weights, validation,
+                               loss_bound=LOSS_BOUND)
+    sums = ValidationSums(float(metrics["num-examples"]), float(metrics["correct"]),
+                          float(metrics["clipped-loss-sum"]))
+    if not planned:
+        return LocalEvaluation(site.site_id, "ok", report=wire.EvaluationReport(
+            count=sums.count, correct=sums.correct, loss_sum=sums.loss_sum,
+            loss_bound=LOSS_BOUND, private=False, auroc=metrics.get("auroc")))
+    assert noise is not None
+    released = gaussian_release(sums, noise_multiplier=noise, stream=site_stream(
+        site, config, inputs.round_number, "evaluation"))
+    report = wire.EvaluationReport(
+        count=released.count, correct=released.correct, loss_sum=released.loss_sum,
+        loss_bound=LOSS_BOUND, private=True, noise_multiplier=noise,
+        epsilon=epsilon_for_history([*budget.history, *planned], delta=privacy.delta,
+                                    accountant=privacy.accountant),
+        history=[list(h) for h in ledger.history(config.model_id)])
+    ledger.mark(**entry, status="sent", sha256=hashlib.sha256(
+        repr((report.count, report.correct, report.loss_sum)).encode()).hexdigest())
+    return LocalEvaluation(site.site_id, "ok", report=report)
 
 
 def _train(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
@@ -125,24 +242,18 @@ def _train(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
 
     round_number, run_id = inputs.round_number, inputs.run_id
     data = load_model_inputs(site.data_dir, config, site.state)
-    train_data, _ = split(data, config.data.validation_fraction)
+    train_data, validation = site_split(site, config, data)
     ledger = PrivacyLedger(site.state_dir)
-    history = ledger.history(config.model_id)
     plan = plan_round(len(train_data), config,
-                      noise_for_budget=NoiseMemo(site.state.noise_memo))
+                      noise_for_budget=NoiseMemo(site.state.noise_memo),
+                      evaluation_noise=planned_evaluation_noise(site, len(validation)))
     privacy = config.privacy
-    spent = epsilon_for_history(history, delta=privacy.delta, accountant=privacy.accountant)
-    planned = [*history, [plan.noise_multiplier, plan.sample_rate, plan.steps]]
-    after = (epsilon_for_history(planned, delta=privacy.delta, accountant=privacy.accountant)
-             if privacy.enabled else spent)
-    refusal = check_round(site.policy, RoundRequest(
-        private=privacy.enabled, delta=privacy.delta, noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=privacy.max_grad_norm, modalities=config.model.modalities,
-        epsilon_spent=spent, epsilon_after=after,
-    ))
+    budget = _budget(ledger, config, [[plan.noise_multiplier, plan.sample_rate, plan.steps]])
+    history = budget.history
+    refusal = check_round(site.policy, _request(config, budget, plan.noise_multiplier))
     if refusal is not None:
         return LocalRound(site.site_id, "refused", code=refusal.code, reason=refusal.reason,
-                          spend=wire.Spend(epsilon=spent, history=history))
+                          spend=wire.Spend(epsilon=budget.spent, history=history))
     entry = {"model_id": config.model_id, "run_id": run_id, "round_number": round_number}
     if privacy.enabled:
         ledger.reserve(**entry, noise_multiplier=plan.noise_multiplier,
@@ -151,7 +262,8 @@ def _train(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
     torch.manual_seed(site_seed(site, config, round_number))
     global_weights = inputs.global_weights
     result = train_local(config=config, global_weights=global_weights, data=train_data,
-                         plan=plan, history=history, mode_memo=site.state.grad_sample_memo)
+                         plan=plan, history=history, mode_memo=site.state.grad_sample_memo,
+                         stream=site_stream(site, config, round_number, "dp-sgd"))
     update = {name: result.weights[name] - global_weights[name] for name in global_weights}
     if not all_finite(update):
         if privacy.enabled:
@@ -159,7 +271,8 @@ def _train(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
         return LocalRound(site.site_id, "failed", code=wire.DIVERGED,
                           reason="training diverged (NaN/Inf); not sent")
     report = wire.TrainReport(
-        num_examples=result.num_examples, train_loss=result.train_loss, steps=result.steps,
+        num_examples=result.num_examples,
+        train_loss=None if privacy.enabled else result.train_loss, steps=result.steps,
         skipped_rows=len(data.issues), seconds=result.seconds,
         grad_sample_mode=result.grad_sample_mode)
     if privacy.enabled:

@@ -1,7 +1,10 @@
-"""What a site has spent, per model, against its own policy: the data behind ``fedmm privacy``.
+"""What a site has spent, per model and in total, against its own policy: the data behind
+``fedmm privacy``.
 
 ε is recomputed from the recorded accountant history (never just read back), so a hand-edited or
-stale ``epsilon`` field in the ledger cannot mislead; a disagreement is reported.
+stale ``epsilon`` field in the ledger cannot mislead; a disagreement is reported. The total
+composes every model's history (the same patients answer for all of them) and is reported at
+the smallest δ any model used, the most conservative reading.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def site_privacy_report(state_dir: Path, policy: SitePolicy) -> list[dict[str, A
             "max_epsilon": policy.max_epsilon,
             "epsilon_left": max(0.0, policy.max_epsilon - epsilon),
             "rounds_served": spend.rounds_served,
+            "evaluations_released": spend.evaluations_released,
             "rounds_interrupted": sum(1 for r in spend.rounds if r.get("status") == "reserved"),
             "noise_multiplier": float(last[0]),
             "sample_rate": float(last[1]),
@@ -37,3 +41,18 @@ def site_privacy_report(state_dir: Path, policy: SitePolicy) -> list[dict[str, A
             "history": spend.history,
         })
     return rows
+
+
+def site_total(state_dir: Path, policy: SitePolicy) -> dict[str, Any] | None:
+    """ε over all models together, against ``max_total_epsilon``; None before any spend."""
+    ledger = PrivacyLedger(state_dir)
+    models = ledger.models()
+    if not models:
+        return None
+    accountants = {spend.accountant for spend in models}
+    accountant = accountants.pop() if len(accountants) == 1 else "rdp"
+    delta = min(spend.delta for spend in models)
+    epsilon = epsilon_for_history(ledger.total_history(), delta=delta, accountant=accountant)
+    return {"epsilon": epsilon, "delta": delta, "accountant": accountant,
+            "models": len(models), "max_total_epsilon": policy.max_total_epsilon,
+            "epsilon_left": max(0.0, policy.max_total_epsilon - epsilon)}

@@ -13,14 +13,16 @@ from typing import Any
 from flwr.app import Context, Message, RecordDict
 
 from client.ledger import LedgerError
-from client.site import Site, resolve_site, site_label
+from client.site import Identities, Site, resolve_site, site_label
 from common import wire
 from common.config import ConfigError, RunConfig
 from common.features import MissingExtraError
 from common.records import RecordError, from_records, to_records
+from common.secagg.identity import IdentityError
 from common.sitedata import SiteDataError
 
-EXPECTED_FAILURES = (SiteDataError, ConfigError, LedgerError, MissingExtraError, RecordError)
+EXPECTED_FAILURES = (SiteDataError, ConfigError, LedgerError, MissingExtraError, RecordError,
+                     IdentityError)
 
 
 def reply(msg: Message, *messages: Any, **records: Any) -> Message:
@@ -39,7 +41,9 @@ def status(site_id: str, status: wire.SiteStatus, *, code: str = "",
 def failure_code(error: Exception) -> str:
     if isinstance(error, LedgerError):
         return wire.BAD_LEDGER
-    return wire.BAD_CONFIG if isinstance(error, ConfigError | RecordError) else wire.BAD_DATA
+    if isinstance(error, ConfigError | RecordError | IdentityError):
+        return wire.BAD_CONFIG
+    return wire.BAD_DATA
 
 
 def failure(msg: Message, site_id: str, error: Exception) -> Message:
@@ -50,9 +54,10 @@ def label(context: Context, site_dirs: Sequence[str] | None) -> str:
     return site_label(context.node_config, site_dirs)
 
 
-def read_request(msg: Message, context: Context, site_dirs: Sequence[str] | None
+def read_request(msg: Message, context: Context, site_dirs: Sequence[str] | None,
+                 identities: Identities | None = None
                  ) -> tuple[Site, wire.RoundConfig, RunConfig]:
     """The site this node serves, the message's round and the run configuration it carries."""
-    site = resolve_site(context.node_config, site_dirs)
+    site = resolve_site(context.node_config, site_dirs, identities)
     request = from_records(wire.RoundConfig, msg.content)
     return site, request, request.config()

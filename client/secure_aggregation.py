@@ -1,14 +1,17 @@
-"""The ClientApp's secure-aggregation stages (SecAgg+, :mod:`common.secagg`).
+"""The ClientApp's secure-aggregation stages: SecAgg+ with a consistency check
+(:mod:`common.secagg`).
 
-``train.secagg_setup`` → ``train.secagg_share_keys`` → ``train.secagg_masked_input`` →
-``train.secagg_unmask``. The protocol state (this round's private keys, seeds and the shares
-held for neighbours) lives in the node's ``context.state`` between messages, which stays on the
-hospital's machine. Local training runs inside the masked-input stage; its update is clipped,
-weighted, quantised into Z/2^32 and masked before anything leaves — no stage ever sends it
-unmasked. Stages other than masked input import neither torch nor Opacus.
+``train.secagg_setup`` → ``share_keys`` → ``masked_input`` → ``consistency`` → ``unmask``. The
+protocol state (this round's private keys, seeds and the shares held for neighbours) lives in the
+node's ``context.state`` between messages, which stays on the hospital's machine. The site signs
+with its node key and checks its peers against its own roster and thresholds
+(:meth:`client.site.Site.guards`). Local training runs inside the masked-input stage; its update
+is clipped, weighted, quantised into Z/2^32 and masked before anything leaves — no stage ever
+sends it unmasked. Stages other than masked input import neither torch nor Opacus.
 
-Fail closed: a stage out of order, a tampered share, a server asking for both shares of one
-client or a neighbourhood below the threshold gets a ``failed`` reply with a ``secagg-*`` code.
+Fail closed: a stage out of order, a tampered share, an unknown peer, a threshold below the
+site's bound, or a server that shows different survivor sets or models to different sites gets
+a ``failed`` reply with a ``secagg-*`` code.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from client.replies import EXPECTED_FAILURES, failure, label, read_request, reply, status
-from client.site import Site
+from client.site import Identities, Site
 from common import wire
 from common.config import RunConfig
 from common.records import RecordError, from_records, to_records
@@ -71,17 +74,19 @@ def _read(kind: type[T], msg: Message) -> T:
 
 
 def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | None,
-                                train: TrainFunction) -> None:
-    """Add the four stage handlers to ``app``; ``train`` runs one local round (the masked
+                                train: TrainFunction,
+                                identities: Identities | None = None) -> None:
+    """Add the five stage handlers to ``app``; ``train`` runs one local round (the masked
     input stage calls it and masks its update)."""
     def stage(name: str, step: Callable[[Message, Context, Site, RunConfig], Message]):
         def handler(msg: Message, context: Context) -> Message:
             try:
-                site, _, config = read_request(msg, context, site_dirs)
+                site, _, config = read_request(msg, context, site_dirs, identities)
+                guards = site.guards()
             except EXPECTED_FAILURES as error:
                 return failure(msg, label(context, site_dirs), error)
             try:
-                return step(msg, context, site, config)
+                return step(msg, context, site, config, guards)
             except protocol.SecAggError as error:
                 _save_state(context, {"stage": "aborted"})
                 return reply(msg, status(site.site_id, "failed", code=error.code,
@@ -91,20 +96,27 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
         app.train(f"secagg_{name}")(handler)
 
     def protocol_step(step: Callable, request_kind: type) -> Callable:
-        """A stage that is one step of the protocol state machine, ``step(state, request)``
-        → ``(state, answer)``, with no local work."""
-        def run(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
-            state, answer = step(_load_state(context), _read(request_kind, msg))
+        """A stage that is one step of the protocol state machine, ``step(state, request,
+        site, guards)`` → ``(state, answer)``, with no local work."""
+        def run(msg: Message, context: Context, site: Site, config: RunConfig,
+                guards: protocol.Guards) -> Message:
+            state, answer = step(_load_state(context), _read(request_kind, msg), site, guards)
             _save_state(context, state)
             return reply(msg, status(site.site_id, "ok"), answer)
 
         return run
 
-    def masked_input(msg: Message, context: Context, site: Site, config: RunConfig) -> Message:
-        from common.serialization import flatten
+    def masked_input(msg: Message, context: Context, site: Site, config: RunConfig,
+                     guards: protocol.Guards) -> Message:
+        from common.serialization import digest, flatten, from_record
 
+        arrays = msg.content.array_records.get(wire.ARRAYS)
         state = protocol.open_shares(
-            _load_state(context), _read(messages.MaskedInputRequest, msg))
+            _load_state(context), _read(messages.MaskedInputRequest, msg),
+            "" if arrays is None else digest(from_record(arrays)))
+        if arrays is None:
+            raise protocol.SecAggError("secagg-malformed", "the masked-input stage came "
+                                       "without the global model; round refused")
         _save_state(context, state)
         result = train(msg, site, config)
         if result.update is None:
@@ -122,11 +134,19 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
                             **to_records(messages.MaskedInputReply(vector=masked)))
 
     for name, step in (
-            ("setup", protocol_step(lambda _previous, request: protocol.setup(request),
-                                    messages.SetupRequest)),
-            ("share_keys", protocol_step(protocol.share_keys, messages.ShareKeysRequest)),
+            ("setup", protocol_step(
+                lambda _previous, request, site, _: protocol.setup(request, site.signer),
+                messages.SetupRequest)),
+            ("share_keys", protocol_step(
+                lambda state, request, _, guards: protocol.share_keys(state, request, guards),
+                messages.ShareKeysRequest)),
             ("masked_input", masked_input),
-            ("unmask", protocol_step(protocol.unmask, messages.UnmaskRequest))):
+            ("consistency", protocol_step(
+                lambda state, request, site, _: protocol.consistency(state, request,
+                                                                     site.signer),
+                messages.ConsistencyRequest)),
+            ("unmask", protocol_step(lambda state, request, *_: protocol.unmask(state, request),
+                                     messages.UnmaskRequest))):
         stage(name, step)
 
 

@@ -1,9 +1,11 @@
 """Local training at one site: DP-SGD through Opacus, or ordinary training when non-private.
 
-One round = ``local_epochs`` epochs of Poisson-sampled batches (sampling rate q = 1/⌈N/B⌉, so
-⌈N/B⌉ steps an epoch), each step clipping per-sample gradients to ``max_grad_norm`` C and adding
-N(0, σ²C²) noise before the optimiser step. The accountant history of earlier rounds is restored
-before training, so the engine's ε is the site's total for this model.
+One round = ``local_epochs`` epochs of Poisson-sampled batches (sampling rate q = 1/⌈N/B⌉ and
+exactly ⌈N/B⌉ steps an epoch, the steps the ledger reserved), each step clipping per-sample
+gradients to ``max_grad_norm`` C and adding N(0, σ²C²) noise before the optimiser step. Both the
+Poisson sampling and the noise are drawn from a ChaCha20 stream (:mod:`common.randomness`), not
+from torch's generator. The accountant history of earlier rounds is restored before training,
+so the engine's ε is the site's total for this model.
 
 Non-private training has its own optimiser and step size (``non_private_optimizer``, Adam by
 default): the clipped, noised DP-SGD gradient wants large SGD steps that make raw gradients
@@ -32,6 +34,7 @@ from common.config import RunConfig
 from common.evaluation import dataset_of
 from common.models import build_model, select_device
 from common.privacy import noise_for_budget
+from common.randomness import RandomStream
 from common.serialization import Weights, load_weights, model_weights
 from common.sitedata import SiteData
 
@@ -45,6 +48,57 @@ class RoundPlan:
     sample_rate: float
     steps: int
     noise_multiplier: float
+    steps_per_epoch: int = 0
+
+
+class PoissonBatches(torch.utils.data.Sampler[list[int]]):
+    """Exactly ``steps`` Poisson batches: each sample joins each batch with probability
+    ``sample_rate``, drawn from a :class:`RandomStream` (Opacus' own sampler runs
+    ``int(1/q)`` steps, one fewer than planned whenever 1/(1/k) rounds below k)."""
+
+    def __init__(self, *, num_samples: int, sample_rate: float, steps: int,
+                 stream: RandomStream) -> None:
+        self.num_samples, self.sample_rate, self.steps = num_samples, sample_rate, steps
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield np.flatnonzero(self.stream.uniform(self.num_samples)
+                                 < self.sample_rate).tolist()
+
+
+def _poisson_loader(dataset: torch.utils.data.Dataset, plan: RoundPlan,
+                    stream: RandomStream) -> torch.utils.data.DataLoader:
+    from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+    from torch.utils.data._utils.collate import default_collate
+
+    first = dataset[0]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=PoissonBatches(
+        num_samples=len(dataset), sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
+        stream=stream), collate_fn=wrap_collate_with_empty(
+            collate_fn=default_collate, sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+            dtypes=[dtype_safe(x) for x in first]))
+
+
+def _stream_noise(optimizer: torch.optim.Optimizer, stream: RandomStream) -> None:
+    """Opacus' ``add_noise``, with N(0, σ²C²) drawn from ``stream`` (σ and C read at each
+    step, as Opacus reads them)."""
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    def add_noise() -> None:
+        std = getattr(optimizer, "_adjusted_noise_multiplier", optimizer.noise_multiplier) * \
+            optimizer.max_grad_norm
+        for p in optimizer.params:
+            _check_processed_flag(p.summed_grad)
+            noise = torch.from_numpy(stream.normal(p.summed_grad.numel()) * std).to(
+                dtype=p.summed_grad.dtype, device=p.summed_grad.device)
+            p.grad = (p.summed_grad + noise.view_as(p.summed_grad)).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+    optimizer.add_noise = add_noise  # type: ignore[method-assign]
 
 
 @dataclass
@@ -62,26 +116,39 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 
 
+def evaluations_in_run(config: RunConfig) -> int:
+    """How many evaluations the run asks for: every ``evaluate_every`` rounds and the last."""
+    training = config.training
+    return sum(1 for r in range(1, training.rounds + 1)
+               if r % training.evaluate_every == 0 or r == training.rounds)
+
+
 def plan_round(num_examples: int, config: RunConfig, *,
-               noise_for_budget: Callable[..., float] = noise_for_budget) -> RoundPlan:
+               noise_for_budget: Callable[..., float] = noise_for_budget,
+               evaluation_noise: float | None = None) -> RoundPlan:
     """σ from the explicit setting, or the smallest σ that keeps the *planned* run (every round,
-    every epoch) within ``target_epsilon``; fixed for the whole run so a resumed run repeats it."""
+    every epoch, and with ``evaluation_noise`` the site's evaluation releases, one per
+    evaluation of the run) within ``target_epsilon``; fixed for the whole run so a resumed run
+    repeats it."""
     per_epoch = steps_per_epoch(num_examples, config.training.batch_size)
     sample_rate = 1.0 / per_epoch
     steps = per_epoch * config.training.local_epochs
     privacy = config.privacy
     if not privacy.enabled:
-        return RoundPlan(sample_rate, steps, 0.0)
+        return RoundPlan(sample_rate, steps, 0.0, per_epoch)
     if privacy.noise_multiplier is not None:
-        return RoundPlan(sample_rate, steps, privacy.noise_multiplier)
+        return RoundPlan(sample_rate, steps, privacy.noise_multiplier, per_epoch)
+    extra = () if evaluation_noise is None else (
+        (evaluation_noise, 1.0, evaluations_in_run(config)),)
     sigma = noise_for_budget(
         target_epsilon=privacy.target_epsilon,
         delta=privacy.delta,
         sample_rate=sample_rate,
         steps=steps * config.training.rounds,
         accountant=privacy.accountant,
+        **({"extra": extra} if extra else {}),
     )
-    return RoundPlan(sample_rate, steps, sigma)
+    return RoundPlan(sample_rate, steps, sigma, per_epoch)
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -127,8 +194,11 @@ def train_local(
     history: list[list[float]],
     after_backward: AfterBackward | None = None,
     mode_memo: Path | None = None,
+    stream: RandomStream | None = None,
 ) -> TrainResult:
-    """Train from ``global_weights`` on ``data``; RNG state must be set by the caller.
+    """Train from ``global_weights`` on ``data``. DP-SGD draws its Poisson batches and noise
+    from ``stream`` (a fresh CSPRNG-keyed one when none is given); torch's RNG, which the caller
+    seeds, only drives what carries no privacy (modality dropout, non-private shuffling).
 
     ``after_backward(model, optimizer)`` runs between each step's backward pass and optimiser
     step (the privacy audit inserts its canary gradients there); ``None`` in normal training.
@@ -163,10 +233,13 @@ def train_local(
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=config.privacy.accountant)
         engine.accountant.history = [tuple(h) for h in history]
+        stream = stream or RandomStream.fresh()
         trained, optimizer, criterion, loader = make_private(
-            engine, mode=mode, module=model, optimizer=optimizer, data_loader=loader,
-            criterion=criterion, noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=config.privacy.max_grad_norm)
+            engine, mode=mode, module=model, optimizer=optimizer,
+            data_loader=_poisson_loader(dataset_of(data), plan, stream), criterion=criterion,
+            noise_multiplier=plan.noise_multiplier, max_grad_norm=config.privacy.max_grad_norm,
+            poisson_sampling=False)
+        _stream_noise(optimizer, stream)
     anchor = None
     if config.training.strategy == "fedprox" and config.training.proximal_mu > 0:
         anchor = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -179,6 +252,9 @@ def train_local(
             device=device, after_backward=after_backward,
         )
     recorded = [list(h) for h in engine.accountant.history] if engine else list(history)
+    if engine is not None and steps != plan.steps:
+        raise RuntimeError(f"DP-SGD ran {steps} steps where {plan.steps} were planned and "
+                           "reserved; the ledger would disagree with the training")
     return TrainResult(
         weights=model_weights(model),
         num_examples=len(data),

@@ -47,6 +47,28 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     _fsync_dir(path.parent)
 
 
+def create_once(path: Path, data: bytes) -> bytes:
+    """``path``'s content: ``data`` when this call creates the file (complete, mode 0600, in
+    one link), else whatever an earlier or concurrent creator wrote; never overwritten."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp_name, path)
+        except FileExistsError:
+            return path.read_bytes()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+    _fsync_dir(path.parent)
+    return data
+
+
 def remove_stale_temporaries(folder: Path) -> int:
     """Delete the temporary files a process killed mid-write left in ``folder``; returns how
     many. Only run it where no other process is writing."""

@@ -38,7 +38,6 @@ class DataConfig(_Section):
     signal_length: int = Field(1000, ge=64, le=1_000_000, description="samples after resampling")
     signal_sample_rate: int = Field(200, ge=1, le=192_000, description="Hz after resampling")
     signal_features: Literal["raw", "log_mel"] = "raw"
-    validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     min_usable_rows: int = Field(10, ge=1, description="a site with fewer usable rows stops")
 
 

@@ -7,6 +7,8 @@ scores above a random negative, ties counted one half.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -27,10 +29,11 @@ def dataset_of(data: SiteData) -> torch.utils.data.TensorDataset:
     )
 
 
-
 @torch.no_grad()
-def evaluate_model(model: nn.Module, data: SiteData, *, batch_size: int = 256) -> dict[str, float]:
-    """Loss, accuracy and (for two classes) AUROC of ``model`` on ``data``."""
+def evaluate_model(model: nn.Module, data: SiteData, *, batch_size: int = 256,
+                   loss_bound: float = math.inf) -> dict[str, float]:
+    """Loss, accuracy and (for two classes) AUROC of ``model`` on ``data``, with the sums they
+    come from: ``correct`` rows and ``clipped-loss-sum``, Σ min(loss_i, ``loss_bound``)."""
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset_of(data), batch_size=batch_size)
@@ -39,12 +42,17 @@ def evaluate_model(model: nn.Module, data: SiteData, *, batch_size: int = 256) -
         logits_all.append(model(*(t.to(device) for t in (image, tokens, signal, present))).cpu())
         labels_all.append(label)
     if not logits_all:
-        return {"loss": float("nan"), "accuracy": float("nan"), "num-examples": 0}
+        return {"loss": float("nan"), "accuracy": float("nan"), "num-examples": 0,
+                "correct": 0, "clipped-loss-sum": 0.0}
     logits, labels = torch.cat(logits_all), torch.cat(labels_all)
+    losses = nn.functional.cross_entropy(logits.double(), labels, reduction="none")
+    correct = int((logits.argmax(dim=1) == labels).sum())
     metrics = {
-        "loss": float(nn.functional.cross_entropy(logits, labels)),
-        "accuracy": float((logits.argmax(dim=1) == labels).float().mean()),
+        "loss": float(losses.mean()),
+        "accuracy": correct / len(labels),
         "num-examples": len(labels),
+        "correct": correct,
+        "clipped-loss-sum": float(losses.clamp(max=loss_bound).sum()),
     }
     if logits.shape[1] == 2:
         metrics["auroc"] = auroc(logits.softmax(dim=1)[:, 1].numpy(), labels.numpy())
@@ -70,7 +78,8 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def evaluate_weights(config: RunConfig, weights: Weights, data: SiteData) -> dict[str, float]:
+def evaluate_weights(config: RunConfig, weights: Weights, data: SiteData, *,
+                     loss_bound: float = math.inf) -> dict[str, float]:
     model = build_model(data=config.data, model=config.model).to(select_device(config.model.device))
     load_weights(model, weights)
-    return evaluate_model(model, data)
+    return evaluate_model(model, data, loss_bound=loss_bound)

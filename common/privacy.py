@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from common.atomic import atomic_write_json
+from common.config import ConfigError
 
 HistoryEntry = tuple[float, float, int]
 
@@ -67,21 +68,47 @@ def _epsilon(entries: tuple[HistoryEntry, ...], delta: float, accountant: str) -
 
 @functools.lru_cache(maxsize=64)
 def noise_for_budget(
-    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp",
+    extra: tuple[HistoryEntry, ...] = (),
 ) -> float:
-    """Smallest σ (to Opacus' tolerance) such that ``steps`` steps at ``sample_rate`` spend at most
+    """Smallest σ (to Opacus' tolerance) such that ``steps`` steps at ``sample_rate``, composed
+    with the mechanisms in ``extra`` (a site's planned evaluation releases), spend at most
     ``target_epsilon``. A bisection over accountant evaluations (seconds): memoised."""
-    from opacus.accountants.utils import get_noise_multiplier
+    if not extra:
+        from opacus.accountants.utils import get_noise_multiplier
 
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+            )
         )
-    )
+    fixed = list(extra)
+    if epsilon_for_history(fixed, delta=delta, accountant=accountant) >= target_epsilon:
+        raise ConfigError(f"the planned evaluation releases alone spend ε ≥ {target_epsilon:g}; "
+                          "raise privacy.target_epsilon, evaluate less often "
+                          "(training.evaluate_every) or raise the site's "
+                          "evaluation_noise_multiplier")
+
+    def spent(sigma: float) -> float:
+        return epsilon_for_history([[sigma, sample_rate, steps], *fixed], delta=delta,
+                                   accountant=accountant)
+
+    low, high = 0.0, 10.0
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ConfigError(f"no noise multiplier reaches ε = {target_epsilon:g}")
+    while spent(high) < target_epsilon - 0.01:  # Opacus' tolerance
+        middle = (low + high) / 2
+        if spent(middle) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 class NoiseMemo:
@@ -94,8 +121,9 @@ class NoiseMemo:
         self.path = Path(path)
 
     def __call__(self, *, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                 accountant: str = "rdp") -> float:
-        key = json.dumps([target_epsilon, delta, sample_rate, steps, accountant])
+                 accountant: str = "rdp", extra: tuple[HistoryEntry, ...] = ()) -> float:
+        key = json.dumps([target_epsilon, delta, sample_rate, steps, accountant,
+                          *([list(map(list, extra))] if extra else [])])
         try:
             known = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -105,7 +133,8 @@ class NoiseMemo:
         if isinstance(known.get(key), float):
             return known[key]
         sigma = noise_for_budget(target_epsilon=target_epsilon, delta=delta,
-                                 sample_rate=sample_rate, steps=steps, accountant=accountant)
+                                 sample_rate=sample_rate, steps=steps, accountant=accountant,
+                                 extra=extra)
         known[key] = sigma
         atomic_write_json(self.path, known)
         return sigma

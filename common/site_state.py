@@ -9,6 +9,7 @@ name inside it is defined here and nowhere else::
     features/                frozen pretrained features (common/features.py)
     grad_sample_mode.json    the per-sample-gradient mode measured here (client/grad_sample.py)
     noise_multipliers.json   σ found for a budget (common/privacy.py)
+    validation_split.key     the secret that orders its validation split (client/validation.py)
     node_config.toml         what the SuperNode hands the ClientApp (client/launcher.py)
     logs/supernode.log       Flower's SuperNode log
     flwr/                    the SuperNode's FLWR_HOME
@@ -56,6 +57,10 @@ class SiteState:
     @property
     def noise_memo(self) -> Path:
         return self.root / "noise_multipliers.json"
+
+    @property
+    def split_key(self) -> Path:
+        return self.root / "validation_split.key"
 
     @property
     def node_config(self) -> Path:

@@ -37,6 +37,14 @@ CLIP_TOO_LARGE = "clip-too-large"
 MODALITY_NOT_ALLOWED = "modality-not-allowed"
 NON_PRIVATE_REFUSED = "non-private-refused"
 SECURE_AGGREGATION_REQUIRED = "secure-aggregation-required"
+MODEL_NOT_ALLOWED = "model-not-allowed"
+EVALUATION_NOT_PRIVATE = "evaluation-not-private"
+TOO_FEW_EVAL_ROWS = "too-few-eval-rows"
+# Refusals that hold for the rest of a run (its configuration does not change): the server
+# stops asking the site.
+LASTING_REFUSALS = frozenset({
+    BUDGET_EXHAUSTED, DELTA_TOO_LARGE, NOISE_TOO_SMALL, CLIP_TOO_LARGE, MODALITY_NOT_ALLOWED,
+    NON_PRIVATE_REFUSED, SECURE_AGGREGATION_REQUIRED, MODEL_NOT_ALLOWED})
 # Why a site failed (its data, config or ledger; training).
 BAD_DATA = "bad-data"
 BAD_CONFIG = "bad-config"
@@ -92,7 +100,7 @@ class TrainReport:
 
     RECORD: ClassVar[str] = "train"
     num_examples: int
-    train_loss: float
+    train_loss: float | None  # sent only in non-private rounds (an exact loss is a readout)
     steps: int
     skipped_rows: int
     seconds: float
@@ -117,12 +125,19 @@ class Spend:
 
 @dataclass(frozen=True)
 class EvaluationReport:
-    """The global model on the site's validation split."""
+    """The global model on the site's validation split, as sums the server adds up across
+    sites. ``private``: released through the Gaussian mechanism (noisy floats, ε charged);
+    otherwise exact, with AUROC for two classes."""
 
     RECORD: ClassVar[str] = "evaluate"
-    num_examples: int
-    loss: float
-    accuracy: float
+    count: float  # validation rows
+    correct: float  # rows classified right
+    loss_sum: float  # Σ per-row cross-entropy, each clipped to loss_bound
+    loss_bound: float
+    private: bool
+    noise_multiplier: float | None = None
+    epsilon: float | None = None  # this model's ε at the site after the release
+    history: list[list[float]] | None = None  # the model's accountant history after it
     auroc: float | None = None
 
 

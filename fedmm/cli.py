@@ -158,10 +158,12 @@ def privacy(
                                                      "SITE_DIR/policy.toml")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
 ) -> None:
-    """What this site has spent, per model: ε (recomputed from the recorded DP-SGD steps) and ε
-    left against the site policy, δ, rounds served, σ, sample rate, steps, accountant."""
+    """What this site has spent, per model and in total: ε (recomputed from the recorded DP-SGD
+    steps and evaluation releases) and ε left against the site policy (max_epsilon per model,
+    max_total_epsilon over all of them: a new model name never resets the budget), δ, rounds
+    served, σ, sample rate, steps, accountant."""
     from client.ledger import LedgerError
-    from client.privacy_report import site_privacy_report
+    from client.privacy_report import site_privacy_report, site_total
     from client.site import resolve_site
 
     node_config: dict[str, str] = {"data-dir": str(site_dir)}
@@ -172,11 +174,13 @@ def privacy(
     try:
         site = resolve_site(node_config, None)
         rows = site_privacy_report(site.state_dir, site.policy)
+        total = site_total(site.state_dir, site.policy)
     except (ConfigError, LedgerError) as error:
         fail(str(error))
     if as_json:
         console.print_json(json.dumps({"site": site.site_id, "policy":
-                                       site.policy.model_dump(mode="json"), "models": rows}))
+                                       site.policy.model_dump(mode="json"), "models": rows,
+                                       "total": total}))
         return
     if not rows:
         console.print(f"{site.site_id}: no DP-SGD steps recorded in {site.state_dir}")
@@ -190,11 +194,18 @@ def privacy(
         console.print(f"  rounds served {row['rounds_served']}"
                       + (f", interrupted {row['rounds_interrupted']} (counted as spent)"
                          if row["rounds_interrupted"] else "")
+                      + (f", evaluations released {row['evaluations_released']}"
+                         if row["evaluations_released"] else "")
                       + f"; steps {row['steps']}; last σ {row['noise_multiplier']:.4f}, "
                       f"sample rate {row['sample_rate']:.4f}", highlight=False)
         if not row["consistent"]:
             console.print(f"  [red]ledger's recorded ε {row['epsilon_recorded']:.4f} differs "
                           "from the history's; the history's is shown[/]")
+    if total is not None:
+        console.print(f"[bold]{site.site_id}[/] · all {total['models']} models together: ε "
+                      f"{total['epsilon']:.4f} of {total['max_total_epsilon']:g} (left "
+                      f"{total['epsilon_left']:.4f}) at δ = {total['delta']:g}, "
+                      f"{total['accountant'].upper()} accountant", highlight=False)
 
 
 def _prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -225,8 +236,10 @@ class RoundDisplay:
 
     def __call__(self, record: RoundRecord) -> None:
         parts = [f"round {record.round}/{self.total}"]
-        for value, label in ((record.accuracy, "val acc"), (record.test_accuracy, "test acc"),
-                             (record.loss, "val loss")):
+        validation = "val (DP)" if record.evaluation_private else "val"
+        for value, label in ((record.accuracy, f"{validation} acc"),
+                             (record.test_accuracy, "test acc"),
+                             (record.loss, f"{validation} loss")):
             if value is not None:
                 parts.append(f"{label} {value:.3f}")
         epsilon = record.epsilon_max
@@ -412,13 +425,52 @@ def keys_hospital(
     NAME.key stays here (secret, 0600; fedmm client --key); send only NAME.pub to the server
     operator, who registers it with fedmm server --allow."""
     from common.pki import KeyFileError, hospital_key
+    from common.secagg.identity import fingerprint
 
     try:
         private, public = hospital_key(out, name=name, force=force)
     except KeyFileError as error:
         fail(str(error), 2)
     console.print(f"{name}: {private} (secret: stays at this hospital) · {public} (send it to "
-                  "the server operator for fedmm server --allow)", highlight=False)
+                  "the server operator for fedmm server --allow, and to every other hospital "
+                  "for its roster)", highlight=False)
+    console.print(f"fingerprint {fingerprint(public.read_bytes())}: read it out to the other "
+                  "hospitals, who compare it when they add the key (fedmm keys roster)",
+                  highlight=False)
+
+
+@command(keys_app, "roster")
+def keys_roster(
+    site_dir: Annotated[Path, typer.Argument(help="this hospital's data folder")],
+    public_keys: Annotated[list[Path], typer.Argument(
+        help="the other hospitals' .pub files, received from them")],
+    policy_file: Annotated[Path | None, typer.Option("--policy", help="the site policy, if not "
+                                                     "SITE_DIR/policy.toml")] = None,
+    key: Annotated[Path | None, typer.Option(help="this hospital's node key (its own .pub "
+                                             "is then skipped)")] = None,
+) -> None:
+    """Add the hospitals this one will aggregate with to its roster (the policy's roster
+    folder, SITE_DIR/roster by default).
+
+    In a secure round every participant signs what it says with its node key; this site takes
+    part only with keys in its roster, so the server cannot slip in participants of its own.
+    Get each .pub file from the hospital itself, not through the server operator, and compare
+    the fingerprint printed here with the one it reads out to you."""
+    from client.site import resolve_site
+    from common.secagg.identity import IdentityError, Signer, add_to_roster
+
+    node_config = {"data-dir": str(site_dir)}
+    if policy_file is not None:
+        node_config["policy-file"] = str(policy_file)
+    try:
+        site = resolve_site(node_config, None)
+        own = Signer.from_file(key).public if key is not None else None
+        assert site.roster_dir is not None
+        added = add_to_roster(site.roster_dir, public_keys, own=own)
+    except (ConfigError, IdentityError) as error:
+        fail(str(error), 2)
+    for path, print_ in added:
+        console.print(f"{path}: {print_} — compare it with that hospital's", highlight=False)
 
 
 class _Stop(Exception):
@@ -534,6 +586,7 @@ def client(
     live in the state folder; training refuses anything the site policy forbids."""
     from client.launcher import ClientLauncher, ClientSettings, JoinError, node_config
     from client.site import resolve_site
+    from common.secagg.identity import IdentityError
     from common.sitedata import load_site, require_usable
 
     config = build_config(config_file, {})
@@ -543,11 +596,20 @@ def client(
     try:
         site = resolve_site(node_config(settings), None)  # as the ClientApp will: policy too
         rows = require_usable(load_site(site.data_dir, config.data), config.data)
-    except (ConfigError, SiteDataError) as error:
+    except (ConfigError, SiteDataError, IdentityError) as error:
         fail(str(error))
     console.print(f"site {site.site_id}: {len(rows)} usable rows"
                   + (f", {len(rows.issues)} bad rows skipped (see fedmm validate-data)"
                      if rows.issues else ""), highlight=False)
+    if site.roster is None:
+        if site.policy.require_secure_aggregation:
+            fail(f"{site.roster_problem}; this site takes part only in secure rounds, which "
+                 "need the other hospitals' public keys")
+        errors.print(f"warning: {site.roster_problem}; this site cannot take part in secure "
+                     "rounds")
+    else:
+        console.print(f"roster: {len(site.roster.keys)} hospitals' keys in {site.roster_dir}",
+                      highlight=False)
     _raise_on_sigterm()
     try:
         ClientLauncher(settings).serve(  # text from the server is never rich markup
@@ -578,7 +640,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     final = summary["final_metrics"]
     console.print(
         f"[bold green]done[/]: {summary['rounds_completed']} rounds; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in final.items()), highlight=False)
+        + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if not isinstance(v, bool)),
+        highlight=False)
     if not summary["dp_enabled"]:
         console.print("[red]DP was off: no privacy guarantee for any site's patients[/]")
     for site, info in summary["privacy"]["sites"].items():

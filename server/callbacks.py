@@ -101,11 +101,12 @@ class FinalOutputs(Callback):
 
 
 def build_summary(state: RunState) -> dict[str, Any]:
-    last = next((r for r in reversed(state.rounds) if r.accuracy is not None), None)
-    final = ({} if last is None else
-             {k: v for k, v in (("accuracy", last.accuracy), ("loss", last.loss),
-                                ("test_accuracy", last.test_accuracy),
-                                ("test_loss", last.test_loss)) if v is not None})
+    final: dict[str, Any] = {}
+    for name in ("accuracy", "loss", "evaluation_private", "test_accuracy", "test_loss"):
+        value = next((getattr(r, name) for r in reversed(state.rounds)
+                      if getattr(r, name) is not None), None)
+        if value is not None:
+            final[name] = value
     privacy = state.config.privacy
     return {
         "rounds_completed": state.round,

@@ -56,6 +56,7 @@ class Federation:
         self.wait_for_sites_s = wait_for_sites_s
         self.expected_sites = expected_sites
         self.site_of: dict[int, str] = {}
+        self.not_evaluating: dict[str, str] = {}  # site → why it sends no validation metrics
 
     # -- setup -----------------------------------------------------------------------------
     def _initial_state(self) -> RunState:
@@ -163,23 +164,24 @@ class Federation:
             callback.on_run_start(state)
         nodes = self._discover_sites(state)
         test_data = self._load_test_data()
-        exhausted: set[str] = set()
+        refusing: set[str] = set()  # sites whose policy refuses this run for good
         while state.round < self.config.training.rounds:
             started = time.perf_counter()
-            active = [n for n in nodes if self.site_of[n] not in exhausted]
+            active = [n for n in nodes if self.site_of[n] not in refusing]
             needed = self._sites_per_round()
             if len(active) < needed:
                 state.stop_reason = (f"only {len(active)} sites can train (the others are "
-                                     f"out of privacy budget); need {needed} (training."
-                                     "min_sites; secure aggregation needs 2)")
+                                     "out of privacy budget or their policies refuse this "
+                                     f"run); need {needed} (training.min_sites; secure "
+                                     "aggregation needs 2)")
                 log.warning(state.stop_reason)
                 break
             selected = self._select(self._prefer_online(active), state.round + 1)
             outcome = self._collect_mean_update(state, selected)
             record = self._record_round(state, outcome)
             self._step_global_model(state, outcome, record)
-            exhausted |= {r.site_id for r in outcome.replies
-                          if r.code == wire.BUDGET_EXHAUSTED}
+            refusing |= {r.site_id for r in outcome.replies
+                         if r.status == "refused" and r.code in wire.LASTING_REFUSALS}
             state.round += 1
             training = self.config.training
             if state.round % training.evaluate_every == 0 or state.round == training.rounds:
@@ -275,22 +277,51 @@ class Federation:
         return load_model_inputs(self.test_dir, self.config, check_usable=False)
 
     def _evaluate(self, state: RunState, nodes: list[int], test_data) -> dict[str, Any]:
+        """The sites' validation sums added up (Σ correct / Σ rows, Σ loss / Σ rows; DP-noised
+        where the sites release them so), and the server's own test folder. A site that
+        refuses to release metrics is not asked again this run."""
         result: dict[str, Any] = {}
-        replies = self._exchange(nodes, wire.EVALUATE, state, state.weights,
-                                 round_number=state.round)
-        reports = [report for r in replies
-                   if r.status == "ok" and (report := r.read(wire.EvaluationReport)) is not None
-                   and report.num_examples > 0]
-        total = sum(r.num_examples for r in reports)
-        if total > 0:
-            result["loss"] = sum(r.loss * r.num_examples for r in reports) / total
-            result["accuracy"] = sum(r.accuracy * r.num_examples for r in reports) / total
+        asked = [n for n in nodes if self.site_of.get(n) not in self.not_evaluating]
+        replies = self._exchange(asked, wire.EVALUATE, state, state.weights,
+                                 round_number=state.round) if asked else []
+        reports = []
+        for reply in replies:
+            report = reply.read(wire.EvaluationReport) if reply.status == "ok" else None
+            if report is not None:
+                reports.append(report)
+                if report.history is not None and report.epsilon is not None:
+                    known = state.sites.get(reply.site_id)
+                    state.sites[reply.site_id] = SitePrivacy(
+                        epsilon=report.epsilon, history=report.history,
+                        max_grad_norm=known.max_grad_norm if known is not None
+                        else self.config.privacy.max_grad_norm)
+            elif reply.status == "refused" and reply.code != wire.BUDGET_EXHAUSTED:
+                self.not_evaluating[reply.site_id] = f"{reply.code}: {reply.reason}"
+                log.info("site %s sends no validation metrics (%s): %s", reply.site_id,
+                         reply.code, reply.reason)
+        result.update(combine_evaluations(reports))
         if test_data is not None and len(test_data):
             from common.evaluation import evaluate_weights
 
             metrics = evaluate_weights(self.config, state.weights, test_data)
             result["test_loss"], result["test_accuracy"] = metrics["loss"], metrics["accuracy"]
         return result
+
+
+def combine_evaluations(reports: Sequence[wire.EvaluationReport]) -> dict[str, Any]:
+    """Validation loss and accuracy over all reporting sites, from their sums. Noisy sums
+    (DP releases) can stray outside the possible range; accuracy is clamped to [0, 1], and no
+    figure is given when the noisy row count is not positive."""
+    if not reports:
+        return {}
+    count = sum(r.count for r in reports)
+    result: dict[str, Any] = {"evaluated_sites": len(reports),
+                              "evaluation_private": any(r.private for r in reports)}
+    if count <= 0:
+        return result
+    result["accuracy"] = min(1.0, max(0.0, sum(r.correct for r in reports) / count))
+    result["loss"] = max(0.0, sum(r.loss_sum for r in reports) / count)
+    return result
 
 
 def screen_update(reply: SiteReply, reference: Weights, *, declared_range: float) -> SiteReply:

@@ -62,11 +62,15 @@ def write_report(folder: RunFolder, rounds: list[RoundRecord], summary: dict[str
         f"{'on' if summary['secure_aggregation'] else 'off'}; "
         f"DP-SGD: {'on' if summary['dp_enabled'] else 'OFF (no privacy guarantee)'}",
         "- final metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                          summary["final_metrics"].items()),
+                                          summary["final_metrics"].items()
+                                          if not isinstance(v, bool))
+        + (" (sites' validation figures are DP releases: noisy, ε charged at the sites)"
+           if summary["final_metrics"].get("evaluation_private") else ""),
         f"- model: `{summary['model']['path']}` ({summary['model']['parameters']:,} parameters)",
         "", "## Privacy per site",
         f"(ε at δ = {privacy['delta']:g}, {privacy['accountant'].upper()} accountant, over every "
-        "DP-SGD step the site ran for this model, earlier runs included)", "",
+        "DP-SGD step and evaluation release the site made for this model, earlier runs "
+        "included)", "",
         "| site | ε | clip C | σ (last) | steps |", "|---|---|---|---|---|",
     ]
     for site, info in privacy["sites"].items():

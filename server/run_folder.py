@@ -62,8 +62,10 @@ class RoundRecord(BaseModel):
     note: str | None = None
     secure_aggregation: dict[str, Any] | None = None
     epsilon_max: float | None = None
-    loss: float | None = None
+    loss: float | None = None  # the sites' validation, per-row loss clipped (EvaluationReport)
     accuracy: float | None = None
+    evaluated_sites: int | None = None
+    evaluation_private: bool | None = None  # DP-released: noisy, ε charged at the sites
     test_loss: float | None = None
     test_accuracy: float | None = None
     seconds: float = 0.0

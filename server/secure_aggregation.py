@@ -1,15 +1,17 @@
 """The server's side of a securely aggregated training round, over the Flower Grid.
 
-Drives :class:`common.secagg.server.SecAggServer` through the four stages, one
-``send_and_receive`` each, and turns the decoded ring sum into the mean update. Sites that fail
-a stage (error, refusal, timeout, malformed reply) are dropouts from then on; the protocol
-recovers the sum of the others as long as ``threshold`` survive. Otherwise the round is
-aborted and the caller keeps the previous global model. Imports no torch.
+Drives :class:`common.secagg.server.SecAggServer` through the five stages (setup, key
+sharing, masked input, the consistency check, unmasking), one ``send_and_receive`` each, and
+turns the decoded ring sum into the mean update. Sites that fail a stage (error, refusal,
+timeout, malformed reply) are dropouts from then on; the protocol recovers the sum of the others
+as long as ``threshold`` survive. Otherwise the round is aborted and the caller keeps the
+previous global model. Imports no torch.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -43,8 +45,9 @@ class SecureAggregation:
         except SecAggAbort as abort:
             return TrainOutcome([], None, 0, note=f"secure aggregation: {abort}")
         expected = sum(int(np.asarray(w).size) for w in weights.values()) + 1
+        seconds: dict[str, float] = {}  # each stage's exchange (setup, share_keys, ...)
         details: dict[str, Any] = {"clients": len(nodes), "threshold": server.threshold,
-                                   "degree": len(server.graph[0])}
+                                   "degree": server.degree, "stage_seconds": seconds}
         index_of = {node: i for i, node in enumerate(nodes)}
 
         def stage(kind: str, requests: Mapping[int, Any], answer: type[T],
@@ -53,17 +56,20 @@ class SecureAggregation:
             stands for it in the round record, later failures go into ``details``."""
             extra = {nodes[i]: to_records(r) for i, r in requests.items()}
             answers: dict[int, T] = {}
-            for reply in self.exchange(list(extra), kind, arrays, extra):
+            started = time.perf_counter()
+            replies = self.exchange(list(extra), kind, arrays, extra)
+            seconds[kind.removeprefix("train.secagg_")] = round(time.perf_counter() - started, 3)
+            for reply in replies:
                 if reply.status == "ok":
                     try:
                         answers[index_of[reply.node]] = from_records(answer, reply.content)
                     except RecordError as error:
                         reply = reply.failed("secagg-malformed",
                                              f"malformed {kind} reply: {error}")
-                if kind != messages.UNMASK:
+                if kind in (messages.SETUP, messages.SHARE_KEYS, messages.MASKED_INPUT):
                     latest[reply.node] = reply
                 elif reply.status != "ok":
-                    details.setdefault("unmask_failed", []).append(
+                    details.setdefault(f"{kind.rsplit('_', 1)[1]}_failed", []).append(
                         f"{reply.site_id}: {reply.code} {reply.reason}".strip())
             return answers
 
@@ -85,6 +91,9 @@ class SecureAggregation:
                         status="rejected")
             server.receive_masked_input(vectors)
             details["survivors"] = len(vectors)
+            server.receive_consistency(stage(messages.CONSISTENCY,
+                                             server.consistency_requests(),
+                                             messages.ConsistencyReply))
             ring_sum = server.finish(stage(messages.UNMASK, server.unmask_requests(),
                                            messages.UnmaskReply))
             encoding = RingEncoding(clip_range=settings.clip_range,

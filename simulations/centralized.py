@@ -14,7 +14,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.model_inputs import load_model_inputs
-from common.sitedata import SiteData, split_train_validation
+from common.sitedata import SiteData
 
 
 def pool(parts: Sequence[SiteData]) -> SiteData:
@@ -45,8 +45,9 @@ def train_centralized(*, config: RunConfig, site_dirs: Sequence[Path],
             "local_epochs": config.training.local_epochs * config.training.rounds,
             "strategy": "fedavg"}),
     })
-    fraction = config.data.validation_fraction
-    train_parts = [split_train_validation(load_model_inputs(d, config), fraction)[0]
+    from client.validation import simulated_site_split
+
+    train_parts = [simulated_site_split(d, config, load_model_inputs(d, config))[0]
                    for d in site_dirs]
     pooled = pool(train_parts)
     torch.manual_seed(config.training.seed)

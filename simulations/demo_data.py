@@ -198,12 +198,18 @@ DEMO_POLICY = """\
 # and plaintext aggregation are allowed here for comparison runs. A real site should keep
 # allow_non_private = false and require_secure_aggregation = true.
 max_epsilon = 10.0
+max_total_epsilon = 10.0
 max_delta = 1e-5
 min_noise_multiplier = 0.3
 max_grad_norm = 10.0
 allowed_modalities = ["image", "text", "audio"]
 allow_non_private = true
 require_secure_aggregation = false
+# validation metrics in DP runs: Gaussian noise of sd 10·√3 ≈ 17 rows on each sum, about
+# +0.02 ε a round at the demo's settings (the default, none, sends no metrics under DP)
+evaluation_noise_multiplier = 10.0
+# secure rounds: the public keys of the sites this one aggregates with (roster/*.pub)
+max_colluding_sites = 0
 """
 
 

@@ -1,5 +1,8 @@
 """Run the real ServerApp and ClientApp on Flower's simulation engine (Ray), in one process.
 
+Each virtual site gets a signing key made for this run, and every site's roster is the run's
+keys (:class:`client.site.Identities`).
+
 Process hygiene for everything Flower and Ray start: runtime dependency installation, telemetry
 and update checks off; ``FLWR_HOME`` and Ray's temp folder inside the run folder (Ray's socket
 paths must stay under ~100 characters, so a short link in the system temp folder points there).
@@ -92,13 +95,15 @@ def _run(
     from flwr.simulation import run_simulation
 
     from client.app import make_client_app
+    from client.site import Identities
     from server.app import default_callbacks, make_server_app
 
     result: list[RunState] = []
     server_app = make_server_app(config=config, run_dir=run_dir, resume=resume,
                                  test_dir=test_dir, callbacks=default_callbacks(show),
                                  result=result)
-    client_app = make_client_app(site_dirs=[str(p.resolve()) for p in site_dirs])
+    client_app = make_client_app(site_dirs=[str(p.resolve()) for p in site_dirs],
+                                 identities=Identities.generate(len(site_dirs)))
     run_simulation(server_app=server_app, client_app=client_app,
                    num_supernodes=len(site_dirs), backend_config=backend)
     if not result:

@@ -33,6 +33,17 @@ def site_copy(demo_root: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def site_copy_factory(demo_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Fresh writable copies of one demo site, as many as a test needs (property tests)."""
+    def copy() -> Path:
+        target = tmp_path_factory.mktemp("site") / "site"
+        shutil.copytree(demo_root / "site-01", target)
+        return target
+
+    return copy
+
+
+@pytest.fixture
 def small_config() -> RunConfig:
     return RunConfig.model_validate({
         "model": {"embed_dim": 8, "hidden_dim": 16},

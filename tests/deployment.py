@@ -378,6 +378,17 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
             code, output = run_cli(command[1:], cwd=place)
             assert code == 0, output
             shutil.copy(keys / "ca.crt", place / "ca.crt")
+        # 3. each hospital's roster: the other hospitals' .pub files, received from them
+        roster = readme_command("fedmm", "keys", "roster")
+        for i, place in hospital.items():
+            others = [j for j in (1, 2, 3) if j != i]
+            for j in others:
+                shutil.copy(hospital[j] / "keys" / f"hospital-{j}.pub", place)
+            command = [*substitute(roster[:4], {"/data/site": str(data / f"site-0{i}")}),
+                       *(f"hospital-{j}.pub" for j in others)]
+            assert roster[4:] == ["hospital-2.pub", "hospital-3.pub"]  # what it replaces
+            code, output = run_cli(command[1:], cwd=place)
+            assert code == 0 and "SHA256:" in output, output
         (server_dir / "keys").mkdir()
         for name in ("ca.crt", "server.crt", "server.key"):
             shutil.copy(keys / name, server_dir / "keys" / name)
@@ -386,7 +397,7 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
         (server_dir / "run.toml").write_text(RUN_CONFIG)
         result["hospital_dirs"] = hospital
 
-        # 3. the server
+        # 4. the server
         server_args = [*substitute(readme_command("fedmm", "server"),
                                    {README_PORT: port})[1:],
                        "--test-data", str(data / "test")]
@@ -416,7 +427,7 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
             marker_dir=root / "markers-operator", wait_for_nodes=3)
         result["markers_operator"] = root / "markers-operator"
 
-        # 4. the hospitals, through the server's name (a local user watches the process table
+        # 5. the hospitals, through the server's name (a local user watches the process table
         # for task tokens meanwhile, and squats the name the old worker would have used)
         thief = start_as_nobody(root, TOKEN_THIEF, "90")
         background.append(thief)

@@ -29,14 +29,36 @@ def trained(site_id: str, update: Weights, num_examples: int, *,
 Tamper = Callable[[int, str, Message], Message | None]  # None: the node stays silent
 
 
+def give_identities(site_dirs: Sequence[Path], keys: Path) -> dict[Path, Path]:
+    """A node key per site (``keys/``) and, in each site's ``roster/``, every site's ``.pub``:
+    what a hospital has after ``fedmm keys hospital`` and the out-of-band key exchange."""
+    from common.pki import write_node_key
+
+    paths = {}
+    for site in site_dirs:
+        private, public = keys / f"{Path(site).name}.key", keys / f"{Path(site).name}.pub"
+        write_node_key(private, public)
+        paths[Path(site)] = private
+    for site in site_dirs:
+        roster = Path(site) / "roster"
+        roster.mkdir(parents=True, exist_ok=True)
+        for other in site_dirs:
+            (roster / f"{Path(other).name}.pub").write_bytes(
+                (keys / f"{Path(other).name}.pub").read_bytes())
+    return paths
+
+
 class InProcessSites:
-    """One ClientApp and one persistent Context per node, as a SuperNode would keep them."""
+    """One ClientApp and one persistent Context per node, as a SuperNode would keep them; each
+    site has its node key and the others' public keys in its roster."""
 
     def __init__(self, app: ClientApp, site_dirs: Sequence[Path], config: RunConfig) -> None:
         self.app, self.config = app, config
+        keys = give_identities(site_dirs, Path(site_dirs[0]).parent / "node-keys")
         self.contexts = {
-            node: Context(run_id=1, node_id=node, node_config={"data-dir": str(site)},
-                          state=RecordDict(), run_config={})
+            node: Context(run_id=1, node_id=node, node_config={
+                "data-dir": str(site), "node-key": str(keys[Path(site)])},
+                state=RecordDict(), run_config={})
             for node, site in enumerate(site_dirs, start=1)}
         self.site_of = {node: Path(site).name for node, site in enumerate(site_dirs, start=1)}
         self.tamper: Tamper | None = None

@@ -48,3 +48,13 @@ def test_stale_temporaries_are_swept_and_nothing_else(tmp_path: Path) -> None:
     assert remove_stale_temporaries(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "round-0001.safetensors"]
     assert remove_stale_temporaries(tmp_path / "missing") == 0
+
+
+def test_create_once_keeps_the_first_content(tmp_path: Path) -> None:
+    from common.atomic import create_once
+
+    path = tmp_path / "deep" / "secret"
+    assert create_once(path, b"first") == b"first"
+    assert create_once(path, b"second") == b"first"
+    assert path.read_bytes() == b"first" and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no temporaries left

@@ -29,7 +29,8 @@ def test_one_line_per_reply_with_kind_round_size_and_digest(tmp_path) -> None:
     assert outcome.mean is not None
     lines = read_jsonl(SiteState.of(tmp_path / "a").audit_log)
     assert [e["kind"] for e in lines] == ["train.secagg_setup", "train.secagg_share_keys",
-                                          "train.secagg_masked_input", "train.secagg_unmask"]
+                                          "train.secagg_masked_input", "train.secagg_consistency",
+                                          "train.secagg_unmask"]
     assert all(e["run"] == "test" and e["round"] == 1 and e["status"] == "ok" for e in lines)
     assert all(len(e["sha256"]) == 64 and e["bytes"] > 0 for e in lines)
     assert lines[2]["epsilon"] == 1.5 and "epsilon" not in lines[0]

@@ -35,15 +35,18 @@ def test_latency_overhead_is_per_exchange_beyond_the_slowest_training() -> None:
     records = [RoundRecord.model_validate(r) for r in (
         {"round": 1, "seconds": 30.0, "sites": {"a": {"status": "ok", "seconds": 1.0}}},
         {"round": 2, "seconds": 14.0, "sites": {"a": {"status": "ok", "seconds": 1.0},
-                                                "b": {"status": "ok", "seconds": 2.0}}},
+                                                "b": {"status": "ok", "seconds": 2.0}},
+         "secure_aggregation": {"stage_seconds": {"consistency": 1.0}}},
         {"round": 3, "seconds": 10.0, "sites": {"a": {"status": "ok", "seconds": 2.0},
-                                                "b": {"status": "ok", "seconds": 2.0}}},
+                                                "b": {"status": "ok", "seconds": 2.0}},
+         "secure_aggregation": {"stage_seconds": {"consistency": 0.5}}},
         {"round": 4, "seconds": 40.0, "sites": {"a": {"status": "ok", "seconds": 1.0}}})]
     row = latency._overhead({"secure_aggregation": True, "hospitals": 2}, records)
-    assert row["exchanges_per_round"] == 4
-    assert row["overhead_per_round_trip_seconds"] == 2.5  # median of 12/4 and 8/4
+    assert row["exchanges_per_round"] == 5
+    assert row["overhead_per_round_trip_seconds"] == 2.0  # median of 12/5 and 8/5
+    assert row["consistency_seconds"] == 0.75
     text = "\n".join(latency.markdown([row], "cmd"))
-    assert "| SecAgg+ | 4 | 12.0 | 2.0 | 2.5 | missed by 0.5 s |" in text
+    assert "| SecAgg+ | 5 | 12.0 | 0.75 | 11.25 | 2.0 | 2.0 | met |" in text
 
 
 def test_scale_report_compares_the_smallest_and_largest_run(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def test_help_explains_itself(command: list[str]) -> None:
 
 
 COMMANDS = [["demo-data"], ["validate-data"], ["simulate"], ["privacy"], ["server"],
-            ["client"], ["keys", "init"], ["keys", "hospital"]]
+            ["client"], ["keys", "init"], ["keys", "hospital"], ["keys", "roster"]]
 
 
 @pytest.mark.parametrize("width", [80, 100])
@@ -159,3 +159,51 @@ def test_fashion_task_without_the_dataset_says_what_to_install(
     assert result.exit_code == 1
     assert "apt-get install dataset-fashion-mnist" in result.output
     assert "Traceback" not in result.output
+
+
+def test_keys_roster_adds_the_peers_and_prints_their_fingerprints(site_copy, tmp_path) -> None:
+    from common.pki import hospital_key
+    from common.secagg.identity import Roster, fingerprint
+
+    peers = [hospital_key(tmp_path / "keys", name=f"hospital-{i}")[1] for i in (2, 3)]
+    result = runner.invoke(app, ["keys", "roster", str(site_copy), *map(str, peers)])
+    assert result.exit_code == 0, result.output
+    assert all(fingerprint(p.read_bytes()) in result.output for p in peers)
+    assert len(Roster.from_folder(site_copy / "roster").keys) == 2
+    (tmp_path / "bad.pub").write_text("no key")
+    result = runner.invoke(app, ["keys", "roster", str(site_copy), str(tmp_path / "bad.pub")])
+    assert result.exit_code == 2 and "bad.pub: not an OpenSSH public key" in result.output
+
+
+def test_a_site_that_needs_secure_rounds_does_not_join_without_a_roster(site_copy,
+                                                                       tmp_path) -> None:
+    from common.pki import hospital_key
+
+    key, _ = hospital_key(tmp_path, name="hospital-1")
+    (site_copy / "policy.toml").write_text("require_secure_aggregation = true\n")
+    result = runner.invoke(app, ["client", "--data", str(site_copy), "--server",
+                                 "127.0.0.1:1", "--ca", "ca.crt", "--key", str(key)])
+    assert result.exit_code == 1 and "roster folder not found" in result.output
+    assert "fedmm keys roster" in result.output and "Traceback" not in result.output
+
+
+def test_an_unreadable_node_key_is_one_line(site_copy) -> None:
+    result = runner.invoke(app, ["client", "--data", str(site_copy), "--server",
+                                 "127.0.0.1:1", "--ca", "ca.crt", "--key", "missing.key"])
+    assert result.exit_code == 1 and "missing.key: cannot read the node key" in result.output
+
+
+def test_privacy_shows_each_model_and_the_total(site_copy: Path) -> None:
+    from client.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(site_copy / ".fedmm")
+    for model in ("study-1", "study-1-renamed"):
+        ledger.reserve(model_id=model, run_id="r", round_number=1, noise_multiplier=1.0,
+                       sample_rate=0.1, steps=50, delta=1e-5, accountant="rdp")
+    result = runner.invoke(app, ["privacy", str(site_copy)])
+    assert result.exit_code == 0, result.output
+    assert "model study-1-renamed" in result.output
+    assert "all 2 models together: ε" in result.output and "of 10" in result.output
+    data = json.loads(runner.invoke(app, ["privacy", str(site_copy), "--json"]).output)
+    assert data["total"]["models"] == 2
+    assert data["total"]["epsilon"] > max(m["epsilon"] for m in data["models"])

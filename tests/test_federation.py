@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flwr.app import RecordDict
 
 from common import wire
@@ -126,3 +127,42 @@ def test_sites_flower_no_longer_sees_are_not_selected(tmp_path) -> None:
     assert federation._prefer_online([11, 12, 13]) == [11, 13]
     federation.grid = OnlineGrid([11])  # too few online: try them all, silent ones time out
     assert federation._prefer_online([11, 12, 13]) == [11, 12, 13]
+
+
+def test_validation_sums_add_up_across_sites_and_noise_stays_in_range() -> None:
+    from server.federation import combine_evaluations
+
+    def sums(count, correct, loss, private=False):
+        return wire.EvaluationReport(count=count, correct=correct, loss_sum=loss,
+                                     loss_bound=5.0, private=private)
+
+    combined = combine_evaluations([sums(10, 5, 8.0), sums(30, 27, 4.0)])
+    assert combined["accuracy"] == pytest.approx(32 / 40)
+    assert combined["loss"] == pytest.approx(12 / 40)
+    assert combined["evaluated_sites"] == 2 and combined["evaluation_private"] is False
+    noisy = combine_evaluations([sums(3.2, 4.1, -2.0, private=True)])
+    assert noisy["accuracy"] == 1.0 and noisy["loss"] == 0.0 and noisy["evaluation_private"]
+    assert "accuracy" not in combine_evaluations([sums(-1.5, 0.3, 1.0, private=True)])
+    assert combine_evaluations([]) == {}
+
+
+def test_a_site_that_will_not_release_metrics_is_not_asked_again(tmp_path) -> None:
+    federation, state = setup(tmp_path)
+    asked = []
+
+    def exchange(nodes, kind, state, arrays, extra=None, *, round_number=None):
+        asked.append(list(nodes))
+        return [SiteReply(1, "site-1", "refused", wire.EVALUATION_NOT_PRIVATE, "no mechanism",
+                          None, RecordDict()),
+                SiteReply(2, "site-2", "ok", "", "", None, RecordDict(to_records(
+                    wire.EvaluationReport(count=20, correct=10, loss_sum=5.0, loss_bound=5.0,
+                                          private=True, epsilon=0.4,
+                                          history=[[10.0, 1.0, 1]]))))][:len(nodes)]
+
+    federation.site_of = {1: "site-1", 2: "site-2"}
+    federation._exchange = exchange
+    assert federation._evaluate(state, [1, 2], None)["accuracy"] == 0.5
+    assert state.sites["site-2"].epsilon == 0.4  # the release's ε reaches the summary
+    federation._evaluate(state, [1, 2], None)
+    assert asked == [[1, 2], [2]]
+    assert "site-1" in federation.not_evaluating

@@ -95,3 +95,16 @@ def test_a_site_killed_or_out_of_disk_while_writing_its_ledger(
         assert spend is not None and spend.rounds_served == 0  # reserved, never marked sent
     _reserve(ledger, 2)  # and the site trains on afterwards
     assert ledger.history("m")[-1][2] == steps + 10
+
+
+def test_the_total_composes_every_models_history_and_evaluations_are_kinds(tmp_path) -> None:
+    ledger = PrivacyLedger(tmp_path)
+    _reserve(ledger, 1)
+    ledger.reserve(model_id="other", run_id="r2", round_number=1, noise_multiplier=10.0,
+                   sample_rate=1.0, steps=1, delta=1e-5, accountant="rdp", kind="evaluate")
+    ledger.mark(model_id="other", run_id="r2", round_number=1, status="sent", kind="evaluate")
+    assert ledger.total_history() == [[1.1, 0.1, 10], [10.0, 1.0, 1]]
+    other = ledger.spend("other")
+    assert other is not None and other.evaluations_released == 1 and other.rounds_served == 0
+    with pytest.raises(LedgerError, match="no reserved entry"):  # a kind is its own entry
+        ledger.mark(model_id="other", run_id="r2", round_number=1, status="sent")

@@ -60,3 +60,35 @@ def test_sites_require_secure_aggregation_unless_their_policy_says_otherwise(
     path = tmp_path / "policy.toml"
     path.write_text("require_secure_aggregation = false\n")
     assert not load_policy(path).require_secure_aggregation
+
+
+def test_the_total_budget_binds_whatever_the_model_is_called() -> None:
+    refusal = check_round(SitePolicy(max_total_epsilon=5.0),
+                          _with(model_id="new-name", epsilon_spent=0.0, epsilon_after=1.0,
+                                total_epsilon_after=5.5))
+    assert refusal is not None and refusal.code == "budget-exhausted"
+    assert "a new model_id does not reset" in refusal.reason
+
+
+def test_only_allowed_model_ids_train_and_modalities_bind_non_private_runs_too() -> None:
+    policy = SitePolicy(allowed_model_ids=("study-1",), allow_non_private=True,
+                        allowed_modalities=("image",))
+    assert check_round(policy, _with(model_id="study-2")).code == "model-not-allowed"
+    assert check_round(policy, _with(model_id="study-1", private=False)).code == \
+        "modality-not-allowed"
+
+
+def test_evaluation_rules() -> None:
+    from client.policy import check_evaluation
+
+    dp = _with(model_id="m")
+    assert check_evaluation(SitePolicy(), dp, 100).code == "evaluation-not-private"
+    noisy = SitePolicy(evaluation_noise_multiplier=5.0)
+    assert check_evaluation(noisy, dp, 100) is None
+    assert check_evaluation(noisy, dp, 19).code == "too-few-eval-rows"
+    assert check_evaluation(noisy, _with(total_epsilon_after=11.0), 100).code == \
+        "budget-exhausted"
+    assert check_evaluation(SitePolicy(), _with(private=False), 100).code == \
+        "non-private-refused"
+    assert check_evaluation(SitePolicy(allow_non_private=True), _with(private=False), 100) \
+        is None

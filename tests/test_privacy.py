@@ -49,3 +49,17 @@ def test_noise_memo_remembers_sigma_on_disk(tmp_path: Path,
     (tmp_path / "memo.json").write_text("not json")
     monkeypatch.setattr(privacy, "noise_for_budget", lambda **_: 1.25)
     assert memo(target_epsilon=5.0, delta=1e-5, sample_rate=0.2, steps=40) == 1.25
+
+
+def test_noise_leaves_room_for_the_planned_evaluation_releases() -> None:
+    from common.config import ConfigError
+
+    alone = noise_for_budget(target_epsilon=4.0, delta=1e-5, sample_rate=0.2, steps=100)
+    extra = ((10.0, 1.0, 24),)
+    shared = noise_for_budget(target_epsilon=4.0, delta=1e-5, sample_rate=0.2, steps=100,
+                              extra=extra)
+    spent = epsilon_for_history([[shared, 0.2, 100], *map(list, extra)], delta=1e-5)
+    assert shared > alone and 4.0 - 0.02 <= spent <= 4.0
+    with pytest.raises(ConfigError, match="evaluation releases alone"):
+        noise_for_budget(target_epsilon=0.5, delta=1e-5, sample_rate=0.2, steps=100,
+                         extra=((1.0, 1.0, 24),))

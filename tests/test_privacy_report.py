@@ -38,3 +38,17 @@ def test_a_tampered_epsilon_field_is_flagged(tmp_path: Path) -> None:
     [row] = site_privacy_report(tmp_path, SitePolicy())
     assert not row["consistent"] and row["epsilon"] > 0.01
     assert site_privacy_report(tmp_path / "empty", SitePolicy()) == []
+
+
+def test_the_total_composes_all_models_at_the_smallest_delta(tmp_path: Path) -> None:
+    from client.privacy_report import site_total
+
+    assert site_total(tmp_path, SitePolicy()) is None
+    ledger = _ledger(tmp_path)
+    ledger.reserve(model_id="renamed", run_id="r2", round_number=1, noise_multiplier=1.2,
+                   sample_rate=0.2, steps=10, delta=1e-6, accountant="rdp")
+    total = site_total(tmp_path, SitePolicy(max_total_epsilon=20.0))
+    assert total is not None and total["models"] == 2 and total["delta"] == 1e-6
+    assert total["epsilon"] == pytest.approx(epsilon_for_history([[1.2, 0.2, 30]],
+                                                                 delta=1e-6))
+    assert total["epsilon_left"] == pytest.approx(20.0 - total["epsilon"])

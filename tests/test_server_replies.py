@@ -37,8 +37,8 @@ class SlowGrid:
             if node == self.asks:
                 content = RecordDict({
                     **to_records(wire.Status(site_id=f"site-{node}", status="ok")),
-                    **to_records(wire.EvaluationReport(num_examples=node, loss=0.0,
-                                                       accuracy=1.0))})
+                    **to_records(wire.EvaluationReport(count=node, correct=node, loss_sum=0.0,
+                                                       loss_bound=5.0, private=False))})
                 reply = Message(content, reply_to=message)
                 reply.metadata.__dict__["_src_node_id"] = node
                 ready.append(reply)
@@ -63,6 +63,6 @@ def test_replies_are_collected_across_asks_and_silent_nodes_are_named() -> None:
     waited = time.monotonic() - started
     assert [(r.site_id, r.status, r.code) for r in replies] == [
         ("site-1", "ok", ""), ("site-2", "ok", ""), ("site-99", "failed", "no-reply")]
-    assert replies[1].read(wire.EvaluationReport).num_examples == 2
+    assert replies[1].read(wire.EvaluationReport).count == 2
     assert grid.pushed["m0"].content["config"]["round"] == 1
     assert grid.asks >= 1.0 / POLL_INTERVAL_S - 1 and waited < 2.0  # asked often, until timeout

@@ -65,7 +65,7 @@ def test_the_mean_of_all_sites(sites) -> None:
     outcome = run(sites)
     assert [r.status for r in outcome.replies] == ["ok"] * 4
     assert_mean_of(outcome, ["site-1", "site-2", "site-3", "site-4"])
-    assert outcome.details["survivors"] == 4 and outcome.details["threshold"] == 2
+    assert outcome.details["survivors"] == 4 and outcome.details["threshold"] == 3
 
 
 @pytest.mark.parametrize("stage", [messages.SETUP, messages.SHARE_KEYS, messages.MASKED_INPUT])
@@ -131,3 +131,11 @@ def test_a_wrongly_sized_masked_input_is_rejected(tmp_path) -> None:
     reply = {r.site_id: r for r in outcome.replies}["site-4"]
     assert reply.status == "rejected" and "expected 38 uint32" in reply.reason
     assert_mean_of(outcome, ["site-1", "site-2", "site-3"])
+
+
+def test_a_site_lost_between_its_masked_input_and_its_signature_aborts_the_round(sites) -> None:
+    sites.tamper = silence(2, messages.CONSISTENCY)
+    outcome = run(sites)
+    assert outcome.mean is None and "did not sign the survivor set" in outcome.note
+    assert outcome.details["consistency_failed"] == ["site-2: no-reply no reply before the "
+                                                     "round timeout"]

@@ -18,7 +18,7 @@ from common.config import load_config
 from common.privacy import epsilon_for_history, noise_for_budget
 from common.sitedata import load_site, split_train_validation
 from server.checkpoint import list_checkpoints, load_checkpoint
-from simulations.demo_data import generate_demo
+from simulations.demo_data import DEMO_POLICY, generate_demo
 from simulations.scenarios import Scenario
 from tests.e2e import CliRun, read_jsonl, run_cli
 
@@ -64,8 +64,8 @@ def _epsilon_after_rounds(site: Path, config_path: Path, rounds: int) -> float:
 def policy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One securely aggregated run, four sites: site-01 and site-04 follow the demo policy,
     site-02's policy demands more noise than the run uses, site-03's budget lasts one round
-    (their refusals are dropouts the protocol recovers from). Then a second run of the same
-    model."""
+    (their refusals are dropouts the protocol recovers from); only site-04 has enough
+    validation rows to release metrics (DP-noised). Then a second run of the same model."""
     root = tmp_path_factory.mktemp("policy")
     data = root / "data"
     generate_demo(data, sites=4, samples_per_site=70, seed=11, scenario=Scenario.IID,
@@ -80,6 +80,8 @@ def policy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lines[2] = lines[2].split(",", 2)[0] + ",9," + lines[2].split(",", 2)[2]
     manifest.write_text("\n".join(lines) + "\n")
     (data / "site-03" / "policy.toml").write_text(f"max_epsilon = {(one + two) / 2}\n")
+    # site-04 releases its validation figures through the Gaussian mechanism (14 rows)
+    (data / "site-04" / "policy.toml").write_text(DEMO_POLICY + "min_eval_rows = 10\n")
     first = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
                      str(root / "run1")], cwd=root)
     second = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
@@ -95,6 +97,7 @@ def test_run_writes_everything_and_epsilon_is_the_accountants(policy_run: dict) 
     assert summary["rounds_completed"] == 3
     assert summary["secure_aggregation"] is True and summary["strategy"] == "fedavg"
     assert set(summary["final_metrics"]) >= {"accuracy", "loss", "test_accuracy"}
+    assert summary["final_metrics"]["evaluation_private"] is True
     privacy = summary["privacy"]
     assert privacy["delta"] == 1e-5 and privacy["accountant"] == "rdp"
     for site, info in privacy["sites"].items():
@@ -117,10 +120,10 @@ def test_run_writes_everything_and_epsilon_is_the_accountants(policy_run: dict) 
 
 def test_policy_violation_is_refused_with_its_reason(policy_run: dict) -> None:
     records = read_jsonl(policy_run["root"] / "run1" / "metrics.jsonl")
-    for record in records:
-        site = record["sites"]["site-02"]
-        assert site["status"] == "refused" and site["code"] == "noise-too-small"
-        assert "< policy 50.000" in site["reason"]
+    site = records[0]["sites"]["site-02"]
+    assert site["status"] == "refused" and site["code"] == "noise-too-small"
+    assert "< policy 50.000" in site["reason"]
+    assert all("site-02" not in r["sites"] for r in records[1:])  # not asked again
     assert "site-02 refused (noise-too-small)" in policy_run["first"][1]
     assert not PrivacyLedger(policy_run["data"] / "site-02" / ".fedmm").history("e2e-model")
 

@@ -7,15 +7,12 @@ import pytest
 import torch
 
 from client.grad_sample import MODES, ModeMemo
-from client.training import (
-    plan_round,
-    steps_per_epoch,
-    train_local,
-)
+from client.training import plan_round, steps_per_epoch, train_local
 from common.config import RunConfig
 from common.evaluation import auroc, evaluate_weights
 from common.models import build_model
 from common.privacy import epsilon_for_history, noise_for_budget
+from common.randomness import RandomStream
 from common.serialization import model_weights
 from common.sitedata import load_site
 
@@ -48,7 +45,7 @@ def test_dp_training_records_every_step_and_continues_history(
     earlier = [[0.7, 0.5, 3]]
     torch.manual_seed(0)
     result = train_local(config=small_config, global_weights=weights, data=data, plan=plan,
-                         history=earlier)
+                         history=earlier, stream=RandomStream.from_seed(0))
     assert result.steps == plan.steps == math.ceil(len(data) / 16)
     assert result.history == [[0.7, 0.5, 3], [plan.noise_multiplier, plan.sample_rate,
                                               plan.steps]]
@@ -56,8 +53,11 @@ def test_dp_training_records_every_step_and_continues_history(
     assert any(not np.array_equal(result.weights[k], weights[k]) for k in weights)
     torch.manual_seed(0)
     again = train_local(config=small_config, global_weights=weights, data=data, plan=plan,
-                        history=earlier)
+                        history=earlier, stream=RandomStream.from_seed(0))
     assert all(np.array_equal(again.weights[k], result.weights[k]) for k in weights)
+    other = train_local(config=small_config, global_weights=weights, data=data, plan=plan,
+                        history=earlier, stream=RandomStream.from_seed(1))
+    assert any(not np.array_equal(other.weights[k], result.weights[k]) for k in weights)
 
 
 def test_non_private_and_fedprox_paths(demo_root: Path, small_config: RunConfig) -> None:
@@ -83,17 +83,17 @@ def test_auto_mode_is_calibrated_once_and_remembered(demo_root: Path, small_conf
     memo = tmp_path / "memo.json"
     torch.manual_seed(0)
     first = train_local(config=config, global_weights=weights, data=data, plan=plan,
-                        history=[], mode_memo=memo)
+                        history=[], mode_memo=memo, stream=RandomStream.from_seed(0))
     [entry] = json.loads(memo.read_text()).values()
     assert first.grad_sample_mode == entry["mode"] in MODES
     assert set(entry["seconds"]) | set(entry["rejected"]) == set(MODES)
     stamp = memo.stat().st_mtime_ns
     torch.manual_seed(0)
     second = train_local(config=config, global_weights=weights, data=data, plan=plan,
-                         history=[], mode_memo=memo)
+                         history=[], mode_memo=memo, stream=RandomStream.from_seed(0))
     assert memo.stat().st_mtime_ns == stamp  # remembered, not measured again
     assert second.grad_sample_mode == first.grad_sample_mode
-    for name in first.weights:  # calibration did not disturb the training RNG
+    for name in first.weights:  # calibration did not disturb the training randomness
         np.testing.assert_array_equal(first.weights[name], second.weights[name])
     assert ModeMemo(memo).get("another model") is None
 

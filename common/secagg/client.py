@@ -1,20 +1,34 @@
 """The client's side of SecAgg+ as a state machine over plain data (no Flower, no torch).
 
-Stage by stage, for client i with neighbourhood N(i) (its neighbours) in round ``context``:
+Stage by stage, for client i in round ``context``, with its signing key and its :class:`Guards`
+(the roster of peers it trusts and the collusion it assumes, from its own policy):
 
 1. ``setup``: two fresh X25519 key pairs, (c_sk, c_pk) to seal shares and (s_sk, s_pk) for
-   pairwise masks.
-2. ``share_keys``: a fresh 256-bit self-mask seed b_i; t-of-(|N(i)|+1) Shamir shares of b_i and
-   of s_sk_i for every holder j ∈ N(i) ∪ {i}; each neighbour's pair sealed with AES-GCM under
+   pairwise masks; the advertisement (i, c_pk, s_pk) is signed.
+2. ``share_keys``: every advertisement is checked: signed by a key in the roster, one key per
+   participant, its own unchanged. The neighbourhood N(i) follows from a seed over all of them
+   (:mod:`.graph`); the server's threshold t must be at least ⌊(|N(i)| + 1 + c)/2⌋ + 1. Then a
+   fresh 256-bit self-mask seed b_i; t-of-(|N(i)|+1) Shamir shares of b_i and of s_sk_i for
+   every holder j ∈ N(i) ∪ {i}; each neighbour's pair sealed with AES-GCM under
    HKDF(X25519(c_sk_i, c_pk_j)).
 3. ``open_shares`` then ``mask``: the received shares are authenticated (a tampered or misrouted
-   one aborts the round for this client); the encoded update x_i is sent as
+   one aborts the round for this client); the digest of the global model received is kept; the
+   encoded update x_i is sent as
 
-       y_i = x_i + PRG(b_i) + Σ_{j ∈ N(i) ∩ U2} sign(j − i) · PRG(HKDF(X25519(s_sk_i, s_pk_j))),
+       y_i = x_i + PRG(b_i) + Σ_{j ∈ N(i) ∩ U2} sign(j − i) · PRG(HKDF(X25519(s_sk_i, s_pk_j))).
 
-   so that pairwise masks cancel in the sum over survivors.
-4. ``unmask``: for each survivor a share of its b, for each dropped neighbour a share of its
-   s_sk, never both for one client and only once per round.
+4. ``consistency``: the site signs the one survivor set U3 it is shown, with the digest of the
+   model it received and of the advertisements it saw.
+5. ``unmask``: only for that same U3, and only with a valid signature of *every* member of U3
+   on it, on the model this site received and on the advertisements it saw (a server that
+   showed different sets, models or participants to different sites is caught here: it cannot
+   leave out a survivor's signature and still have that survivor's self mask revealed); for
+   each survivor in N(i) ∪ {i} a share of its b, for each neighbour that shared keys but is not
+   in U3 a share of its s_sk, never both, and only once.
+
+Dropouts: up to |N(i)| + 1 − t sites may be lost before they send their masked input, or after
+they sign U3. A site lost between the two (the seconds between its masked input and its
+signature) aborts the round: the others cannot tell a lost signature from a withheld one.
 
 The state is a plain dict (bytes, ints, lists, dicts) that the caller persists between stages.
 """
@@ -23,13 +37,19 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from common.secagg import shamir
 from common.secagg.encoding import ring_add, ring_subtract
+from common.secagg.graph import graph_seed, minimum_threshold, neighbours
+from common.secagg.identity import Roster, Signer, verify
 from common.secagg.messages import (
+    Advert,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputRequest,
     SetupReply,
     SetupRequest,
@@ -37,6 +57,7 @@ from common.secagg.messages import (
     ShareKeysRequest,
     UnmaskReply,
     UnmaskRequest,
+    view_fields,
 )
 from common.secagg.primitives import (
     SealError,
@@ -50,6 +71,8 @@ from common.secagg.primitives import (
 
 State = dict[str, Any]
 _HEADER = struct.Struct(">II")
+ADVERT = "advert"
+VIEW = "view"
 
 
 class SecAggError(RuntimeError):
@@ -58,6 +81,22 @@ class SecAggError(RuntimeError):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What this site insists on in every round (its policy's, or a simulation's)."""
+
+    roster: Roster
+    max_colluding: int = 0
+    min_neighbourhood: int = 2
+
+    def with_own(self, public: bytes) -> Guards:
+        """The same guards with this site's own key in the roster (a roster folder holds
+        the peers' keys; the site's own advertisement is checked like everyone's)."""
+        return Guards(roster=Roster.of([*self.roster.keys, public]),
+                      max_colluding=self.max_colluding,
+                      min_neighbourhood=self.min_neighbourhood)
 
 
 def _associated(context: str, sender: int, recipient: int) -> bytes:
@@ -71,51 +110,106 @@ def _expect(state: State, stage: str) -> None:
                           f"{state.get('stage', 'none')}, expected {stage})")
 
 
-def setup(request: SetupRequest) -> tuple[State, SetupReply]:
-    holders = len(request.neighbours) + 1
+def setup(request: SetupRequest, signer: Signer) -> tuple[State, SetupReply]:
     if request.clients < 2 or request.threshold < 2:
         raise SecAggError("secagg-unsafe", "secure aggregation needs at least 2 clients and a "
                           "threshold of at least 2 (a sum of one is the update itself)")
-    if request.threshold > holders or request.index in request.neighbours:
-        raise SecAggError("secagg-bad-setup", "threshold or neighbour list is inconsistent")
+    if not 0 <= request.index < request.clients or not 1 <= request.degree < request.clients:
+        raise SecAggError("secagg-bad-setup", "index or graph degree is inconsistent")
     encryption, masking = generate_key_pair(), generate_key_pair()
+    signature = signer.sign(ADVERT, Advert.signed_fields(
+        request.context, request.index, encryption.public, masking.public))
     state: State = {
         "stage": "setup", "context": request.context, "index": request.index,
-        "neighbours": list(request.neighbours), "threshold": request.threshold,
-        "clients": request.clients, "clip_range": request.clip_range,
-        "max_weight": request.max_weight,
+        "clients": request.clients, "threshold": request.threshold, "degree": request.degree,
+        "clip_range": request.clip_range, "max_weight": request.max_weight,
         "encryption_private": encryption.private, "mask_private": masking.private,
+        "encryption_public": encryption.public, "mask_public": masking.public,
+        "signer": signer.public,
     }
-    return state, SetupReply(encryption_key=encryption.public, mask_key=masking.public)
+    return state, SetupReply(encryption_key=encryption.public, mask_key=masking.public,
+                             signer=signer.public, signature=signature)
 
 
-def share_keys(state: State, request: ShareKeysRequest) -> tuple[State, ShareKeysReply]:
+def _checked_adverts(state: State, request: ShareKeysRequest, guards: Guards
+                     ) -> dict[int, Advert]:
+    """The advertisements, each signed by a distinct roster member, this site's unchanged."""
+    adverts: dict[int, Advert] = {}
+    signers: set[bytes] = set()
+    for index, raw in request.adverts.items():
+        try:
+            advert = Advert.from_bytes(raw)
+        except ValueError as error:
+            raise SecAggError("secagg-malformed", f"advertisement of client {index}: "
+                              f"{error}") from None
+        fields = Advert.signed_fields(state["context"], index, advert.encryption_key,
+                                      advert.mask_key)
+        if advert.index != index or not 0 <= index < state["clients"]:
+            raise SecAggError("secagg-bad-setup", f"advertisement of client {index} names "
+                              "another index")
+        if advert.signer not in guards.roster:
+            raise SecAggError("secagg-unknown-peer", f"client {index} signs with a key that "
+                              "is not in this site's roster; refused (the server may be "
+                              "adding participants of its own)")
+        if not verify(advert.signer, ADVERT, fields, advert.signature):
+            raise SecAggError("secagg-bad-signature", f"client {index}'s advertisement is "
+                              "not signed by its key; refused")
+        if advert.signer in signers:
+            raise SecAggError("secagg-unknown-peer", f"one key signs for two participants "
+                              f"(client {index}); refused")
+        signers.add(advert.signer)
+        adverts[index] = advert
+    me = state["index"]
+    mine = adverts.get(me)
+    if mine is None or (mine.encryption_key, mine.mask_key, mine.signer) != (
+            state["encryption_public"], state["mask_public"], state["signer"]):
+        raise SecAggError("secagg-bad-setup", "this site's own advertisement is missing or "
+                          "changed; refused")
+    return adverts
+
+
+def share_keys(state: State, request: ShareKeysRequest,
+               guards: Guards) -> tuple[State, ShareKeysReply]:
     _expect(state, "setup")
-    me, neighbours = state["index"], set(state["neighbours"])
-    present = sorted(set(request.encryption_keys) & set(request.mask_keys) & neighbours)
-    if len(present) + 1 < state["threshold"]:
-        raise SecAggError("secagg-too-few", f"only {len(present)} neighbours present; "
-                          f"threshold {state['threshold']} cannot be met")
+    me = state["index"]
+    adverts = _checked_adverts(state, request, guards)
+    seed = graph_seed(state["context"], list(request.adverts.values()))
+    graph = neighbours(state["clients"], state["degree"], seed)
+    present = sorted(j for j in graph[me] if j in adverts)
+    holders = len(present) + 1
+    least = minimum_threshold(holders, guards.max_colluding)
+    if holders < guards.min_neighbourhood:
+        raise SecAggError("secagg-too-few", f"only {holders} sites in this neighbourhood; "
+                          f"policy min_neighbourhood {guards.min_neighbourhood}")
+    if not least <= state["threshold"] <= holders:
+        raise SecAggError("secagg-unsafe", f"threshold {state['threshold']} outside "
+                          f"{least}..{holders} for {holders} holders and up to "
+                          f"{guards.max_colluding} colluding sites (policy "
+                          "max_colluding_sites); a lower one lets a lying server unmask a "
+                          "site; refused")
     self_seed = random_seed()
-    holders = [*present, me]
-    xs = [j + 1 for j in holders]
+    holder_list = [*present, me]
+    xs = [j + 1 for j in holder_list]
     seed_shares = shamir.split(self_seed, threshold=state["threshold"], xs=xs)
     key_shares = shamir.split(state["mask_private"], threshold=state["threshold"], xs=xs)
     ciphertexts = {}
     for j in present:
-        key = agree(state["encryption_private"], request.encryption_keys[j], purpose="seal",
+        key = agree(state["encryption_private"], adverts[j].encryption_key, purpose="seal",
                     context=state["context"])
         plaintext = _HEADER.pack(me, j) + seed_shares[j + 1] + key_shares[j + 1]
         ciphertexts[j] = seal(key, plaintext, associated=_associated(state["context"], me, j))
-    state = {**state, "stage": "share_keys", "self_seed": self_seed,
-             "encryption_keys": {j: request.encryption_keys[j] for j in present},
-             "mask_keys": {j: request.mask_keys[j] for j in present},
+    state = {**state, "stage": "share_keys", "self_seed": self_seed, "neighbours": present,
+             "adverts_digest": seed.hex(),
+             "signers": {j: a.signer for j, a in adverts.items()},
+             "encryption_keys": {j: adverts[j].encryption_key for j in present},
+             "mask_keys": {j: adverts[j].mask_key for j in present},
              "seed_shares": {me: seed_shares[me + 1]}, "key_shares": {me: key_shares[me + 1]}}
     return state, ShareKeysReply(ciphertexts=ciphertexts)
 
 
-def open_shares(state: State, request: MaskedInputRequest) -> State:
-    """Authenticate and store the shares the neighbours sealed to this client."""
+def open_shares(state: State, request: MaskedInputRequest, model_digest: str) -> State:
+    """Authenticate and store the shares the neighbours sealed to this client, and the digest
+    of the global model this client received."""
     _expect(state, "share_keys")
     me = state["index"]
     seed_shares, key_shares = dict(state["seed_shares"]), dict(state["key_shares"])
@@ -138,12 +232,12 @@ def open_shares(state: State, request: MaskedInputRequest) -> State:
         body = plaintext[_HEADER.size:]
         seed_shares[sender] = body[:shamir.SHARE_BYTES]
         key_shares[sender] = body[shamir.SHARE_BYTES:]
-    survivors = sorted(request.ciphertexts)
-    if len(survivors) + 1 < state["threshold"]:
-        raise SecAggError("secagg-too-few", f"only {len(survivors)} neighbours sent shares; "
+    partners = sorted(request.ciphertexts)
+    if len(partners) + 1 < state["threshold"]:
+        raise SecAggError("secagg-too-few", f"only {len(partners)} neighbours sent shares; "
                           f"threshold {state['threshold']} cannot be met")
     return {**state, "stage": "shares_open", "seed_shares": seed_shares,
-            "key_shares": key_shares, "mask_partners": survivors}
+            "key_shares": key_shares, "mask_partners": partners, "model": model_digest}
 
 
 def pairwise_mask(private: bytes, peer_public: bytes, *, context: str, length: int) -> np.ndarray:
@@ -163,20 +257,50 @@ def mask(state: State, encoded: np.ndarray) -> tuple[State, np.ndarray]:
     return {**state, "stage": "masked"}, masked
 
 
-def unmask(state: State, request: UnmaskRequest) -> tuple[State, UnmaskReply]:
+def consistency(state: State, request: ConsistencyRequest,
+                signer: Signer) -> tuple[State, ConsistencyReply]:
+    """Sign the one survivor set this site is shown, with the model it received."""
     _expect(state, "masked")
-    active, dropped = set(request.active), set(request.dropped)
-    if active & dropped:
-        raise SecAggError("secagg-unsafe", "server asked for both shares of one client "
-                          f"({sorted(active & dropped)}); refused")
-    known = set(state["seed_shares"])
-    if not (active | dropped) <= known or state["index"] not in active:
-        raise SecAggError("secagg-unsafe", "server named clients this client holds no share of")
+    survivors = sorted(set(request.survivors))
+    if state["index"] not in survivors or not set(survivors) <= set(state["signers"]):
+        raise SecAggError("secagg-inconsistent", "the survivor set leaves out this site or "
+                          "names sites that never advertised; refused")
+    signature = signer.sign(VIEW, view_fields(state["context"], survivors, _seen(state)))
+    return ({**state, "stage": "signed", "view": survivors},
+            ConsistencyReply(signature=signature))
+
+
+def _seen(state: State) -> str:
+    """What else a site's signature on the survivor set covers: the global model it received
+    and the set of advertisements its graph came from."""
+    return f"{state['model']}/{state['adverts_digest']}"
+
+
+def unmask(state: State, request: UnmaskRequest) -> tuple[State, UnmaskReply]:
+    _expect(state, "signed")
+    view = state["view"]
+    if sorted(set(request.survivors)) != view:
+        raise SecAggError("secagg-inconsistent", "asked to unmask for another survivor set "
+                          "than the one this site signed; refused")
+    fields = view_fields(state["context"], view, _seen(state))
+    unsigned = [j for j in view if j not in request.signatures]
+    if unsigned or set(request.signatures) - set(view):
+        raise SecAggError("secagg-inconsistent", f"survivors {unsigned} did not sign the "
+                          "survivor set (every survivor must sign the same set and global "
+                          "model); refused")
+    for j in view:
+        if not verify(state["signers"][j], VIEW, fields, request.signatures[j]):
+            raise SecAggError("secagg-inconsistent", f"client {j}'s signature does not cover "
+                              "this survivor set and this global model: sites were shown "
+                              "different sets or models; refused")
+    me, near = state["index"], set(state["neighbours"])
+    active = sorted((near | {me}) & set(view))
+    dropped = sorted(set(state["mask_partners"]) - set(view))
     if len(active) < state["threshold"]:
         raise SecAggError("secagg-too-few", f"only {len(active)} survivors in this "
                           f"neighbourhood < threshold {state['threshold']}; refused")
-    reply = UnmaskReply(self_mask_shares={j: state["seed_shares"][j] for j in sorted(active)},
-                        key_shares={j: state["key_shares"][j] for j in sorted(dropped)})
+    reply = UnmaskReply(self_mask_shares={j: state["seed_shares"][j] for j in active},
+                        key_shares={j: state["key_shares"][j] for j in dropped})
     return {"stage": "done", "context": state["context"]}, reply
 
 

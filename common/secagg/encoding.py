@@ -5,10 +5,12 @@ Client i with n_i examples and update Δ_i sends
     q_i = SR(s · w_i · clip(Δ_i, −R, R))  (mod 2^32),   w_i = min(n_i, W) / W,
 
 and, as one extra element, the integer min(n_i, W). SR is unbiased stochastic rounding
-(E[SR(x)] = x, |SR(x) − x| < 1) and s = (2^31 − 1) / (N · R) for at most N clients, so the true
-sum Σ s·w_i·Δ_i lies in (−2^31, 2^31) and is recovered exactly from the ring sum as a signed
-32-bit integer. The server divides the decoded sum by the total weight Σ w_i: the weighted mean
-Σ w_i Δ_i / Σ w_i, off by less than N / (s · Σ w_i) per element (:meth:`tolerance`).
+(E[SR(x)] = x, |SR(x) − x| < 1) and s = (2^31 − 1 − N) / (N · R) for at most N clients. Each
+encoded element is then an integer of magnitude at most s·R + 1 (a value at ±R rounds up by at
+most one step), so the sum of N of them has magnitude at most N·s·R + N = 2^31 − 1: it never
+wraps, and is recovered exactly from the ring sum as a signed 32-bit integer. The server
+divides the decoded sum by the total weight Σ w_i: the weighted mean Σ w_i Δ_i / Σ w_i, off by
+less than N / (s · Σ w_i) per element (:meth:`tolerance`).
 Elements clipped to ±R are counted, never changed silently.
 """
 
@@ -40,10 +42,13 @@ class RingEncoding:
             raise ValueError("clip_range, max_weight and max_clients must be positive")
         if self.max_clients * self.max_weight >= _RING:
             raise ValueError("max_clients × max_weight must stay below 2^32")
+        if self.max_clients >= _MAX_ABS // 2:
+            raise ValueError("max_clients is too large for the 32-bit ring")
 
     @property
     def scale(self) -> float:
-        return _MAX_ABS / (self.max_clients * self.clip_range)
+        """s: N clipped, rounded inputs sum to at most ±(N·s·R + N) = ±(2^31 − 1)."""
+        return (_MAX_ABS - self.max_clients) / (self.max_clients * self.clip_range)
 
     def encode(self, update: np.ndarray, num_examples: int,
                rng: np.random.Generator) -> Encoded:

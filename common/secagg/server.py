@@ -1,14 +1,17 @@
 """The server's side of SecAgg+ as a state machine over plain data (no Flower, no torch).
 
-The server routes keys and sealed shares, collects masked inputs from the survivors U3 and
-recovers their sum
+The server relays every site's signed advertisement to all, routes sealed shares along the
+graph the advertisements seed, collects masked inputs from the survivors U3, has every survivor
+sign U3 (the consistency stage) and relays those signatures with the unmasking request, then
+recovers the survivors' sum
 
     Σ_{i∈U3} x_i = Σ_{i∈U3} y_i − Σ_{i∈U3} PRG(b_i)
                    − Σ_{d∈U2∖U3} Σ_{i∈N(d)∩U3} sign(d − i) · PRG(s_id),
 
 rebuilding each b_i and each dropped client's mask key s_sk_d from ``threshold`` Shamir shares.
-It asks each survivor for one kind of share per client only. Fewer than ``threshold`` survivors
-at any stage aborts the round (:class:`SecAggAbort`); the caller keeps the previous model.
+Each site decides itself which shares it reveals, from the survivor set it signed. Fewer than
+``threshold`` survivors at any stage aborts the round (:class:`SecAggAbort`); the caller keeps
+the previous model.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ import numpy as np
 from common.secagg import shamir
 from common.secagg.client import pairwise_mask
 from common.secagg.encoding import ring_add, ring_subtract
+from common.secagg.graph import default_degree, graph_seed
 from common.secagg.graph import neighbours as build_graph
 from common.secagg.graph import threshold as threshold_for
 from common.secagg.messages import (
+    Advert,
+    ConsistencyReply,
+    ConsistencyRequest,
     MaskedInputRequest,
     SetupReply,
     SetupRequest,
@@ -53,33 +60,36 @@ class SecAggServer:
         if settings.clients < 2:
             raise SecAggAbort("secure aggregation needs at least 2 clients in a round")
         self.context, self.settings = context, settings
-        self.graph = build_graph(settings.clients, settings.degree)
-        self.threshold = threshold_for(len(self.graph[0]) + 1, settings.threshold_fraction)
-        self.keys: dict[int, SetupReply] = {}
+        degree = default_degree(settings.clients) if settings.degree is None else \
+            settings.degree
+        self.degree = max(1, min(degree, settings.clients - 1))
+        self.threshold = threshold_for(self.degree + 1, settings.threshold_fraction)
+        self.graph: list[list[int]] = []
+        self.keys: dict[int, Advert] = {}
+        self.adverts: dict[int, bytes] = {}
         self.sealed: dict[int, dict[int, bytes]] = {}  # sender → recipient → ciphertext
         self.masked: dict[int, np.ndarray] = {}
+        self.signatures: dict[int, bytes] = {}
 
     # stage 1
     def setup_requests(self) -> dict[int, SetupRequest]:
         s = self.settings
         return {i: SetupRequest(context=self.context, index=i, clients=s.clients,
-                                neighbours=self.graph[i], threshold=self.threshold,
+                                threshold=self.threshold, degree=self.degree,
                                 clip_range=s.clip_range, max_weight=s.max_weight)
                 for i in range(s.clients)}
 
     def receive_setup(self, replies: Mapping[int, SetupReply]) -> None:
-        self.keys = dict(replies)
+        self.keys = {i: Advert(i, r.encryption_key, r.mask_key, r.signer, r.signature)
+                     for i, r in replies.items()}
+        self.adverts = {i: advert.to_bytes() for i, advert in self.keys.items()}
         self._require(set(self.keys), "advertised keys")
+        self.graph = build_graph(self.settings.clients, self.degree,
+                                 graph_seed(self.context, list(self.adverts.values())))
 
     # stage 2
     def share_keys_requests(self) -> dict[int, ShareKeysRequest]:
-        requests = {}
-        for i in sorted(self.keys):
-            near = [j for j in self.graph[i] if j in self.keys]
-            requests[i] = ShareKeysRequest(
-                encryption_keys={j: self.keys[j].encryption_key for j in near},
-                mask_keys={j: self.keys[j].mask_key for j in near})
-        return requests
+        return {i: ShareKeysRequest(adverts=dict(self.adverts)) for i in sorted(self.keys)}
 
     def receive_share_keys(self, replies: Mapping[int, ShareKeysReply]) -> None:
         self.sealed = {i: dict(reply.ciphertexts) for i, reply in replies.items()
@@ -102,12 +112,23 @@ class SecAggServer:
         self._require(set(self.masked), "sent masked input")
 
     # stage 4
+    def consistency_requests(self) -> dict[int, ConsistencyRequest]:
+        survivors = sorted(self.masked)
+        return {i: ConsistencyRequest(survivors=survivors) for i in survivors}
+
+    def receive_consistency(self, replies: Mapping[int, ConsistencyReply]) -> None:
+        """Every survivor must sign: each site unmasks only when all of U3 signed it."""
+        self.signatures = {i: r.signature for i, r in replies.items() if i in self.masked}
+        unsigned = sorted(set(self.masked) - set(self.signatures))
+        if unsigned:
+            raise SecAggAbort(f"clients {unsigned} sent masked input but did not sign the "
+                              "survivor set; the others will not unmask without them")
+
+    # stage 5
     def unmask_requests(self) -> dict[int, UnmaskRequest]:
-        survivors, dropped = set(self.masked), set(self.sealed) - set(self.masked)
-        return {i: UnmaskRequest(
-                    active=sorted(({i, *self.graph[i]}) & survivors),
-                    dropped=sorted(set(self.graph[i]) & dropped))
-                for i in sorted(survivors)}
+        survivors = sorted(self.masked)
+        return {i: UnmaskRequest(survivors=survivors, signatures=dict(self.signatures))
+                for i in survivors}
 
     def finish(self, replies: Mapping[int, UnmaskReply]) -> np.ndarray:
         """The ring sum of the survivors' encoded inputs."""

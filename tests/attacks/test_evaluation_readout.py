@@ -1,0 +1,174 @@
+"""A server cannot read a patient out of what a site reports about a model.
+
+The attack (found in review): all-zero weights and a large output bias on class k make the
+model answer k for every row, so accuracy on a one-patient validation set is 1 exactly when
+that patient's label is k. Against fedmm's sites it gets nothing: the validation split is the
+site's own (size from its policy, order from its secret), metrics in DP runs travel only
+through the policy's Gaussian mechanism (charged to the ledger), and the default policy sends
+none. Weakened — a policy that evaluates one patient and sends exact metrics — the same
+attack reads the label. The exact training loss is the same channel in a weaker form: DP
+rounds do not send it; a non-private round's exact loss gives the count of a label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.app import make_client_app
+from client.ledger import PrivacyLedger
+from client.private_evaluation import ValidationSums, gaussian_release
+from client.site import resolve_site
+from client.validation import site_split
+from common import wire
+from common.config import RunConfig
+from common.evaluation import evaluate_weights
+from common.model_inputs import load_model_inputs
+from common.models import build_model
+from common.privacy import epsilon_for_history
+from common.randomness import RandomStream
+from common.serialization import model_weights
+from tests.inprocess import InProcessSites
+
+CLASSES = 4
+ONE_PATIENT = "validation_fraction = 0.02\nmin_eval_rows = 1\n"  # 60 rows: one in validation
+
+
+def run_config(*, private: bool, **training) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": {"embed_dim": 8, "hidden_dim": 16},
+        "training": {"batch_size": 64, **training},
+        "privacy": {"enabled": private, "noise_multiplier": 1.0},
+        "secure_aggregation": {"enabled": False}})
+
+
+def crafted(config: RunConfig, label: int) -> dict[str, np.ndarray]:
+    """Zero weights; every output bias one-hot on ``label``."""
+    weights = model_weights(build_model(data=config.data, model=config.model, seed=0))
+    out = {name: np.zeros_like(value) for name, value in weights.items()}
+    for name, value in out.items():
+        if name.endswith("bias") and value.shape == (CLASSES,):
+            value[label] = 10.0
+    return out
+
+
+def site_with(site_copy: Path, policy: str) -> InProcessSites:
+    (site_copy / "policy.toml").write_text(policy, encoding="utf-8")
+    return InProcessSites(make_client_app(), [site_copy], run_config(private=True))
+
+
+def evaluate(sites: InProcessSites, config: RunConfig, weights) -> wire.EvaluationReport | None:
+    sites.config = config
+    [reply] = sites.exchange(sites.nodes, wire.EVALUATE, weights)
+    return reply.read(wire.EvaluationReport) if reply.status == "ok" else reply
+
+
+def validation_labels(site_copy: Path, config: RunConfig) -> np.ndarray:
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    _, validation = site_split(site, config, load_model_inputs(site_copy, config, site.state))
+    return validation.labels
+
+
+def test_the_weakened_site_gives_away_its_one_validation_patients_label(site_copy) -> None:
+    policy = ONE_PATIENT + "allow_non_private = true\nrequire_secure_aggregation = false\n"
+    sites = site_with(site_copy, policy)
+    config = run_config(private=False)
+    answers = {k: evaluate(sites, config, crafted(config, k)) for k in range(CLASSES)}
+    assert all(a.count == 1 and not a.private for a in answers.values())
+    guessed = [k for k, a in answers.items() if a.correct == 1]
+    assert guessed == list(validation_labels(site_copy, config))
+
+
+def test_the_default_policy_sends_nothing_the_attack_can_use(site_copy) -> None:
+    sites = site_with(site_copy, "")  # the built-in policy
+    private, plain = run_config(private=True), run_config(private=False)
+    refused = evaluate(sites, private, crafted(private, 0))
+    assert refused.status == "refused" and refused.code == wire.EVALUATION_NOT_PRIVATE
+    assert refused.read(wire.EvaluationReport) is None
+    refused = evaluate(sites, plain, crafted(plain, 0))
+    assert refused.code == wire.NON_PRIVATE_REFUSED
+    assert not PrivacyLedger(site_copy / ".fedmm").models()  # nothing released, nothing spent
+
+
+def test_the_server_cannot_size_the_validation_split(site_copy) -> None:
+    sites = site_with(site_copy, "allow_non_private = true\nmin_eval_rows = 1\n")
+    config = run_config(private=False)
+    payload = json.loads(config.to_json())
+    payload["data"]["validation_fraction"] = 0.02  # what the old run config allowed
+    sites.config = type("Raw", (), {"to_json": lambda self: json.dumps(payload)})()
+    [reply] = sites.exchange(sites.nodes, wire.EVALUATE, crafted(config, 0))
+    assert reply.status == "failed" and reply.code == wire.BAD_CONFIG
+    assert "validation_fraction" in reply.reason
+    honest = evaluate(sites, config, crafted(config, 0))
+    assert honest.count == len(validation_labels(site_copy, config)) == 12  # the site's 0.2
+
+
+def test_a_dp_release_hides_the_one_patient_and_is_charged(site_copy) -> None:
+    sites = site_with(site_copy, ONE_PATIENT + "evaluation_noise_multiplier = 10.0\n")
+    config = run_config(private=True)
+    report = evaluate(sites, config, crafted(config, 0))
+    assert report.private and report.noise_multiplier == 10.0
+    assert report.count != round(report.count)  # noisy, not the exact 1
+    [spend] = PrivacyLedger(site_copy / ".fedmm").models()
+    assert spend.history == [[10.0, 1.0, 1]] and spend.evaluations_released == 1
+    assert report.epsilon == pytest.approx(epsilon_for_history([[10.0, 1.0, 1]],
+                                                               delta=config.privacy.delta))
+
+
+def guess_rate(noise_multiplier: float, site_copy: Path, trials: int = 4000) -> float:
+    """How often the attacker names the patient's label from one release per class guess:
+    the class whose noisy 'correct' is largest, over ``trials`` independent releases of the
+    real sums of the crafted models on the one-patient split."""
+    config = run_config(private=True)
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    _, validation = site_split(site, config, load_model_inputs(site_copy, config, site.state))
+    sums = []
+    for k in range(CLASSES):
+        metrics = evaluate_weights(config, crafted(config, k), validation, loss_bound=5.0)
+        sums.append(ValidationSums(float(metrics["num-examples"]), float(metrics["correct"]),
+                                   float(metrics["clipped-loss-sum"])))
+    truth = int(validation.labels[0])
+    stream = RandomStream.from_seed("attack")
+    hits = 0
+    for _ in range(trials):
+        noisy = [gaussian_release(s, noise_multiplier=noise_multiplier, stream=stream).correct
+                 for s in sums]
+        hits += int(np.argmax(noisy) == truth)
+    return hits / trials
+
+
+def test_the_gaussian_release_leaves_the_attacker_near_chance(site_copy) -> None:
+    (site_copy / "policy.toml").write_text(ONE_PATIENT, encoding="utf-8")
+    assert guess_rate(10.0, site_copy) < 0.30  # chance is 0.25
+    assert guess_rate(1e-3, site_copy) == 1.0  # weakened: no real noise
+
+
+def train_report(sites: InProcessSites, config: RunConfig, weights) -> wire.TrainReport:
+    sites.config = config
+    [reply] = sites.exchange(sites.nodes, wire.TRAIN, weights)
+    assert reply.status == "ok", reply.reason
+    report = reply.read(wire.TrainReport)
+    assert report is not None
+    return report
+
+
+def test_dp_rounds_do_not_send_the_exact_training_loss(site_copy) -> None:
+    sites = site_with(site_copy, "require_secure_aggregation = false\n")
+    config = run_config(private=True)
+    assert train_report(sites, config, crafted(config, 0)).train_loss is None
+
+
+def test_a_non_private_rounds_exact_loss_counts_a_label(site_copy) -> None:
+    sites = site_with(site_copy, "allow_non_private = true\nrequire_secure_aggregation = "
+                                 "false\n")
+    config = run_config(private=False, non_private_learning_rate=1e-9)
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    train, _ = site_split(site, config, load_model_inputs(site_copy, config, site.state))
+    loss = train_report(sites, config, crafted(config, 2)).train_loss
+    assert loss is not None
+    right = np.log1p(3 * np.exp(-10.0))  # the loss of a row labelled 2
+    count = round(len(train) * (1 - (loss - right) / 10.0))
+    assert count == int(np.sum(train.labels == 2))
