@@ -3,7 +3,8 @@ measured side by side on this machine; one JSON object per result line on stdout
 PNG plots in BENCHMARKS.md (each section replaced as soon as it is measured).
 
 Sections: ``dp_cost`` (DP-SGD epoch vs non-private, per head and per-sample-gradient mode),
-``peer`` (fedmm's client round vs Flower's Opacus example), ``secagg`` (SecAgg+ vs plaintext
+``randomness`` (ChaCha20 DP noise and sampling vs torch's generator, per epoch), ``peer``
+(fedmm's client round vs Flower's Opacus example), ``secagg`` (SecAgg+ vs plaintext
 rounds, fedmm's and Flower's legacy), ``scale`` (4/16/64 simulated hospitals), ``latency``
 (deployment overhead per message round trip), ``loopback`` (20 hospitals deployed at once),
 ``utility`` (accuracy vs ε, centralized, FL, each hospital alone, trainable vs pretrained
@@ -27,8 +28,8 @@ from pathlib import Path
 from benchmarks.report import machine, update_sections
 from server.run_folder import RunFolder
 
-SECTIONS = ("dp_cost", "peer", "secagg", "scale", "latency", "loopback", "utility",
-            "main_job")
+SECTIONS = ("dp_cost", "randomness", "peer", "secagg", "scale", "latency", "loopback",
+            "utility", "main_job")
 QUICK_SECTIONS = ("dp_cost", "peer", "secagg", "scale", "utility")
 
 
@@ -89,6 +90,10 @@ def _section(name: str, *, quick: bool, resume: bool, command: str,
         picture = charts.dp_cost_plot(rows, plots / "dp_cost.png")
         return [*dp_cost.markdown(rows, command), "",
                 f"![DP-SGD cost per mode]({relative(picture)})"]
+    if name == "randomness":
+        from benchmarks import randomness
+
+        return randomness.markdown(randomness.randomness_cost(quick=quick), command)
     if name == "peer":
         from benchmarks import peer
 

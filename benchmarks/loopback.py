@@ -116,6 +116,7 @@ def run_loopback(*, root: Path, hospitals: int, rounds: int = 2, secure: bool = 
                  timeout_s: float = 900.0, client_args: tuple[str, ...] = ()
                  ) -> dict[str, Any]:
     """Run one deployment in ``root`` and return its figures (see the module docstring)."""
+    from common.secagg.identity import add_to_roster
     from simulations.demo_data import generate_demo
     from simulations.scenarios import Scenario
 
@@ -125,6 +126,9 @@ def run_loopback(*, root: Path, hospitals: int, rounds: int = 2, secure: bool = 
                    capture_output=True, cwd=root)
     generate_demo(data, sites=hospitals, samples_per_site=samples_per_site, seed=7,
                   scenario=Scenario.IID, test_samples=40)
+    peers = sorted((keys / "hospitals").glob("*.pub"))
+    for i in range(1, hospitals + 1):  # what `fedmm keys roster` writes, for every site
+        add_to_roster(data / f"site-{i:02d}" / "roster", peers)
     (root / "run.toml").write_text(SMALL_MODEL.format(
         rounds=rounds, hospitals=hospitals, round_timeout_s=round_timeout_s,
         secure=str(secure).lower()))
@@ -203,6 +207,6 @@ def loopback_load(*, quick: bool, command: str) -> list[str]:
         "CLI, SuperLink, SuperExec, ServerApp), sampled every 0.25 s. Wall time includes key "
         "generation, registration of every hospital's key and start-up.", "",
         "Where a round's time goes: a securely aggregated round is five messages per hospital "
-        "(four SecAgg+ stages, evaluation). Each hospital's executor (`client/executor.py`) "
+        "(five SecAgg+ stages, evaluation). Each hospital's executor (`client/executor.py`) "
         "runs the installed ClientApp in the `fedmm client` process, which imported torch and "
         "Opacus once: no process is started per message."]

@@ -64,12 +64,12 @@ def peer_comparison(*, quick: bool) -> list[dict]:
     from client.local_round import RoundInputs, train_round
     from client.policy import load_policy
     from client.site import Site
+    from client.validation import site_split
     from common.config import RunConfig
     from common.model_inputs import load_model_inputs
     from common.models import build_model
     from common.serialization import model_weights
     from common.site_state import SiteState
-    from common.sitedata import split_train_validation
     from simulations.demo_data import generate_demo
     from simulations.scenarios import Scenario
 
@@ -88,8 +88,7 @@ def peer_comparison(*, quick: bool) -> list[dict]:
         policy = site_dir / "policy.toml"  # a budget that lets every round run
         policy.write_text(policy.read_text().replace("max_epsilon = 10.0", "max_epsilon = 1e4"))
         site = Site("site-01", site_dir, SiteState.of(site_dir), load_policy(policy), True)
-        train, _ = split_train_validation(load_model_inputs(site_dir, config, site.state),
-                                          config.data.validation_fraction)
+        train, _ = site_split(site, config, load_model_inputs(site_dir, config, site.state))
         initial = model_weights(build_model(data=config.data, model=config.model, seed=0))
         peer_weights = list(initial.values())
         fedmm_weights = dict(initial)

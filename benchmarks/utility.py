@@ -127,20 +127,19 @@ def _alone_private(data: Path, site: Path, *, encoders: str, seed: int, rounds: 
     import torch
 
     from client.training import plan_round, train_local
+    from client.validation import simulated_site_split
     from common.config import RunConfig
     from common.evaluation import evaluate_weights
     from common.model_inputs import load_model_inputs
     from common.models import build_model
     from common.privacy import epsilon_for_history
     from common.serialization import model_weights
-    from common.sitedata import split_train_validation
 
     config = RunConfig.model_validate({
         "model": {"encoders": encoders}, "privacy": {"target_epsilon": epsilon},
         "training": {"seed": seed, "rounds": 1, "local_epochs": rounds}})
 
-    train, _ = split_train_validation(load_model_inputs(site, config),
-                                      config.data.validation_fraction)
+    train, _ = simulated_site_split(site, config, load_model_inputs(site, config))
     torch.manual_seed(seed)
     weights = model_weights(build_model(data=config.data, model=config.model, seed=seed))
     started = time.perf_counter()
@@ -281,12 +280,13 @@ def _targets(main: list[dict]) -> list[str]:
 
 def _why_dp_costs(epsilon: float = 8.0) -> str:
     """The demo task's DP-SGD signal-to-noise, computed from the default configuration."""
+    from client.policy import SitePolicy
     from client.training import plan_round
     from common.config import RunConfig
     from common.models import build_model, count_parameters
 
     config = RunConfig.model_validate({"privacy": {"target_epsilon": epsilon}})
-    patients = round(SAMPLES * (1 - config.data.validation_fraction))
+    patients = round(SAMPLES * (1 - SitePolicy().validation_fraction))
     plan = plan_round(patients, config)
     batch = patients * plan.sample_rate
     parameters = count_parameters(build_model(data=config.data, model=config.model))
