@@ -27,7 +27,7 @@ from client.replies import EXPECTED_FAILURES, failure_code, reply, status
 from client.site import Site
 from client.validation import site_split
 from common import wire
-from common.config import RunConfig
+from common.config import ConfigError, RunConfig
 from common.model_inputs import load_model_inputs
 from common.randomness import RandomStream, derive_seed
 from common.records import from_records
@@ -161,6 +161,18 @@ def _request(config: RunConfig, budget: Budget, noise_multiplier: float) -> Roun
         total_epsilon_after=budget.total_after)
 
 
+def _check_fits(config: RunConfig, weights: Weights) -> None:
+    """The weights the server sent fit this run's model (checked before anything is spent)."""
+    from common.models import build_model
+    from common.serialization import check_compatible, model_weights
+
+    reference = model_weights(build_model(data=config.data, model=config.model))
+    try:
+        check_compatible(reference, weights, what="the global model")
+    except ValueError as error:
+        raise ConfigError(f"{error}; it does not fit the run configuration's model") from None
+
+
 def planned_evaluation_noise(site: Site, validation_rows: int) -> float | None:
     """The noise multiplier of the evaluation releases this site will make in a DP run (None
     when it will make none), so training leaves room for them in ``target_epsilon``."""
@@ -194,6 +206,7 @@ def _evaluate(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalEvalua
     from common.privacy import epsilon_for_history
 
     privacy = config.privacy
+    _check_fits(config, inputs.global_weights)
     _, validation = site_split(site, config, load_model_inputs(site.data_dir, config,
                                                                site.state))
     noise = site.policy.evaluation_noise_multiplier
@@ -241,6 +254,7 @@ def _train(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
     from common.privacy import NoiseMemo, epsilon_for_history
 
     round_number, run_id = inputs.round_number, inputs.run_id
+    _check_fits(config, inputs.global_weights)
     data = load_model_inputs(site.data_dir, config, site.state)
     train_data, validation = site_split(site, config, data)
     ledger = PrivacyLedger(site.state_dir)

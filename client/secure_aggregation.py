@@ -17,6 +17,7 @@ a ``failed`` reply with a ``secagg-*`` code.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -32,6 +33,7 @@ from common.records import RecordError, from_records, to_records
 from common.secagg import client as protocol
 from common.secagg import messages
 from common.secagg.encoding import RingEncoding
+from common.secagg.messages import pack
 
 if TYPE_CHECKING:
     from client.local_round import LocalRound
@@ -65,6 +67,15 @@ def read_round(msg: Message) -> int:
 TrainFunction = Callable[[Message, Site, RunConfig], "LocalRound"]
 
 
+def received_digest(model_digest: str, request: wire.RoundConfig) -> str:
+    """What a site trains on in a secure round: the global model and the round's
+    configuration. Its signature on the survivor set covers this digest, so a server that
+    sends different models or settings to different sites is caught at unmasking."""
+    return hashlib.sha256(pack(model_digest.encode(), request.run_config.encode(),
+                               str(request.round).encode(), request.run_id.encode())
+                          ).hexdigest()
+
+
 def _read(kind: type[T], msg: Message) -> T:
     try:
         return from_records(kind, msg.content)
@@ -88,9 +99,12 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
             try:
                 return step(msg, context, site, config, guards)
             except protocol.SecAggError as error:
-                _save_state(context, {"stage": "aborted"})
-                return reply(msg, status(site.site_id, "failed", code=error.code,
-                                         reason=str(error)))
+                code, reason = error.code, str(error)
+            except (ValueError, KeyError, TypeError, IndexError, struct.error) as error:
+                code, reason = "secagg-malformed", (f"malformed secure-aggregation input "
+                                                    f"({error!r}); round refused")
+            _save_state(context, {"stage": "aborted"})
+            return reply(msg, status(site.site_id, "failed", code=code, reason=reason[:500]))
 
         handler.__name__ = f"secagg_{name}"
         app.train(f"secagg_{name}")(handler)
@@ -106,6 +120,19 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
 
         return run
 
+    def setup(msg: Message, context: Context, site: Site, config: RunConfig,
+              guards: protocol.Guards) -> Message:
+        request = _read(messages.SetupRequest, msg)
+        settings = config.secure_aggregation
+        if (request.clip_range, request.max_weight) != (settings.clip_range,
+                                                        settings.max_weight):
+            raise protocol.SecAggError("secagg-bad-setup", "the round's encoding settings "
+                                       "differ from the run configuration's; refused")
+        assert site.signer is not None  # guards() checked it
+        state, answer = protocol.setup(request, site.signer)
+        _save_state(context, state)
+        return reply(msg, status(site.site_id, "ok"), answer)
+
     def masked_input(msg: Message, context: Context, site: Site, config: RunConfig,
                      guards: protocol.Guards) -> Message:
         from common.serialization import digest, flatten, from_record
@@ -113,7 +140,8 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
         arrays = msg.content.array_records.get(wire.ARRAYS)
         state = protocol.open_shares(
             _load_state(context), _read(messages.MaskedInputRequest, msg),
-            "" if arrays is None else digest(from_record(arrays)))
+            "" if arrays is None else received_digest(digest(from_record(arrays)),
+                                                      _read(wire.RoundConfig, msg)))
         if arrays is None:
             raise protocol.SecAggError("secagg-malformed", "the masked-input stage came "
                                        "without the global model; round refused")
@@ -134,9 +162,7 @@ def register_secure_aggregation(app: ClientApp, *, site_dirs: Sequence[str] | No
                             **to_records(messages.MaskedInputReply(vector=masked)))
 
     for name, step in (
-            ("setup", protocol_step(
-                lambda _previous, request, site, _: protocol.setup(request, site.signer),
-                messages.SetupRequest)),
+            ("setup", setup),
             ("share_keys", protocol_step(
                 lambda state, request, _, guards: protocol.share_keys(state, request, guards),
                 messages.ShareKeysRequest)),

@@ -101,6 +101,33 @@ def _stream_noise(optimizer: torch.optim.Optimizer, stream: RandomStream) -> Non
     optimizer.add_noise = add_noise  # type: ignore[method-assign]
 
 
+def _drop_non_finite_samples(optimizer: torch.optim.Optimizer) -> None:
+    """Before clipping, a sample whose per-sample gradient is not finite contributes zero.
+
+    One such sample would otherwise make the clipped sum, and so the whole update, NaN: a
+    server could then learn from the site's ``diverged`` reply whether a crafted input
+    matched one patient. Zeroing a sample is a per-sample function, so clipping and the DP
+    analysis are unchanged. Ghost clipping keeps no per-sample gradients and is not covered."""
+    clip_and_accumulate = optimizer.clip_and_accumulate
+    params = getattr(optimizer, "params", None)
+    if params is None:
+        return
+
+    def sanitised() -> None:
+        samples = [g for g in (getattr(p, "grad_sample", None) for p in params)
+                   if isinstance(g, torch.Tensor) and g.dim() > 0 and len(g)]
+        if samples:
+            finite = torch.stack([torch.isfinite(g.reshape(len(g), -1)).all(dim=1)
+                                  for g in samples]).all(dim=0)
+            if not bool(finite.all()):
+                for g in samples:
+                    g.mul_(finite.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+                    g.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        clip_and_accumulate()
+
+    optimizer.clip_and_accumulate = sanitised  # type: ignore[method-assign]
+
+
 @dataclass
 class TrainResult:
     weights: Weights
@@ -165,12 +192,11 @@ def step_size(config: RunConfig) -> float:
     return training.learning_rate if config.privacy.enabled else training.non_private_learning_rate
 
 
-def _fresh_model(config: RunConfig, weights: Weights, device: torch.device) -> nn.Module:
-    """The round's starting model without modality dropout (same parameters, deterministic)."""
+def _calibration_model(config: RunConfig, device: torch.device) -> nn.Module:
+    """The round's architecture without modality dropout, at a fixed initialisation: the
+    per-sample-gradient mode is chosen on weights the server did not pick."""
     plain = config.model.model_copy(update={"modality_dropout": 0.0})
-    model = build_model(data=config.data, model=plain).to(device)
-    load_weights(model, weights)
-    return model
+    return build_model(data=config.data, model=plain, seed=0).to(device)
 
 
 def _first_batch(data: SiteData, size: int, device: torch.device) -> list[torch.Tensor]:
@@ -225,7 +251,7 @@ def train_local(
 
         mode = choose_mode(
             requested=config.privacy.grad_sample_mode, model=model,
-            build=partial(_fresh_model, config, global_weights, device),
+            build=partial(_calibration_model, config, device),
             batch=partial(_first_batch, data, config.training.batch_size, device),
             max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
             device=device)
@@ -240,6 +266,7 @@ def train_local(
             noise_multiplier=plan.noise_multiplier, max_grad_norm=config.privacy.max_grad_norm,
             poisson_sampling=False)
         _stream_noise(optimizer, stream)
+        _drop_non_finite_samples(optimizer)
     anchor = None
     if config.training.strategy == "fedprox" and config.training.proximal_mu > 0:
         anchor = {name: p.detach().clone() for name, p in model.named_parameters()}

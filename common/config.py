@@ -117,9 +117,11 @@ class SecureAggregationConfig(_Section):
     max_weight: int = Field(
         10_000, ge=1, le=1_000_000, description="example counts above this weigh as this")
     threshold_fraction: float = Field(
-        0.5, gt=0.0, le=1.0, description="share of a neighbourhood needed to unmask (t ≥ 2)")
+        0.5, gt=0.0, le=1.0, description="t = ⌊fraction × neighbourhood⌋ + 1 (at least 2) "
+        "shares unmask; each site refuses a t below its own bound")
     neighbours: int | None = Field(
-        None, ge=1, description="graph degree; default: all for ≤ 10 sites, else 2·⌈log2 n⌉")
+        None, ge=1, description="graph degree; default: all for ≤ 10 sites, else 2·⌈log2 n⌉ "
+        "(sites refuse a smaller one)")
 
 
 class RunConfig(_Section):

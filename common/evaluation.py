@@ -33,7 +33,8 @@ def dataset_of(data: SiteData) -> torch.utils.data.TensorDataset:
 def evaluate_model(model: nn.Module, data: SiteData, *, batch_size: int = 256,
                    loss_bound: float = math.inf) -> dict[str, float]:
     """Loss, accuracy and (for two classes) AUROC of ``model`` on ``data``, with the sums they
-    come from: ``correct`` rows and ``clipped-loss-sum``, Σ min(loss_i, ``loss_bound``)."""
+    come from: ``correct`` rows and ``clipped-loss-sum``, Σ min(loss_i, ``loss_bound``); a row
+    with non-finite logits or loss is wrong, at loss ``loss_bound``."""
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset_of(data), batch_size=batch_size)
@@ -45,8 +46,14 @@ def evaluate_model(model: nn.Module, data: SiteData, *, batch_size: int = 256,
         return {"loss": float("nan"), "accuracy": float("nan"), "num-examples": 0,
                 "correct": 0, "clipped-loss-sum": 0.0}
     logits, labels = torch.cat(logits_all), torch.cat(labels_all)
+    # a row the model cannot score (non-finite logits) counts as wrong at the largest loss:
+    # every row then moves each sum by a bounded amount, whatever weights were sent
+    finite = torch.isfinite(logits).all(dim=1)
     losses = nn.functional.cross_entropy(logits.double(), labels, reduction="none")
-    correct = int((logits.argmax(dim=1) == labels).sum())
+    if math.isfinite(loss_bound):
+        losses = torch.where(finite & torch.isfinite(losses), losses,
+                             torch.full_like(losses, loss_bound))
+    correct = int(((logits.argmax(dim=1) == labels) & finite).sum())
     metrics = {
         "loss": float(losses.mean()),
         "accuracy": correct / len(labels),

@@ -68,13 +68,16 @@ class InProcessSites:
     def nodes(self) -> list[int]:
         return sorted(self.contexts)
 
+    def round_config(self) -> wire.RoundConfig:
+        """What every message of the round carries."""
+        return wire.RoundConfig(run_config=self.config.to_json(), round=1, run_id="test")
+
     def exchange(self, nodes: Sequence[int], kind: str, arrays: Weights | None,
                  extra: Mapping[int, Mapping[str, Any]] | None = None) -> list[SiteReply]:
         replies = []
         for node in nodes:
-            content = RecordDict({**to_records(wire.RoundConfig(
-                run_config=self.config.to_json(), round=1, run_id="test")),
-                **(extra or {}).get(node, {})})
+            content = RecordDict({**to_records(self.round_config()),
+                                  **(extra or {}).get(node, {})})
             if arrays is not None:
                 content[wire.ARRAYS] = to_record(arrays)
             message = Message(content=content, metadata=Metadata(

@@ -163,3 +163,64 @@ def test_state_survives_its_stored_form() -> None:
     restored = client.load_state(client.dump_state(stepped.states[1]))
     assert restored == stepped.states[1]
     assert isinstance(restored["seed_shares"], dict) and 1 in restored["seed_shares"]
+
+
+def test_one_key_cannot_pose_as_two_participants_by_its_comment() -> None:
+    from common.secagg.messages import Advert
+
+    stepped = after_shares()
+    honest = stepped.server.share_keys_requests()[0].adverts
+    fresh, _ = client.setup(request(), stepped.signers[0])
+    one = Advert.from_bytes(honest[1])
+    commented = Advert(1, one.encryption_key, one.mask_key, one.signer + b" sybil",
+                       one.signature)
+    with pytest.raises(client.SecAggError, match="canonical form"):
+        client.share_keys(fresh, ShareKeysRequest(adverts={**honest, 1: commented.to_bytes()}),
+                          stepped.guards)
+
+
+def test_an_index_written_another_way_is_refused() -> None:
+    from common.secagg.messages import Advert, pack, unpack
+
+    advert = Advert(5, b"e" * 32, b"m" * 32, b"k", b"s").to_bytes()
+    _, *rest = unpack(advert, 5)
+    for spelling in (b"05", b" 5", b"+5", b"5.0"):
+        with pytest.raises(ValueError, match="plain decimal"):
+            Advert.from_bytes(pack(spelling, *rest))
+
+
+def test_the_graph_seed_ignores_signatures_anyone_can_re_encode() -> None:
+    from common.secagg.graph import graph_seed
+    from common.secagg.messages import Advert
+
+    adverts = [Advert(i, bytes([i]) * 32, bytes([i + 1]) * 32, b"key", b"sig") for i in range(12)]
+    resigned = [Advert(a.index, a.encryption_key, a.mask_key, a.signer, b"other") for a in adverts]
+    assert graph_seed("r", [a.identity() for a in adverts]) == graph_seed(
+        "r", [a.identity() for a in resigned])
+
+
+@pytest.mark.parametrize("overrides", [{"clients": 12, "degree": 2}, {"clip_range": 0.0},
+                                       {"clip_range": float("nan")}, {"max_weight": 0}])
+def test_setups_that_weaken_the_round_are_refused(overrides) -> None:
+    with pytest.raises(client.SecAggError) as error:
+        client.setup(request(**overrides), Signer.generate())
+    assert error.value.code in {"secagg-unsafe", "secagg-bad-setup"}
+
+
+def test_a_survivor_that_sent_this_site_no_shares_is_refused_at_unmasking() -> None:
+    stepped = after_shares()
+    requests = stepped.server.masked_input_requests()
+    withheld = MaskedInputRequest({1: requests[0].ciphertexts[1]})  # 2's share kept back
+    stepped.states[0] = client.open_shares(stepped.states[0], withheld, MODEL)
+    stepped.states[0], _ = client.mask(stepped.states[0], np.zeros(4, dtype=np.uint32))
+    state, reply = client.consistency(stepped.states[0], ConsistencyRequest(survivors=[0, 1, 2]),
+                                      stepped.signers[0])
+    signatures = {0: reply.signature}
+    for i in (1, 2):
+        s = client.open_shares(stepped.states[i], requests[i], MODEL)
+        s, _ = client.mask(s, np.zeros(4, dtype=np.uint32))
+        _, answer = client.consistency(s, ConsistencyRequest(survivors=[0, 1, 2]),
+                                       stepped.signers[i])
+        signatures[i] = answer.signature
+    with pytest.raises(client.SecAggError, match=r"survivors \[2\] never sent this site"):
+        client.unmask(state, UnmaskRequest(survivors=[0, 1, 2], signatures=signatures))

@@ -35,7 +35,9 @@ The state is a plain dict (bytes, ints, lists, dicts) that the caller persists b
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -43,9 +45,9 @@ from typing import Any
 import numpy as np
 
 from common.secagg import shamir
-from common.secagg.encoding import ring_add, ring_subtract
-from common.secagg.graph import graph_seed, minimum_threshold, neighbours
-from common.secagg.identity import Roster, Signer, verify
+from common.secagg.encoding import RingEncoding, ring_add, ring_subtract
+from common.secagg.graph import default_degree, graph_seed, minimum_threshold, neighbours
+from common.secagg.identity import IdentityError, Roster, Signer, canonical_public, verify
 from common.secagg.messages import (
     Advert,
     ConsistencyReply,
@@ -57,6 +59,7 @@ from common.secagg.messages import (
     ShareKeysRequest,
     UnmaskReply,
     UnmaskRequest,
+    pack,
     view_fields,
 )
 from common.secagg.primitives import (
@@ -116,6 +119,17 @@ def setup(request: SetupRequest, signer: Signer) -> tuple[State, SetupReply]:
                           "threshold of at least 2 (a sum of one is the update itself)")
     if not 0 <= request.index < request.clients or not 1 <= request.degree < request.clients:
         raise SecAggError("secagg-bad-setup", "index or graph degree is inconsistent")
+    if request.degree < default_degree(request.clients):
+        raise SecAggError("secagg-unsafe", f"graph degree {request.degree} < "
+                          f"{default_degree(request.clients)} for {request.clients} sites: "
+                          "small neighbourhoods need fewer shares to unmask; refused")
+    try:
+        RingEncoding(clip_range=request.clip_range, max_weight=request.max_weight,
+                     max_clients=request.clients)
+        if not math.isfinite(request.clip_range):
+            raise ValueError("clip_range is not finite")
+    except ValueError as error:
+        raise SecAggError("secagg-bad-setup", f"encoding settings refused: {error}") from None
     encryption, masking = generate_key_pair(), generate_key_pair()
     signature = signer.sign(ADVERT, Advert.signed_fields(
         request.context, request.index, encryption.public, masking.public))
@@ -125,7 +139,7 @@ def setup(request: SetupRequest, signer: Signer) -> tuple[State, SetupReply]:
         "clip_range": request.clip_range, "max_weight": request.max_weight,
         "encryption_private": encryption.private, "mask_private": masking.private,
         "encryption_public": encryption.public, "mask_public": masking.public,
-        "signer": signer.public,
+        "signer": signer.public, "params": _parameters_digest(request),
     }
     return state, SetupReply(encryption_key=encryption.public, mask_key=masking.public,
                              signer=signer.public, signature=signature)
@@ -139,25 +153,30 @@ def _checked_adverts(state: State, request: ShareKeysRequest, guards: Guards
     for index, raw in request.adverts.items():
         try:
             advert = Advert.from_bytes(raw)
-        except ValueError as error:
+            signer = canonical_public(advert.signer)
+        except (ValueError, IdentityError) as error:
             raise SecAggError("secagg-malformed", f"advertisement of client {index}: "
                               f"{error}") from None
-        fields = Advert.signed_fields(state["context"], index, advert.encryption_key,
-                                      advert.mask_key)
         if advert.index != index or not 0 <= index < state["clients"]:
             raise SecAggError("secagg-bad-setup", f"advertisement of client {index} names "
                               "another index")
-        if advert.signer not in guards.roster:
+        if advert.signer != signer or len(advert.encryption_key) != 32 or \
+                len(advert.mask_key) != 32:
+            raise SecAggError("secagg-malformed", f"advertisement of client {index} is not "
+                              "in canonical form (32-byte keys, a signer key without comment)")
+        if signer not in guards.roster:
             raise SecAggError("secagg-unknown-peer", f"client {index} signs with a key that "
                               "is not in this site's roster; refused (the server may be "
                               "adding participants of its own)")
-        if not verify(advert.signer, ADVERT, fields, advert.signature):
+        fields = Advert.signed_fields(state["context"], index, advert.encryption_key,
+                                      advert.mask_key)
+        if not verify(signer, ADVERT, fields, advert.signature):
             raise SecAggError("secagg-bad-signature", f"client {index}'s advertisement is "
                               "not signed by its key; refused")
-        if advert.signer in signers:
+        if signer in signers:
             raise SecAggError("secagg-unknown-peer", f"one key signs for two participants "
                               f"(client {index}); refused")
-        signers.add(advert.signer)
+        signers.add(signer)
         adverts[index] = advert
     me = state["index"]
     mine = adverts.get(me)
@@ -173,7 +192,7 @@ def share_keys(state: State, request: ShareKeysRequest,
     _expect(state, "setup")
     me = state["index"]
     adverts = _checked_adverts(state, request, guards)
-    seed = graph_seed(state["context"], list(request.adverts.values()))
+    seed = graph_seed(state["context"], [a.identity() for a in adverts.values()])
     graph = neighbours(state["clients"], state["degree"], seed)
     present = sorted(j for j in graph[me] if j in adverts)
     holders = len(present) + 1
@@ -207,9 +226,10 @@ def share_keys(state: State, request: ShareKeysRequest,
     return state, ShareKeysReply(ciphertexts=ciphertexts)
 
 
-def open_shares(state: State, request: MaskedInputRequest, model_digest: str) -> State:
-    """Authenticate and store the shares the neighbours sealed to this client, and the digest
-    of the global model this client received."""
+def open_shares(state: State, request: MaskedInputRequest, received: str) -> State:
+    """Authenticate and store the shares the neighbours sealed to this client, and
+    ``received``: the digest of the global model and round configuration it got (what it
+    trains on, so what its signature on the survivor set must cover)."""
     _expect(state, "share_keys")
     me = state["index"]
     seed_shares, key_shares = dict(state["seed_shares"]), dict(state["key_shares"])
@@ -237,7 +257,7 @@ def open_shares(state: State, request: MaskedInputRequest, model_digest: str) ->
         raise SecAggError("secagg-too-few", f"only {len(partners)} neighbours sent shares; "
                           f"threshold {state['threshold']} cannot be met")
     return {**state, "stage": "shares_open", "seed_shares": seed_shares,
-            "key_shares": key_shares, "mask_partners": partners, "model": model_digest}
+            "key_shares": key_shares, "mask_partners": partners, "model": received}
 
 
 def pairwise_mask(private: bytes, peer_public: bytes, *, context: str, length: int) -> np.ndarray:
@@ -271,9 +291,16 @@ def consistency(state: State, request: ConsistencyRequest,
 
 
 def _seen(state: State) -> str:
-    """What else a site's signature on the survivor set covers: the global model it received
-    and the set of advertisements its graph came from."""
-    return f"{state['model']}/{state['adverts_digest']}"
+    """What else a site's signature on the survivor set covers: the round's parameters (n, t,
+    degree, encoding), the global model and configuration it received, and the set of
+    advertisements its graph came from."""
+    return f"{state['params']}/{state['model']}/{state['adverts_digest']}"
+
+
+def _parameters_digest(request: SetupRequest) -> str:
+    return hashlib.sha256(pack(*(str(v).encode() for v in (
+        request.context, request.clients, request.threshold, request.degree,
+        float(request.clip_range).hex(), request.max_weight)))).hexdigest()
 
 
 def unmask(state: State, request: UnmaskRequest) -> tuple[State, UnmaskReply]:
@@ -294,6 +321,10 @@ def unmask(state: State, request: UnmaskRequest) -> tuple[State, UnmaskReply]:
                               "this survivor set and this global model: sites were shown "
                               "different sets or models; refused")
     me, near = state["index"], set(state["neighbours"])
+    unmasked = sorted((near & set(view)) - set(state["mask_partners"]))
+    if unmasked:
+        raise SecAggError("secagg-inconsistent", f"survivors {unmasked} never sent this site "
+                          "their shares, so it did not mask with them; refused")
     active = sorted((near | {me}) & set(view))
     dropped = sorted(set(state["mask_partners"]) - set(view))
     if len(active) < state["threshold"]:

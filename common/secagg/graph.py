@@ -47,7 +47,8 @@ def default_degree(clients: int) -> int:
 
 
 def graph_seed(context: str, adverts: list[bytes]) -> bytes:
-    """SHA-256 over the round and every signed advertisement, in a fixed order."""
+    """SHA-256 over the round and every advertisement's identity (index, keys, signer: not
+    its signature, which anyone can re-encode), in a fixed order."""
     hasher = hashlib.sha256(context.encode() + b"\0")
     for advert in sorted(adverts):
         hasher.update(len(advert).to_bytes(4, "big") + advert)

@@ -70,15 +70,23 @@ class Advert:
         return pack(str(self.index).encode(), self.encryption_key, self.mask_key,
                     self.signer, self.signature)
 
+    def identity(self) -> bytes:
+        """What the advertisement says, without its signature (ECDSA signatures can be
+        re-encoded by anyone, so nothing derived from an advertisement may hash them)."""
+        return pack(str(self.index).encode(), self.encryption_key, self.mask_key, self.signer)
+
     @classmethod
     def from_bytes(cls, data: bytes) -> Advert:
         index, encryption_key, mask_key, signer, signature = unpack(data, 5)
+        if not index.isdigit() or str(int(index)).encode() != index:
+            raise ValueError("the index is not a plain decimal number")
         return cls(int(index), encryption_key, mask_key, signer, signature)
 
 
 def view_fields(context: str, survivors: list[int], seen: str) -> bytes:
     """What a site signs in the consistency stage: the survivor set, and what it saw of the
-    round (the digests of the model it received and of the advertisements)."""
+    round (digests of the round's parameters, the model and configuration it received, and
+    the advertisements)."""
     return pack(context.encode(), ",".join(str(i) for i in sorted(survivors)).encode(),
                 seen.encode())
 

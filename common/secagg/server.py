@@ -84,8 +84,8 @@ class SecAggServer:
                      for i, r in replies.items()}
         self.adverts = {i: advert.to_bytes() for i, advert in self.keys.items()}
         self._require(set(self.keys), "advertised keys")
-        self.graph = build_graph(self.settings.clients, self.degree,
-                                 graph_seed(self.context, list(self.adverts.values())))
+        self.graph = build_graph(self.settings.clients, self.degree, graph_seed(
+            self.context, [advert.identity() for advert in self.keys.values()]))
 
     # stage 2
     def share_keys_requests(self) -> dict[int, ShareKeysRequest]:

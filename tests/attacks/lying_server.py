@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from client.secure_aggregation import STATE_RECORD
+from client.secure_aggregation import STATE_RECORD, received_digest
+from common.config import RunConfig
 from common.records import from_records, to_records
 from common.secagg import client as protocol
 from common.secagg import messages, shamir
@@ -59,13 +60,16 @@ class LyingServer:
 
     # -- plumbing ---------------------------------------------------------------------------
     def _stage(self, kind: str, requests: Mapping[int, object], answer: type,
-               arrays: Mapping[int, Weights] | None = None) -> dict[int, object]:
+               arrays: Mapping[int, Weights] | None = None,
+               configs: Mapping[int, RunConfig] | None = None) -> dict[int, object]:
         replies: dict[int, object] = {}
         for i, request in requests.items():
             if i in self.sybils:
                 replies[i] = self._sybil(i, kind, request)
                 continue
             node = self.nodes[i]
+            if configs is not None:
+                self.sites.config = configs[i]
             extra = {node: to_records(request)}
             weights = None if arrays is None else arrays[i]
             [reply] = self.sites.exchange([node], kind, weights, extra)
@@ -86,7 +90,8 @@ class LyingServer:
         elif kind == messages.SHARE_KEYS:
             state, answer = protocol.share_keys(state, request, everyone)
         elif kind == messages.MASKED_INPUT:
-            state = protocol.open_shares(state, request, digest(self.models[0]))
+            state = protocol.open_shares(state, request, received_digest(
+                digest(self.models[0]), self.sites.round_config()))
             zero = self._encoding().encode(np.zeros(SIZE), 0, np.random.default_rng(0))
             state, vector = protocol.mask(state, zero.vector)
             answer = messages.MaskedInputReply(vector=vector)
@@ -108,7 +113,8 @@ class LyingServer:
 
     # -- the attack -------------------------------------------------------------------------
     def run(self, *, target: int | None, views: Mapping[int, list[int]],
-            models: Mapping[int, Weights], forward: str = "same-view") -> Attempt:
+            models: Mapping[int, Weights], forward: str = "same-view",
+            configs: Mapping[int, RunConfig] | None = None) -> Attempt:
         """``views``: the survivor set each site is shown; ``models``: the global model each
         site receives; ``forward``: which signatures each site gets (``same-view``: those
         on its own set; ``all``)."""
@@ -125,7 +131,7 @@ class LyingServer:
             return self._failed("sites refused to share keys")
         server.receive_share_keys(shared)
         masked = self._stage(messages.MASKED_INPUT, server.masked_input_requests(),
-                             messages.MaskedInputReply, arrays=models)
+                             messages.MaskedInputReply, arrays=models, configs=configs)
         if len(masked) < self.n:
             return self._failed("sites refused to mask")
         vectors = {i: r.vector for i, r in masked.items()}
@@ -172,7 +178,7 @@ class LyingServer:
                 signed.setdefault(view, {})[i] = replies[i].signature
         for c in self.colluders:
             state = self._protocol_state(c)
-            seen = f"{state['model']}/{state['adverts_digest']}"
+            seen = protocol._seen(state)  # what the colluder's own signature would cover
             for view in {tuple(sorted(v)) for v in views.values()}:
                 signed.setdefault(view, {})[c] = self._signer(c).sign(
                     protocol.VIEW, view_fields(CONTEXT, list(view), seen))

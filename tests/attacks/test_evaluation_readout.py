@@ -172,3 +172,67 @@ def test_a_non_private_rounds_exact_loss_counts_a_label(site_copy) -> None:
     right = np.log1p(3 * np.exp(-10.0))  # the loss of a row labelled 2
     count = round(len(train) * (1 - (loss - right) / 10.0))
     assert count == int(np.sum(train.labels == 2))
+
+
+def poisoned(config: RunConfig, token: int) -> dict[str, np.ndarray]:
+    """Finite weights that make every row containing ``token`` score NaN (its embedding
+    overflows), so that a NaN could answer 'is a row with this token here?'."""
+    weights = model_weights(build_model(data=config.data, model=config.model, seed=0))
+    [name] = [n for n in weights if n.endswith("text.embedding.weight")]
+    weights[name] = weights[name].copy()
+    weights[name][token] = 3e38
+    return weights
+
+
+def tokens_in_exactly_one_row(rows) -> list[int]:
+    counts = {int(k): int(sum((row == k).any() for row in rows.tokens))
+              for k in np.unique(rows.tokens) if k}
+    return [k for k, c in counts.items() if c == 1]
+
+
+def test_a_row_that_scores_nan_moves_the_release_by_a_bounded_amount(site_copy) -> None:
+    import torch
+
+    (site_copy / "policy.toml").write_text("evaluation_noise_multiplier = 10.0\n"
+                                           "min_eval_rows = 10\n")
+    config = run_config(private=True)
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    _, validation = site_split(site, config, load_model_inputs(site_copy, config, site.state))
+    token = tokens_in_exactly_one_row(validation)[0]
+    metrics = evaluate_weights(config, poisoned(config, token), validation, loss_bound=5.0)
+    assert np.isfinite(metrics["clipped-loss-sum"])
+    assert metrics["clipped-loss-sum"] <= 5.0 * len(validation)
+    sites = site_with(site_copy, "evaluation_noise_multiplier = 10.0\nmin_eval_rows = 10\n")
+    assert np.isfinite(evaluate(sites, config, poisoned(config, token)).loss_sum)
+    # weakened: clipping the loss alone lets the NaN through
+    model = build_model(data=config.data, model=config.model)
+    from common.evaluation import dataset_of
+    from common.serialization import load_weights
+
+    load_weights(model, poisoned(config, token))
+    *inputs, labels = dataset_of(validation).tensors
+    with torch.no_grad():
+        naive = torch.nn.functional.cross_entropy(model.eval()(*inputs), labels,
+                                                  reduction="none").clamp(max=5.0).sum()
+    assert torch.isnan(naive)
+
+
+@pytest.mark.parametrize("weakened", [False, True])
+def test_a_row_with_a_nan_gradient_does_not_show_in_the_reply(site_copy, monkeypatch,
+                                                              weakened) -> None:
+    if weakened:  # the sanitising of per-sample gradients switched off
+        import client.training
+
+        monkeypatch.setattr(client.training, "_drop_non_finite_samples", lambda optimizer: None)
+    sites = site_with(site_copy, "require_secure_aggregation = false\n")
+    config = run_config(private=True, batch_size=1000)  # every row in every batch
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    train, _ = site_split(site, config, load_model_inputs(site_copy, config, site.state))
+    token = tokens_in_exactly_one_row(train)[0]
+    sites.config = config
+    [reply] = sites.exchange(sites.nodes, wire.TRAIN, poisoned(config, token))
+    if weakened:
+        assert reply.status == "failed" and reply.code == wire.DIVERGED  # the patient shows
+    else:
+        assert reply.status == "ok" and reply.update is not None
+        assert all(np.all(np.isfinite(v)) for v in reply.update.values())

@@ -33,13 +33,15 @@ def private_update(site_id: str) -> np.ndarray:
 
 
 def stand_in_training(msg, site, config):
-    """The site's update, shaped by the model it received: a ``gate`` array the server
-    controls multiplies it (a crafted model that zeroes other sites' updates)."""
+    """The site's update, shaped by what it received: a ``gate`` array in the model and the
+    learning rate in the configuration, both the server's (a crafted model or setting that
+    zeroes other sites' updates)."""
     from common.serialization import from_record
 
     weights = from_record(msg.content["arrays"])
     gate = weights.get("gate", np.ones(SIZE, np.float32))
-    return trained(site.site_id, {"w": private_update(site.site_id) * gate}, 100)
+    scale = config.training.learning_rate / RunConfig().training.learning_rate
+    return trained(site.site_id, {"w": private_update(site.site_id) * gate * scale}, 100)
 
 
 def hospitals(tmp_path: Path, n: int, policy: str = "") -> InProcessSites:
@@ -194,3 +196,27 @@ def test_participants_the_server_makes_up_isolate_a_site_without_a_roster(
         target=None, views={i: [0, 1, 2] for i in range(3)}, models=models(3))
     assert attempt.refusals == {} and attempt.total is not None
     assert np.max(np.abs(attempt.total - private_update("site-0"))) <= 3 * step(3)
+
+
+def crafted_configs() -> dict[int, RunConfig]:
+    """Site 0 trains as asked; the others with a step size that makes their updates vanish."""
+    frozen = RunConfig.model_validate({"training": {"learning_rate": 1e-9}})
+    return {0: RunConfig(), 1: frozen, 2: frozen}
+
+
+def test_different_settings_to_different_sites_are_caught(tmp_path) -> None:
+    attempt = LyingServer(hospitals(tmp_path, 3)).run(
+        target=None, views={i: [0, 1, 2] for i in range(3)}, models=models(3),
+        configs=crafted_configs(), forward="all")
+    assert attempt.total is None
+    assert set(attempt.refusals.values()) == {"secagg-inconsistent"}
+
+
+def test_different_settings_single_out_one_site_without_the_check(tmp_path,
+                                                                  monkeypatch) -> None:
+    weaken(monkeypatch, signatures=True)
+    attempt = LyingServer(hospitals(tmp_path, 3)).run(
+        target=None, views={i: [0, 1, 2] for i in range(3)}, models=models(3),
+        configs=crafted_configs(), forward="all")
+    assert attempt.refusals == {} and attempt.total is not None
+    assert np.max(np.abs(attempt.total - private_update("site-0") / 3)) <= 3 * step(3)
