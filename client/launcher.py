@@ -57,7 +57,7 @@ class ClientSettings:
     state_dir: Path | None = None
     site_id: str | None = None
     registration_wait_s: float = 600.0  # keep trying this long while the key is unknown there
-    idle_poll_s: float | None = None  # None: Flower's own 3 s idle poll (client/supernode.py)
+    idle_poll_s: float | None = None  # the slowest poll; None: Flower's 3 s (client/supernode.py)
 
     @property
     def state(self) -> SiteState:
@@ -173,7 +173,7 @@ def secure_state_folder(state: SiteState) -> tuple[Path, bytes, int]:
 
 def supernode_command(*, socket_path: Path, idle_poll_s: float | None = None) -> list[str]:
     """Flower's SuperNode through :mod:`client.supernode`: its runtime API on ``socket_path``;
-    with ``idle_poll_s``, polling that often instead of every 3 s when idle."""
+    its polls back off after each message to ``idle_poll_s`` (default 3 s)."""
     command = [sys.executable, "-m", "client.supernode", "--runtime-socket", str(socket_path)]
     if idle_poll_s is not None:
         command += ["--idle-poll", str(idle_poll_s)]

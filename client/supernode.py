@@ -13,10 +13,14 @@ SuperNode does not start (it never falls back to TCP).
 **Bundles.** The SuperNode parses a run's bundle only when it is this installation's
 (:func:`guard_bundle_config`).
 
-**Idle poll.** Flower 1.42's SuperNode loop pulls a message, and when there is none sleeps a
-fixed 3 s (``flwr/supernode/start_client_internal.py``); ``--idle-poll S`` gives that loop a
-``time`` module whose ``sleep`` is capped at ``S``. Should that loop no longer look as expected,
-the SuperNode runs with Flower's poll and says so in its log.
+**Polling.** Flower 1.42's SuperNode loop pulls a message, and when there is none sleeps a
+fixed 3 s; after pulling one it waits for the reply in steps of 0.5 s before pushing it
+(``flwr/supernode/start_client_internal.py``). A secure round is five messages in quick
+succession, so those sleeps were most of a round. The loop here gets a ``time`` module whose
+``sleep`` backs off instead: 0.25 s after a message, doubling to 3 s (``--idle-poll S``: to
+``S``), so a run's next message is picked up within a fraction of a second while an idle
+hospital still polls every 3 s; and the wait for a reply (a local check) is 0.05 s. Should that
+loop no longer look as expected, the SuperNode runs with Flower's poll and says so in its log.
 """
 
 from __future__ import annotations
@@ -31,31 +35,61 @@ from pathlib import Path
 from typing import Any
 
 # Each idle poll is a TLS request signed with the hospital's key that the SuperLink verifies:
-# 20 hospitals at 0.5 s are 40 requests a second. Measured here with all of them on one 2-core
-# machine, that starved their training; so ``fedmm client`` uses Flower's 3 s unless asked
-# (``--idle-poll``), for deployments where latency matters more than the server's load.
-IDLE_POLL_S = 0.5
+# 20 hospitals polling every 0.5 s are 40 requests a second, which starved their training when
+# all ran on one 2-core machine. So polls back off to Flower's 3 s between messages, and only
+# the few after a message are quick.
+IDLE_POLL_S = 3.0  # the slowest poll (Flower's)
+FIRST_POLL_S = 0.25  # the first poll after a message
+LOCAL_WAIT_S = 0.05  # the SuperNode's wait for a reply from its own executor
 
 
 class PatchError(RuntimeError):
     """Flower's SuperNode no longer has the start-up this module adapts."""
 
 
-def capped_time(limit_s: float) -> types.SimpleNamespace:
-    """The ``time`` module's functions, with ``sleep(s)`` sleeping ``min(s, limit_s)``."""
+class BackoffSleep:
+    """``sleep`` for the SuperNode loop: idle polls back off from ``first_s`` (after each
+    message) doubling to ``limit_s``; short local waits take ``LOCAL_WAIT_S``."""
+
+    def __init__(self, *, first_s: float = FIRST_POLL_S, limit_s: float = IDLE_POLL_S) -> None:
+        self.first_s, self.limit_s = min(first_s, limit_s), limit_s
+        self.next_s = limit_s
+
+    def message_arrived(self) -> None:
+        self.next_s = self.first_s
+
+    def __call__(self, seconds: float) -> None:
+        if seconds < 1.0:  # the loop's wait for a reply, a local check
+            time.sleep(min(seconds, LOCAL_WAIT_S))
+            return
+        time.sleep(min(seconds, self.next_s))
+        self.next_s = min(self.next_s * 2, self.limit_s)
+
+
+def backoff_time(sleep: BackoffSleep) -> types.SimpleNamespace:
+    """The ``time`` module's functions, with ``sleep`` replaced."""
     functions = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**functions,
-                                    "sleep": lambda seconds: time.sleep(min(seconds, limit_s))})
+    return types.SimpleNamespace(**{**functions, "sleep": sleep})
 
 
-def patch_idle_poll(limit_s: float = IDLE_POLL_S) -> bool:
-    """Cap the SuperNode loop's sleeps at ``limit_s``; False (and unpatched) if the loop no
-    longer uses the ``time`` module as expected."""
+def patch_polling(limit_s: float = IDLE_POLL_S) -> bool:
+    """Give the SuperNode loop :class:`BackoffSleep` (polls no slower than ``limit_s``); False
+    (and unpatched) if the loop no longer looks as expected."""
     import flwr.supernode.start_client_internal as loop
 
-    if getattr(loop, "time", None) is not time:
+    pull = getattr(loop, "_pull_and_store_message", None)
+    if getattr(loop, "time", None) is not time or not callable(pull):
         return False
-    loop.time = capped_time(limit_s)  # type: ignore[attr-defined]
+    sleep = BackoffSleep(limit_s=limit_s)
+
+    def pull_and_note(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            sleep.message_arrived()
+        return run_id
+
+    loop.time = backoff_time(sleep)  # type: ignore[attr-defined]
+    loop._pull_and_store_message = pull_and_note  # type: ignore[attr-defined]
     return True
 
 
@@ -133,7 +167,7 @@ def main() -> None:
         raise SystemExit("client.supernode: --runtime-socket PATH is required")
     patch_runtime_socket(socket_path)
     guard_bundle_config()
-    if limit is not None and not patch_idle_poll(limit):
+    if not patch_polling(IDLE_POLL_S if limit is None else limit):
         logging.getLogger("fedmm").warning(
             "flower-supernode's poll loop changed; running it unpatched (3 s idle poll)")
     sys.argv = ["flower-supernode", *arguments]

@@ -574,9 +574,10 @@ def client(
                                                      "(a starting server registers keys "
                                                      "after it listens)")] = 600.0,
     idle_poll: Annotated[float | None, typer.Option(
-        min=0.1, max=3.0, help="seconds between the SuperNode's asks while idle (Flower: 3); "
-        "lower answers each message sooner but loads the server with one signed request per "
-        "hospital per interval")] = None,
+        min=0.1, max=3.0, help="the longest wait between the SuperNode's asks for a message "
+        "(default 3, Flower's); after each message it asks again within 0.25 s and backs off, "
+        "so a lower value answers long-idle hospitals sooner but loads the server with one "
+        "signed request per hospital per interval")] = None,
 ) -> None:
     """Join a federation as one hospital: validate the site data, check the server's TLS
     certificate, then run Flower's SuperNode with this hospital's key.

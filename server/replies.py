@@ -58,21 +58,25 @@ def parse_reply(reply: Message, site_of: Mapping[int, str]) -> SiteReply:
 
 
 POLL_INTERVAL_S = 0.2
+FIRST_POLL_S = 0.01
 
 
 def send_and_receive(grid: Any, messages: Sequence[Message], *, timeout: float) -> list[Message]:
-    """``Grid.send_and_receive``, but asking for replies every 0.2 s: Flower's deployment grid
-    waits 3 s between asks, which adds up to 3 s to every message exchange of every round."""
+    """``Grid.send_and_receive``, but asking for replies after 0.01 s, doubling to every
+    0.2 s: Flower's deployment grid waits 3 s between asks, which adds up to 3 s to every
+    message exchange of every round (in simulation replies come within milliseconds)."""
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
+    interval = FIRST_POLL_S
     while pending:
         arrived = list(grid.pull_messages(pending))
         replies += arrived
         pending -= {reply.metadata.reply_to_message_id for reply in arrived}
         if not pending or time.monotonic() >= deadline:
             break
-        time.sleep(POLL_INTERVAL_S)
+        time.sleep(interval)
+        interval = min(2 * interval, POLL_INTERVAL_S)
     return replies
 
 

@@ -325,7 +325,7 @@ hidden_dim = 16
 rounds = 3
 batch_size = 16
 min_sites = 2
-round_timeout_s = 60  # round 1 also calibrates the per-sample-gradient mode
+round_timeout_s = 30  # also how long the round waits for the hospital killed in it
 evaluate_every = 3  # the last round only: each evaluation is a message per site
 [privacy]
 noise_multiplier = 1.2  # fixed: no per-site search for sigma (seconds of CPU per site)
@@ -486,10 +486,10 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
         metrics = run_dir / "metrics.jsonl"
         wait_until(lambda: metrics.exists() and len(read_jsonl(metrics)) >= 2, timeout=300,
                    what="round 2 to end")
-        result["thief"] = json.loads(thief.communicate(timeout=120)[0].strip().splitlines()[-1])
         kill_hard(server, str(server_dir / "keys" / "server.key"))
         result["first_output"] = server.output()
         assert not (run_dir / "summary.json").exists(), "the run ended before the kill"
+        result["thief"] = json.loads(thief.communicate(timeout=120)[0].strip().splitlines()[-1])
         restarted = CliRun([*server_args, "--resume", "--wait-for-sites", "15"],
                            cwd=server_dir)
         runs.append(restarted)

@@ -1,5 +1,5 @@
-"""The SuperNode entry point: its runtime API on a Unix socket, Flower's idle poll capped,
-everything else Flower's."""
+"""The SuperNode entry point: its runtime API on a Unix socket, polls that back off after each
+message, everything else Flower's."""
 
 from __future__ import annotations
 
@@ -12,26 +12,41 @@ import pytest
 from client import supernode
 
 
-def test_capped_time_caps_sleep_and_forwards_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_polls_back_off_after_a_message_and_local_waits_are_short(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
-    capped = supernode.capped_time(0.5)
-    capped.sleep(3)
-    capped.sleep(0.2)
-    assert slept == [0.5, 0.2]
-    assert capped.monotonic is time.monotonic and capped.time is time.time
+    sleep = supernode.BackoffSleep()
+    for _ in range(2):
+        sleep(3)  # idle: Flower's 3 s
+    sleep.message_arrived()
+    for _ in range(6):
+        sleep(3)
+    sleep(0.5)  # the wait for the executor's reply
+    assert slept == [3, 3, 0.25, 0.5, 1.0, 2.0, 3, 3, supernode.LOCAL_WAIT_S]
+    capped = supernode.BackoffSleep(limit_s=0.5)
+    capped.message_arrived()
+    for _ in range(3):
+        capped(3)
+    assert slept[-3:] == [0.25, 0.5, 0.5]
 
 
 def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
     import flwr.supernode.start_client_internal as loop
 
     monkeypatch.setattr(loop, "time", time)
-    assert supernode.patch_idle_poll(0.5)
+    pulls = iter([None, 7])
+    monkeypatch.setattr(loop, "_pull_and_store_message", lambda **kw: next(pulls))
+    assert supernode.patch_polling()
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
+    assert loop._pull_and_store_message() is None
     loop.time.sleep(3)  # the idle wait in Flower's loop
-    assert slept == [0.5]
-    assert not supernode.patch_idle_poll(0.5)  # already replaced: left alone
+    assert loop._pull_and_store_message() == 7  # a message: the next polls are quick
+    loop.time.sleep(3)
+    assert slept == [3, 0.25]
+    assert loop.time.monotonic is time.monotonic
+    assert not supernode.patch_polling()  # already replaced: left alone
 
 
 def test_it_is_flower_supernode_underneath(tmp_path) -> None:
