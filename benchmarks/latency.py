@@ -47,7 +47,7 @@ def deployment_latency(*, quick: bool) -> list[dict]:
     for secure in (False, True):
         with tempfile.TemporaryDirectory(prefix="fm", dir="/tmp") as folder:
             raw = run_loopback(root=Path(folder), hospitals=2, rounds=ROUNDS, secure=secure,
-                               samples_per_site=20, client_args=("--idle-poll", "0.5"))
+                               samples_per_site=20)
             log = raw.pop("server_log")
             if raw["exit_code"] != 0:
                 raise RuntimeError(f"the loopback deployment failed:\n{log}")
@@ -63,7 +63,7 @@ def markdown(rows: list[dict], command: str) -> list[str]:
         "## Deployment latency per message round trip", "",
         f"Command: `{command}`  ",
         f"Machine: {machine()}", "",
-        "Two `fedmm client --idle-poll 0.5` hospitals and one `fedmm server` on loopback "
+        "Two `fedmm client` hospitals and one `fedmm server` on loopback, default settings "
         "(Flower SuperLink and "
         "SuperNodes, TLS, node authentication, DP-SGD), 20 patients each, a small model; "
         f"median of rounds 2 to {ROUNDS - 1} (the first pays start-up, the last evaluates). "
@@ -87,10 +87,9 @@ def markdown(rows: list[dict], command: str) -> list[str]:
     lines += ["", "Where it goes: each hospital's executor (`client/executor.py`) runs the "
               "installed ClientApp in the `fedmm client` process (no process start per "
               "message; torch and Opacus imported once). Flower's SuperNode sleeps a fixed 3 s "
-              "whenever it finds no message, before "
-              "picking up a message and again before pushing its reply; `fedmm client --idle-poll "
-              "0.5` (`client/supernode.py`) caps that idle sleep at 0.5 s (not the default: "
-              "each idle poll is a signed request the server verifies), and the "
-              "ServerApp polls for replies every 0.2 s instead of Flower's 3 s "
+              "whenever it finds no message and waits for a reply in steps of 0.5 s; "
+              "`client/supernode.py` makes the first poll after a message 0.25 s, doubling "
+              "back to 3 s while idle, and the reply wait 0.05 s. The ServerApp asks for "
+              "replies after 0.01 s, doubling to every 0.2 s, instead of Flower's 3 s "
               "(`server/replies.py`)."]
     return lines

@@ -109,15 +109,26 @@ def _federated(root: Path, data: Path, *, task: str, encoders: str, epsilon: flo
 
 
 def _pooled(data: Path, site_dirs: list[Path], *, encoders: str, seed: int,
-            rounds: int) -> dict:
+            rounds: int, epsilon: float | None = None) -> dict:
+    """The sites' training splits pooled, trained for ``rounds`` epochs: without DP, or with
+    DP-SGD at ``epsilon`` (:func:`simulations.centralized.train_pooled`)."""
+    from client.validation import simulated_site_split
     from common.config import RunConfig
-    from simulations.centralized import train_centralized
+    from common.model_inputs import load_model_inputs
+    from simulations.centralized import pool, train_pooled
 
-    config = RunConfig.model_validate({"model": {"encoders": encoders},
-                                       "training": {"seed": seed, "rounds": rounds}})
-    summary = train_centralized(config=config, site_dirs=site_dirs, test_dir=data / "test")
-    return {"test_accuracy": round(summary["test_accuracy"], 4),
-            "wall_seconds": summary["seconds"]}
+    config = RunConfig.model_validate({
+        "model": {"encoders": encoders}, "training": {"seed": seed, "rounds": rounds},
+        "privacy": {} if epsilon is None else {"target_epsilon": epsilon}})
+    pooled = pool([simulated_site_split(d, config, load_model_inputs(d, config))[0]
+                   for d in site_dirs])
+    test = load_model_inputs(data / "test", config, check_usable=False)
+    summary = train_pooled(config=config, data=pooled, test=test, private=epsilon is not None)
+    row = {"test_accuracy": round(summary["test_accuracy"], 4),
+           "wall_seconds": summary["seconds"]}
+    if epsilon is not None:
+        row["epsilon_spent"] = round(summary["epsilon"], 3)
+    return row
 
 
 def _alone_private(data: Path, site: Path, *, encoders: str, seed: int, rounds: int,
@@ -195,6 +206,11 @@ def utility(*, quick: bool, resume: bool = False, results: Path = RESULTS) -> li
                         store.add({**base, "setting": setting, "epsilon": None,
                                    **_pooled(data, chosen, encoders=encoders, seed=seed,
                                              rounds=rounds)})
+                for epsilon in epsilons:
+                    if store.get(**base, setting="centralized, dp", epsilon=epsilon) is None:
+                        store.add({**base, "setting": "centralized, dp", "epsilon": epsilon,
+                                   **_pooled(data, sites, encoders=encoders, seed=seed,
+                                             rounds=rounds, epsilon=epsilon)})
                 for site in sites:
                     setting = f"{site.name} alone, dp"
                     if store.get(**base, setting=setting, epsilon=epsilons[-1]) is None:
@@ -224,6 +240,8 @@ def markdown(rows: list[dict], command: str, plot: str | None) -> list[str]:
     main = [r for r in rows if r["task"] == "demo" and r["encoders"] == "trainable"]
     seeds = sorted({r["seed"] for r in main})
     settings = [("centralized (pooled, no DP)", {"setting": "centralized"}),
+                *((f"centralized DP-SGD (pooled), ε = {e:g}",
+                   {"setting": "centralized, dp", "epsilon": e}) for e in EPSILONS),
                 ("FL, non-private (same schedule: 1 local epoch a round)", {"setting": "fl"}),
                 (f"FL, non-private, {TUNED_EPOCHS} local epochs a round",
                  {"setting": f"fl, {TUNED_EPOCHS} local epochs"}),

@@ -68,7 +68,7 @@ class TrainingConfig(_Section):
     """Federated round loop and local training."""
 
     rounds: int = Field(24, ge=1, le=100_000)
-    local_epochs: int = Field(1, ge=1, le=1000)
+    local_epochs: int = Field(2, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=100_000, description="expected Poisson batch size")
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="local optimiser, DP-SGD")
     learning_rate: float = Field(0.5, gt=0.0, le=100.0, description="local step size, DP-SGD")
@@ -84,6 +84,13 @@ class TrainingConfig(_Section):
     server_beta1: float = Field(0.9, ge=0.0, lt=1.0)
     server_beta2: float = Field(0.99, ge=0.0, lt=1.0)
     server_tau: float = Field(1e-3, gt=0.0)
+    server_momentum: float = Field(
+        0.0, ge=0.0, lt=1.0, description="FedAvg/FedProx server momentum β (FedAvgM): "
+        "m ← βm + Δ̄, w ← w + η·m; 0: plain averaging")
+    model_average: float = Field(
+        0.9, ge=0.0, lt=1.0, description="decay of an exponential moving average of the "
+        "global model, which is evaluated and published (post-processing: no privacy cost); "
+        "0: off")
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
     min_sites: int = Field(1, ge=1)
     round_timeout_s: float = Field(600.0, gt=0.0)

@@ -284,7 +284,8 @@ def simulate(
     resume: Annotated[bool, typer.Option(help="continue a stopped run in --out")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run in --out")] = False,
     centralized: Annotated[bool, typer.Option(help="also train the same model on the pooled "
-                                              "data, as a reference")] = False,
+                                              "data as references: without DP and, in a "
+                                              "private run, with DP-SGD at the same ε")] = False,
     set_values: Annotated[list[str] | None, typer.Option("--set", help="override any config "
                                                          "key, e.g. --set model.fusion=late")
                           ] = None,
@@ -360,16 +361,41 @@ def simulate(
     summary = RunFolder(out).read_summary()
     _print_summary(summary, out)
     if centralized:
-        from simulations.centralized import train_centralized
-
-        console.print("training the centralized reference (pooled data, no DP) ...")
-        reference = train_centralized(config=config, site_dirs=site_dirs, test_dir=test_dir)
-        atomic_write_json(RunFolder(out).centralized, reference)
-        if "test_accuracy" in reference:
-            console.print(f"centralized reference: test acc {reference['test_accuracy']:.3f} "
-                          f"(federated: {summary['final_metrics'].get('test_accuracy', 0):.3f})")
+        _centralized_references(config, site_dirs, test_dir, RunFolder(out), summary)
     if state.stop_reason:
         console.print(f"[yellow]stopped early:[/] {state.stop_reason}")
+
+
+def _centralized_references(config: RunConfig, site_dirs: list[Path], test_dir: Path | None,
+                            folder: RunFolder, summary: dict[str, Any]) -> None:
+    """Train the pooled-data references, record them in the run folder and print the ratios."""
+    from server.report import add_references
+    from simulations.centralized import cost_ratios, train_centralized
+
+    private = config.privacy.enabled
+    console.print("training the centralized references (pooled data: without DP"
+                  + (f", and with DP-SGD at ε={config.privacy.target_epsilon:g}" if private
+                     else "") + ") ...")
+    references = train_centralized(config=config, site_dirs=site_dirs, test_dir=test_dir)
+    federated = summary["final_metrics"].get("test_accuracy")
+    references["ratios"] = cost_ratios(references, federated)
+    atomic_write_json(folder.centralized, references)
+    add_references(folder, references)
+    plain, dp = references["non_private"], references.get("dp")
+    if "test_accuracy" not in plain:
+        return
+    line = f"centralized, no DP: test acc {plain['test_accuracy']:.3f}"
+    if dp is not None:
+        line += (f" · centralized DP-SGD (ε={dp['epsilon']:.2f}): test acc "
+                 f"{dp['test_accuracy']:.3f}")
+    if federated is not None:
+        line += f" · federated: {federated:.3f}"
+    console.print(line, highlight=False)
+    ratios = references["ratios"]
+    if "federation_under_dp" in ratios:
+        console.print(f"  cost of federation under DP (federated ÷ centralized DP): "
+                      f"{ratios['federation_under_dp']:.3f} · cost of privacy (centralized "
+                      f"DP ÷ no DP): {ratios['privacy']:.3f}", highlight=False)
 
 
 keys_app = typer.Typer(help="Keys and certificates for a deployment.", no_args_is_help=True)

@@ -92,7 +92,7 @@ class FinalOutputs(Callback):
         from server.report import write_report
 
         folder = state.folder
-        atomic_write_bytes(folder.model, save(state.weights, metadata={
+        atomic_write_bytes(folder.model, save(state.released_weights, metadata={
             "model_id": state.config.model_id}))
         atomic_write_json(folder.model_config, state.config.model_dump(mode="json"))
         summary = build_summary(state)

@@ -261,8 +261,10 @@ class Federation:
                                            f"min_sites {minimum}; global model kept")
             log.warning("round %d: %s", record.round, record.note)
             return
+        before = state.optimizer.state()
         new_weights = state.optimizer.step(state.weights, outcome.mean)
-        if not all_finite(new_weights):
+        if not all_finite(new_weights) or not all_finite(state.optimizer.released(new_weights)):
+            state.optimizer.load_state(before)
             record.note = "aggregate not finite; global model kept"
             log.error("round %d: %s", record.round, record.note)
             return
@@ -282,7 +284,8 @@ class Federation:
         refuses to release metrics is not asked again this run."""
         result: dict[str, Any] = {}
         asked = [n for n in nodes if self.site_of.get(n) not in self.not_evaluating]
-        replies = self._exchange(asked, wire.EVALUATE, state, state.weights,
+        released = state.released_weights
+        replies = self._exchange(asked, wire.EVALUATE, state, released,
                                  round_number=state.round) if asked else []
         reports = []
         for reply in replies:
@@ -303,7 +306,7 @@ class Federation:
         if test_data is not None and len(test_data):
             from common.evaluation import evaluate_weights
 
-            metrics = evaluate_weights(self.config, state.weights, test_data)
+            metrics = evaluate_weights(self.config, released, test_data)
             result["test_loss"], result["test_accuracy"] = metrics["loss"], metrics["accuracy"]
         return result
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_write_text
+from common.atomic import atomic_write_json, atomic_write_text
 from server.run_folder import RoundRecord, RunFolder
+
+REFERENCES_HEADING = "## Centralized references"
 
 
 def _plot(path: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]]) -> None:
@@ -98,3 +100,41 @@ def write_report(folder: RunFolder, rounds: list[RoundRecord], summary: dict[str
                      f"{r.seconds:.1f} |")
     lines += ["", "![accuracy](accuracy.png) ![loss](loss.png) ![epsilon](epsilon.png)", ""]
     atomic_write_text(folder.report, "\n".join(lines))
+
+
+def reference_lines(references: dict[str, Any]) -> list[str]:
+    """The report's section on the pooled-data references and the two cost ratios."""
+    def accuracy(part: dict[str, Any] | None) -> str:
+        value = (part or {}).get("test_accuracy")
+        return "-" if value is None else f"{value:.4f}"
+
+    plain, dp = references.get("non_private", {}), references.get("dp")
+    lines = [REFERENCES_HEADING, "",
+             f"The same model on all sites' training splits pooled ({plain.get('examples')} "
+             f"examples), {plain.get('epochs')} epochs, from the same initial model.", "",
+             "| reference | test accuracy | ε | σ |", "|---|---|---|---|",
+             f"| centralized, no DP | {accuracy(plain)} | - | - |"]
+    if dp is not None:
+        lines.append(f"| centralized DP-SGD | {accuracy(dp)} | {dp['epsilon']:.3f} | "
+                     f"{dp['noise_multiplier']:.3f} |")
+    ratios = references.get("ratios", {})
+    names = {"federation_under_dp": "cost of federation under DP (federated ÷ centralized DP)",
+             "privacy": "cost of privacy (centralized DP ÷ centralized no DP)",
+             "federation": "cost of federation (federated ÷ centralized no DP)"}
+    if ratios:
+        lines += ["", *(f"- {names[k]}: {v:.3f}" for k, v in ratios.items() if k in names)]
+    return lines
+
+
+def add_references(folder: RunFolder, references: dict[str, Any]) -> None:
+    """Put the references in ``report.md`` (replacing an earlier section) and in
+    ``summary.json`` under ``centralized`` (rewritten whole, atomically)."""
+    if folder.report.exists():
+        text = folder.report.read_text(encoding="utf-8")
+        text = text.split("\n" + REFERENCES_HEADING)[0].rstrip("\n")
+        atomic_write_text(folder.report, text + "\n\n" + "\n".join(reference_lines(
+            references)) + "\n")
+    if folder.summary.exists():
+        summary = folder.read_summary()
+        summary["centralized"] = references
+        atomic_write_json(folder.summary, summary)

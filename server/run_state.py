@@ -37,6 +37,11 @@ class RunState:
     def run_dir(self) -> Path:
         return self.folder.root
 
+    @property
+    def released_weights(self) -> Weights:
+        """The model evaluated and published: ``weights`` or, with a model average, that."""
+        return self.optimizer.released(self.weights)
+
     def sites_json(self) -> dict[str, dict[str, Any]]:
         return {name: {"epsilon": s.epsilon, "max_grad_norm": s.max_grad_norm,
                        "history": s.history} for name, s in sorted(self.sites.items())}

@@ -166,3 +166,35 @@ def test_a_site_that_will_not_release_metrics_is_not_asked_again(tmp_path) -> No
     federation._evaluate(state, [1, 2], None)
     assert asked == [[1, 2], [2]]
     assert "site-1" in federation.not_evaluating
+
+
+def test_a_model_average_is_what_sites_evaluate_while_training_goes_on(tmp_path) -> None:
+    federation, state = setup(tmp_path, model_average=0.9, server_momentum=0.0)
+    for _ in range(2):
+        aggregate(federation, state, TrainOutcome(
+            [reply("a"), reply("b")], {"w": np.full(3, 1.0, np.float32)}, 2))
+    assert np.allclose(state.weights["w"], 3.0)  # trained: 1 → 2 → 3
+    average = (1 / 11) * 2.0 + (10 / 11) * 3.0  # β₂ = min(0.9, 1/11)
+    assert np.allclose(state.released_weights["w"], average)
+    sent = []
+
+    def exchange(nodes, kind, state, arrays, extra=None, *, round_number=None):
+        sent.append(arrays)
+        return []
+
+    federation._exchange = exchange
+    federation._evaluate(state, [1], None)
+    assert np.allclose(sent[0]["w"], average)
+
+
+def test_a_non_finite_aggregate_leaves_the_server_optimiser_as_it_was(tmp_path) -> None:
+    federation, state = setup(tmp_path, server_momentum=0.9, model_average=0.5)
+    aggregate(federation, state, TrainOutcome(
+        [reply("a"), reply("b")], {"w": np.full(3, 1.0, np.float32)}, 2))
+    before = state.optimizer.state()
+    record = aggregate(federation, state, TrainOutcome(
+        [reply("a"), reply("b")], {"w": np.full(3, np.inf, np.float32)}, 2))
+    assert record.aggregated is False
+    after = state.optimizer.state()
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)

@@ -226,7 +226,7 @@ def test_a_crash_and_a_full_disk_lose_nothing_and_resume_ends_with_the_same_mode
 
 
 def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
-    """The README's main job, as is (plus the centralized reference)."""
+    """The README's main job, as is, with the centralized references beside it."""
     code, output = run_cli(["simulate", "--out", str(tmp_path / "demo"), "--centralized"],
                            cwd=tmp_path)
     assert code == 0, output
@@ -235,8 +235,19 @@ def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
     assert summary["final_metrics"]["test_accuracy"] > 0.45  # 4 balanced classes: chance 0.25
     assert all(0 < s["epsilon"] <= 8.0 + 1e-6 for s in summary["privacy"]["sites"].values())
     reference = json.loads((tmp_path / "demo" / "centralized.json").read_text())
-    assert reference["test_accuracy"] > summary["final_metrics"]["test_accuracy"]
-    assert "centralized reference: test acc" in output
+    plain, dp = reference["non_private"], reference["dp"]
+    assert plain["test_accuracy"] > summary["final_metrics"]["test_accuracy"]
+    assert plain["test_accuracy"] >= dp["test_accuracy"] > 0.45
+    assert 0 < dp["epsilon"] <= 8.0 + 1e-6  # the same ε, all of it on training
+    ratios = reference["ratios"]
+    assert ratios["federation_under_dp"] == pytest.approx(
+        summary["final_metrics"]["test_accuracy"] / dp["test_accuracy"], abs=1e-4)
+    assert ratios["privacy"] == pytest.approx(dp["test_accuracy"] / plain["test_accuracy"],
+                                              abs=1e-4)
+    assert summary["centralized"] == reference  # the summary carries them too
+    report = (tmp_path / "demo" / "report" / "report.md").read_text()
+    assert "## Centralized references" in report and "cost of privacy" in report
+    assert "centralized DP-SGD (ε=" in output and "cost of federation under DP" in output
 
 
 def test_non_private_run_says_so(tmp_path: Path) -> None:

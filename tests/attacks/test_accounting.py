@@ -23,7 +23,7 @@ from common.serialization import model_weights
 @settings(max_examples=300, deadline=None)
 @given(examples=st.integers(1, 100_000), batch=st.integers(1, 4096))
 def test_the_steps_reserved_are_the_steps_the_sampler_runs(examples: int, batch: int) -> None:
-    config = RunConfig.model_validate({"training": {"batch_size": batch},
+    config = RunConfig.model_validate({"training": {"batch_size": batch, "local_epochs": 1},
                                        "privacy": {"noise_multiplier": 1.0}})
     plan = plan_round(examples, config)
     sampler = PoissonBatches(num_samples=examples, sample_rate=plan.sample_rate,
@@ -38,7 +38,7 @@ def test_opacus_own_sampler_runs_one_step_fewer_than_planned() -> None:
     plan reserves 93 and it runs 92."""
     from opacus.data_loader import DPDataLoader
 
-    config = RunConfig.model_validate({"training": {"batch_size": 128},
+    config = RunConfig.model_validate({"training": {"batch_size": 128, "local_epochs": 1},
                                        "privacy": {"noise_multiplier": 1.0}})
     plan = plan_round(11_800, config)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(11_800, 1)),
