@@ -29,6 +29,7 @@ embed_dim = 8
 hidden_dim = 16
 [training]
 rounds = {rounds}
+local_epochs = 1
 batch_size = 16
 min_sites = {hospitals}
 round_timeout_s = {round_timeout_s}

@@ -19,7 +19,8 @@ fixed 3 s; after pulling one it waits for the reply in steps of 0.5 s before pus
 succession, so those sleeps were most of a round. The loop here gets a ``time`` module whose
 ``sleep`` backs off instead: 0.25 s after a message, doubling to 3 s (``--idle-poll S``: to
 ``S``), so a run's next message is picked up within a fraction of a second while an idle
-hospital still polls every 3 s; and the wait for a reply (a local check) is 0.05 s. Should that
+hospital still polls every 3 s; and the wait for a reply (a local check) is 0.05 s. A message's
+objects that have not arrived yet are retried sooner (:mod:`common.object_pulls`). Should that
 loop no longer look as expected, the SuperNode runs with Flower's poll and says so in its log.
 """
 
@@ -33,6 +34,8 @@ import traceback
 import types
 from pathlib import Path
 from typing import Any
+
+from common.object_pulls import quick_object_retries
 
 # Each idle poll is a TLS request signed with the hospital's key that the SuperLink verifies:
 # 20 hospitals polling every 0.5 s are 40 requests a second, which starved their training when
@@ -90,6 +93,8 @@ def patch_polling(limit_s: float = IDLE_POLL_S) -> bool:
 
     loop.time = backoff_time(sleep)  # type: ignore[attr-defined]
     loop._pull_and_store_message = pull_and_note  # type: ignore[attr-defined]
+    if callable(getattr(loop, "pull_objects", None)):
+        loop.pull_objects = quick_object_retries(loop.pull_objects)  # type: ignore[attr-defined]
     return True
 
 

@@ -21,6 +21,7 @@ from common.atomic import atomic_write_text
 from common.config import ConfigError, RunConfig
 from server.app import default_callbacks
 from server.federation import Federation, FederationError
+from server.replies import patch_grid_object_pulls
 from server.run_folder import RunFolder
 
 # The Flower run config keys `fedmm server` sets (the contract with server/launcher.py).
@@ -39,6 +40,8 @@ def main(grid: Grid, context: Context) -> None:
     folder = RunFolder(Path(str(settings[OUT_DIR])))
     test_dir = str(settings.get(TEST_DIR, ""))
     log = logging.getLogger("fedmm.server")
+    if not patch_grid_object_pulls():
+        log.warning("Flower's grid no longer pulls objects as expected; its retries stay")
     try:
         config = RunConfig.from_json(folder.run_config.read_text(encoding="utf-8"))
         Federation(

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from flwr.app import Message
 
 from common import wire
+from common.object_pulls import quick_object_retries
 from common.records import RecordError, from_records, read_optional
 from common.serialization import Weights, from_record
 
@@ -59,6 +60,15 @@ def parse_reply(reply: Message, site_of: Mapping[int, str]) -> SiteReply:
 
 POLL_INTERVAL_S = 0.2
 FIRST_POLL_S = 0.01
+def patch_grid_object_pulls() -> bool:
+    """Give the deployment grid :func:`quick_object_retries`; False if it no longer pulls
+    objects through ``pull_objects``."""
+    import flwr.superlink.grid.http_grid as grid
+
+    if not callable(getattr(grid, "pull_objects", None)):
+        return False
+    grid.pull_objects = quick_object_retries(grid.pull_objects)  # type: ignore[attr-defined]
+    return True
 
 
 def send_and_receive(grid: Any, messages: Sequence[Message], *, timeout: float) -> list[Message]:

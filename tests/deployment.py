@@ -323,6 +323,7 @@ embed_dim = 8
 hidden_dim = 16
 [training]
 rounds = 3
+local_epochs = 1  # the deployment is under test here, not the recipe
 batch_size = 16
 min_sites = 2
 round_timeout_s = 30  # also how long the round waits for the hospital killed in it

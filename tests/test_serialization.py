@@ -54,3 +54,49 @@ def test_flatten_and_unflatten_round_trip_in_name_order() -> None:
                for k in weights)
     with pytest.raises(ValueError, match="6 elements, the model 7"):
         unflatten(vector[:6], weights)
+
+
+def test_weights_travel_packed_in_two_arrays_and_come_back_exactly() -> None:
+    from common.serialization import LAYOUT, PACKED, from_record, to_record
+
+    weights = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+               "b": np.array([1.5], np.float64), "empty": np.zeros((0, 4), np.float32)}
+    record = to_record(weights)
+    assert set(record) == {PACKED, LAYOUT}
+    back = from_record(record)
+    assert list(back) == list(weights)
+    assert all(back[k].dtype == v.dtype and np.array_equal(back[k], v)
+               for k, v in weights.items())
+    assert from_record(to_record({})) == {}
+
+
+def test_a_hostile_packed_record_is_a_record_error() -> None:
+    import json
+
+    from flwr.app import Array, ArrayRecord
+
+    from common.records import RecordError
+    from common.serialization import LAYOUT, PACKED, from_record
+
+    def packed(layout, blob: bytes) -> ArrayRecord:
+        record = ArrayRecord()
+        record[LAYOUT] = Array.from_numpy_ndarray(
+            np.frombuffer(json.dumps(layout).encode(), np.uint8).copy())
+        record[PACKED] = Array.from_numpy_ndarray(np.frombuffer(blob, np.uint8).copy())
+        return record
+
+    cases = [
+        ([["w", "float32", [2**30, 2**30, 2**30]]], b"\0" * 8),  # declares far more than sent
+        ([["w", "float32", [1]], ["w", "float32", [1]]], b"\0" * 8),  # a name twice
+        ([["w", "object", [1]]], b"\0" * 8),  # not a numeric dtype
+        ([["w", "float32", [-1]]], b"\0" * 4),
+        ([["w", "float32", [1]]], b"\0" * 8),  # bytes left over
+        ({"w": 1}, b""),
+    ]
+    for layout, blob in cases:
+        with pytest.raises(RecordError):
+            from_record(packed(layout, blob))
+    record = packed([["w", "float32", [1]]], b"\0" * 4)
+    record["extra"] = Array.from_numpy_ndarray(np.zeros(1, np.float32))
+    with pytest.raises(RecordError, match="exactly"):
+        from_record(record)

@@ -66,3 +66,13 @@ def test_replies_are_collected_across_asks_and_silent_nodes_are_named() -> None:
     assert replies[1].read(wire.EvaluationReport).count == 2
     assert grid.pushed["m0"].content["config"]["round"] == 1
     assert grid.asks >= 1.0 / POLL_INTERVAL_S - 1 and waited < 2.0  # asked often, until timeout
+
+
+def test_the_deployment_grid_retries_late_objects_sooner(monkeypatch) -> None:
+    import flwr.superlink.grid.http_grid as grid
+
+    from server.replies import patch_grid_object_pulls
+
+    monkeypatch.setattr(grid, "pull_objects", grid.pull_objects)  # restored afterwards
+    assert patch_grid_object_pulls()
+    assert grid.pull_objects.quick_retries

@@ -37,7 +37,9 @@ def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "time", time)
     pulls = iter([None, 7])
     monkeypatch.setattr(loop, "_pull_and_store_message", lambda **kw: next(pulls))
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)  # restored afterwards
     assert supernode.patch_polling()
+    assert loop.pull_objects.quick_retries  # a message's late objects are retried sooner
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
     assert loop._pull_and_store_message() is None
