@@ -46,7 +46,9 @@ def test_latency_overhead_is_per_exchange_beyond_the_slowest_training() -> None:
     assert row["overhead_per_round_trip_seconds"] == 2.0  # median of 12/5 and 8/5
     assert row["consistency_seconds"] == 0.75
     text = "\n".join(latency.markdown([row], "cmd"))
-    assert "| SecAgg+ | 5 | 12.0 | 0.75 | 11.25 | 2.0 | 2.0 | met |" in text
+    assert "| SecAgg+ | 5 | 12.0 | 0.75 | 11.25 | 2.0 | 2.0 | missed by 1.0 s |" in text
+    fast = {**row, "overhead_per_round_trip_seconds": 0.7}
+    assert "| 0.7 | met |" in "\n".join(latency.markdown([fast], "cmd"))
 
 
 def test_scale_report_compares_the_smallest_and_largest_run(tmp_path: Path) -> None:
