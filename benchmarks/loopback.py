@@ -208,6 +208,8 @@ def loopback_load(*, quick: bool, command: str) -> list[str]:
         "CLI, SuperLink, SuperExec, ServerApp), sampled every 0.25 s. Wall time includes key "
         "generation, registration of every hospital's key and start-up.", "",
         "Where a round's time goes: a securely aggregated round is five messages per hospital "
-        "(five SecAgg+ stages, evaluation). Each hospital's executor (`client/executor.py`) "
+        "(the five SecAgg+ stages; the last round adds an evaluation); the figures from "
+        "before the changes named under \"Deployment latency\" are in this file's history "
+        "(commit 78bc366). Each hospital's executor (`client/executor.py`) "
         "runs the installed ClientApp in the `fedmm client` process, which imported torch and "
         "Opacus once: no process is started per message."]
