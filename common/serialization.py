@@ -49,7 +49,7 @@ def from_record(record: ArrayRecord) -> Weights:
     blob = record[PACKED].numpy()
     try:
         layout = json.loads(record[LAYOUT].numpy().tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise RecordError(f"packed weights: unreadable layout ({error})") from None
     if blob.dtype != np.uint8 or blob.ndim != 1 or not isinstance(layout, list):
         raise RecordError("packed weights: not a byte array and a list of tensors")

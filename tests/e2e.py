@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,7 @@ class CliRun:
                 os.kill(pid, signal.SIGKILL)
         if not self._log_handle.closed:
             self._log_handle.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 def _pids_mentioning(text: str) -> list[int]:

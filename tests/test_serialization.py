@@ -96,6 +96,12 @@ def test_a_hostile_packed_record_is_a_record_error() -> None:
     for layout, blob in cases:
         with pytest.raises(RecordError):
             from_record(packed(layout, blob))
+    deep = ArrayRecord()  # a layout nested past the parser's recursion limit
+    deep[LAYOUT] = Array.from_numpy_ndarray(
+        np.frombuffer(b"[" * 100_000 + b"]" * 100_000, np.uint8).copy())
+    deep[PACKED] = Array.from_numpy_ndarray(np.zeros(0, np.uint8))
+    with pytest.raises(RecordError, match="unreadable layout"):
+        from_record(deep)
     record = packed([["w", "float32", [1]]], b"\0" * 4)
     record["extra"] = Array.from_numpy_ndarray(np.zeros(1, np.float32))
     with pytest.raises(RecordError, match="exactly"):
