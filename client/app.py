@@ -65,6 +65,7 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1,
         """Plaintext round: the update itself is sent (only where the site policy allows)."""
         try:
             site, _, config = read_request(msg, context, site_dirs, identities)
+            inputs = RoundInputs.from_message(msg)
         except EXPECTED_FAILURES as error:
             return failure(msg, label(context, site_dirs), error)
         if site.policy.require_secure_aggregation:
@@ -72,7 +73,7 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1,
                 site.site_id, "refused", code=wire.SECURE_AGGREGATION_REQUIRED,
                 reason="this site sends only masked updates (policy "
                        "require_secure_aggregation); run with secure aggregation on"))
-        result = train_on(msg, site, config)
+        result = train_round(inputs, site, config, threads=threads)
         if result.update is None:
             return result.reply(msg)
         sha256 = digest(result.update)

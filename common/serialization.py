@@ -25,6 +25,8 @@ Weights = dict[str, np.ndarray]
 PACKED = "fedmm.packed"
 LAYOUT = "fedmm.layout"
 WIRE_DTYPES = frozenset({"float16", "float32", "float64", "int32", "int64"})
+MAX_LAYOUT_BYTES = 1 << 20
+MAX_TENSORS = 10_000
 
 
 def to_record(weights: Weights) -> ArrayRecord:
@@ -41,18 +43,33 @@ def to_record(weights: Weights) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> Weights:
     """The weights of a packed record (checked: names, dtypes, shapes and sizes), or of one
-    array per tensor; :class:`RecordError` for anything else."""
-    if PACKED not in record and LAYOUT not in record:
-        return {name: array.numpy() for name, array in record.items()}
-    if set(record) != {PACKED, LAYOUT}:
-        raise RecordError(f"packed weights: expected exactly {PACKED!r} and {LAYOUT!r}")
-    blob = record[PACKED].numpy()
+    numeric array per tensor; :class:`RecordError` for anything else."""
     try:
-        layout = json.loads(record[LAYOUT].numpy().tobytes().decode())
+        if PACKED not in record and LAYOUT not in record:
+            return {_name(name): _numeric(array.numpy(), name) for name, array in record.items()}
+        if set(record) != {PACKED, LAYOUT}:
+            raise RecordError(f"packed weights: expected exactly {PACKED!r} and {LAYOUT!r}")
+        return _unpack(record[PACKED].numpy(), record[LAYOUT].numpy())
+    except RecordError:
+        raise
+    except (ValueError, TypeError) as error:  # undecodable arrays, impossible shapes
+        raise RecordError(f"weights: unreadable ({error})"[:300]) from None
+
+
+def _unpack(blob: np.ndarray, layout_bytes: np.ndarray) -> Weights:
+    if layout_bytes.dtype != np.uint8 or layout_bytes.ndim != 1:
+        raise RecordError("packed weights: the layout is not a byte array")
+    if layout_bytes.size > MAX_LAYOUT_BYTES:
+        raise RecordError(f"packed weights: layout of {layout_bytes.size} bytes > "
+                          f"{MAX_LAYOUT_BYTES}")
+    try:
+        layout = json.loads(layout_bytes.tobytes().decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise RecordError(f"packed weights: unreadable layout ({error})") from None
     if blob.dtype != np.uint8 or blob.ndim != 1 or not isinstance(layout, list):
         raise RecordError("packed weights: not a byte array and a list of tensors")
+    if len(layout) > MAX_TENSORS:
+        raise RecordError(f"packed weights: {len(layout)} tensors > {MAX_TENSORS}")
     weights: Weights = {}
     offset = 0
     for entry in layout:
@@ -75,7 +92,22 @@ def _layout_entry(entry: object) -> tuple[str, str, tuple[int, ...]]:
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31
                        for d in entry[2]) or len(entry[2]) > 8):
         raise RecordError(f"packed weights: bad layout entry {str(entry)[:80]}")
-    return entry[0], entry[1], tuple(entry[2])
+    return _name(entry[0]), entry[1], tuple(entry[2])
+
+
+def _name(name: str) -> str:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError(f"weights: the tensor name {name!r} is not valid text") from None
+    return name
+
+
+def _numeric(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype.name not in WIRE_DTYPES:
+        raise RecordError(f"weights: {name!r} has dtype {array.dtype}; expected one of "
+                          f"{sorted(WIRE_DTYPES)}")
+    return array
 
 
 def check_compatible(reference: Weights, other: Weights, *, what: str) -> None:

@@ -391,11 +391,12 @@ def _centralized_references(config: RunConfig, site_dirs: list[Path], test_dir: 
     if federated is not None:
         line += f" · federated: {federated:.3f}"
     console.print(line, highlight=False)
-    ratios = references["ratios"]
-    if "federation_under_dp" in ratios:
-        console.print(f"  cost of federation under DP (federated ÷ centralized DP): "
-                      f"{ratios['federation_under_dp']:.3f} · cost of privacy (centralized "
-                      f"DP ÷ no DP): {ratios['privacy']:.3f}", highlight=False)
+    names = {"federation_under_dp": "cost of federation under DP (federated ÷ centralized DP)",
+             "privacy": "cost of privacy (centralized DP ÷ no DP)",
+             "federation": "cost of federation (federated ÷ centralized)"}
+    shown = [f"{names[k]}: {v:.3f}" for k, v in references["ratios"].items() if k in names]
+    if shown:
+        console.print("  " + " · ".join(shown), highlight=False)
 
 
 keys_app = typer.Typer(help="Keys and certificates for a deployment.", no_args_is_help=True)

@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 
 from client.app import make_client_app
 from client.secure_aggregation import register_secure_aggregation
+from common import wire
 from common.config import RunConfig
 from common.records import to_records
 from common.secagg import messages
@@ -60,6 +61,7 @@ import numpy as np
 import numpy as np
 from flwr.clientapp import ClientApp
 from client.secure_aggregation import register_secure_aggregation
+from common import wire
 from common.config import RunConfig
 from server.secure_aggregation import SecureAggregation
 from tests.inprocess import InProcessSites, trained
@@ -107,3 +109,22 @@ def test_garbage_in_a_stage_is_a_failed_reply_not_a_crash(site_copy) -> None:
     garbage = messages.ShareKeysRequest(adverts={0: b"\x00\x00\x00\x09short"})
     [reply] = sites.exchange(sites.nodes, messages.SHARE_KEYS, None, {1: to_records(garbage)})
     assert reply.status == "failed" and reply.code.startswith("secagg-")
+
+
+def test_a_plaintext_round_with_malformed_weights_is_a_failed_reply(site_copy) -> None:
+    """A hostile server's weights that no model could have (a string tensor) are refused in
+    the reply, before any privacy is spent, rather than crashing the ClientApp."""
+    from flwr.app import Array, ArrayRecord
+
+    sites = InProcessSites(make_client_app(), [site_copy], RunConfig())
+
+    def strings_for_weights(node, kind, message):
+        bad = ArrayRecord()
+        bad["w"] = Array.from_numpy_ndarray(np.array(["1", "2"]))
+        message.content[wire.ARRAYS] = bad
+        return message
+
+    sites.tamper = strings_for_weights
+    [reply] = sites.exchange(sites.nodes, "train", {"w": np.zeros(2, np.float32)})
+    assert reply.status == "failed" and "dtype" in reply.reason, reply
+    assert not (site_copy / ".fedmm" / "privacy_ledger.json").exists()  # nothing spent

@@ -13,7 +13,8 @@ def test_quick_retries_are_the_default_and_a_callers_settings_win() -> None:
     pull(["a"], "fn")
     pull(["b"], "fn", initial_backoff=3.0)
     assert calls[0] == ((["a"], "fn"), {"initial_backoff": OBJECT_RETRY_S,
-                                       "backoff_cap": OBJECT_RETRY_CAP_S})
+                                       "backoff_cap": OBJECT_RETRY_CAP_S,
+                                       "max_tries_per_object": None})
     assert calls[1][1]["initial_backoff"] == 3.0
     assert quick_object_retries(pull) is pull  # wrapped once
 

@@ -106,3 +106,44 @@ def test_a_hostile_packed_record_is_a_record_error() -> None:
     record["extra"] = Array.from_numpy_ndarray(np.zeros(1, np.float32))
     with pytest.raises(RecordError, match="exactly"):
         from_record(record)
+
+
+def test_one_array_per_tensor_is_read_only_when_numeric() -> None:
+    from flwr.app import Array, ArrayRecord
+
+    from common.records import RecordError
+
+    good = ArrayRecord()
+    good["w"] = Array.from_numpy_ndarray(np.ones(2, np.float32))
+    assert np.array_equal(from_record(good)["w"], np.ones(2, np.float32))
+    for bad in (np.array(["1", "2"]), np.array([1 + 2j, 3j]),
+                np.array(["2026-01-01"], dtype="datetime64[D]")):
+        record = ArrayRecord()
+        record["w"] = Array.from_numpy_ndarray(bad)
+        with pytest.raises(RecordError, match="dtype"):
+            from_record(record)
+
+
+def test_a_packed_record_too_big_to_reshape_or_with_bad_names_is_a_record_error() -> None:
+    import json
+
+    from flwr.app import Array, ArrayRecord
+
+    from common.records import RecordError
+    from common.serialization import LAYOUT, MAX_LAYOUT_BYTES, PACKED
+
+    def packed(layout_bytes: np.ndarray) -> ArrayRecord:
+        record = ArrayRecord()
+        record[LAYOUT] = Array.from_numpy_ndarray(layout_bytes)
+        record[PACKED] = Array.from_numpy_ndarray(np.zeros(0, np.uint8))
+        return record
+
+    def text(layout) -> np.ndarray:
+        return np.frombuffer(json.dumps(layout).encode(), np.uint8).copy()
+
+    for layout_bytes in (text([["w", "float32", [0] + [2**31 - 1] * 7]]),  # too big
+                         text([["\ud800", "float32", [0]]]),  # not valid text
+                         text([["w", "float32", [0]]]).astype(np.float64),  # not bytes
+                         np.zeros(MAX_LAYOUT_BYTES + 1, np.uint8)):
+        with pytest.raises(RecordError):
+            from_record(packed(layout_bytes))
