@@ -23,13 +23,12 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """``path`` holds ``data`` afterwards, or (after a crash) what it held before.
+def _durable_temporary(path: Path, data: bytes, *, mode: int = 0o600) -> str:
+    """A temporary file beside ``path`` holding ``data``, flushed and fsynced; its name.
 
-    The temporary file is created with ``O_EXCL | O_NOFOLLOW`` and mode 0600 (``mkstemp``), so
-    secrets never sit under a wider mode and a planted symlink is never followed; ``mode`` is
-    set on it before the rename."""
-    path = Path(path)
+    It is created with ``O_EXCL | O_NOFOLLOW`` and mode 0600 (``mkstemp``), so secrets never
+    sit under a wider mode and a planted symlink is never followed; ``mode`` is set on it
+    before it is linked or renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -39,6 +38,18 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             if mode != 0o600:
                 os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    return temp_name
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """``path`` holds ``data`` afterwards, or (after a crash) what it held before."""
+    path = Path(path)
+    temp_name = _durable_temporary(path, data, mode=mode)
+    try:
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -51,13 +62,8 @@ def create_once(path: Path, data: bytes) -> bytes:
     """``path``'s content: ``data`` when this call creates the file (complete, mode 0600, in
     one link), else whatever an earlier or concurrent creator wrote; never overwritten."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp_name = _durable_temporary(path, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
             os.link(temp_name, path)
         except FileExistsError:
