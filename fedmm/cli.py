@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from client.supernode import FIRST_POLL_S, IDLE_POLL_S
 from common.atomic import atomic_write_json
 from common.config import ConfigError, RunConfig, load_config, parse_override_pairs
 from common.sitedata import SiteDataError
@@ -601,10 +602,11 @@ def client(
                                                      "(a starting server registers keys "
                                                      "after it listens)")] = 600.0,
     idle_poll: Annotated[float | None, typer.Option(
-        min=0.1, max=3.0, help="the longest wait between the SuperNode's asks for a message "
-        "(default 3, Flower's); after each message it asks again within 0.25 s and backs off, "
-        "so a lower value answers long-idle hospitals sooner but loads the server with one "
-        "signed request per hospital per interval")] = None,
+        min=0.1, max=IDLE_POLL_S, help="the longest wait between the SuperNode's asks for a "
+        f"message (default {IDLE_POLL_S:g}, Flower's); after each message it asks again "
+        f"within {FIRST_POLL_S:g} s and backs off, so a lower value answers long-idle "
+        "hospitals sooner but loads the server with one signed request per hospital per "
+        "interval")] = None,
 ) -> None:
     """Join a federation as one hospital: validate the site data, check the server's TLS
     certificate, then run Flower's SuperNode with this hospital's key.

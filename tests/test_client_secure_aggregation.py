@@ -84,14 +84,20 @@ print('torch' in sys.modules, 'opacus' in sys.modules)
     assert result.stdout.strip() == "False False"
 
 
+def _stages_only(site_copy) -> tuple[InProcessSites, messages.SetupRequest]:
+    """A site serving only the secure-aggregation stages, and a setup request that fits the
+    default run config."""
+    app = ClientApp()
+    register_secure_aggregation(app, site_dirs=None, train=lambda *a: None)
+    request = messages.SetupRequest(context="r/1", index=0, clients=3, threshold=2, degree=2,
+                                    clip_range=8.0, max_weight=10_000)
+    return InProcessSites(app, [site_copy], RunConfig()), request
+
+
 def test_a_setup_whose_encoding_differs_from_the_run_config_is_refused(site_copy) -> None:
     from dataclasses import replace
 
-    app = ClientApp()
-    register_secure_aggregation(app, site_dirs=None, train=lambda *a: None)
-    sites = InProcessSites(app, [site_copy], RunConfig())
-    request = messages.SetupRequest(context="r/1", index=0, clients=3, threshold=2, degree=2,
-                                    clip_range=8.0, max_weight=10_000)
+    sites, request = _stages_only(site_copy)
     for bad in (replace(request, clip_range=1e6), replace(request, max_weight=1)):
         [reply] = sites.exchange(sites.nodes, messages.SETUP, None, {1: to_records(bad)})
         assert reply.status == "failed" and reply.code == "secagg-bad-setup"
@@ -100,11 +106,7 @@ def test_a_setup_whose_encoding_differs_from_the_run_config_is_refused(site_copy
 
 
 def test_garbage_in_a_stage_is_a_failed_reply_not_a_crash(site_copy) -> None:
-    app = ClientApp()
-    register_secure_aggregation(app, site_dirs=None, train=lambda *a: None)
-    sites = InProcessSites(app, [site_copy], RunConfig())
-    request = messages.SetupRequest(context="r/1", index=0, clients=3, threshold=2, degree=2,
-                                    clip_range=8.0, max_weight=10_000)
+    sites, request = _stages_only(site_copy)
     sites.exchange(sites.nodes, messages.SETUP, None, {1: to_records(request)})
     garbage = messages.ShareKeysRequest(adverts={0: b"\x00\x00\x00\x09short"})
     [reply] = sites.exchange(sites.nodes, messages.SHARE_KEYS, None, {1: to_records(garbage)})
