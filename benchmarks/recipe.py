@@ -156,7 +156,6 @@ def recipe_sweep(*, quick: bool = False, results: Path | None = None,
                  resume: bool = False) -> list[dict[str, Any]]:
     """Every recipe for every seed (``quick``: two recipes, one seed, 8 rounds); rows are
     appended to ``results`` (JSONL) as they finish and reused with ``resume``."""
-    import torch
 
     from simulations.scenarios import Scenario
     from simulations.tasks import Task, generate_task
@@ -171,7 +170,6 @@ def recipe_sweep(*, quick: bool = False, results: Path | None = None,
             done[(row["recipe"], row["seed"])] = row
     elif results is not None and results.exists():
         results.unlink()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedmm-recipe-") as scratch:
         for seed in seeds:

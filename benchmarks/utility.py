@@ -1,8 +1,8 @@
 """Utility vs privacy: final test accuracy of the same task trained every way that matters.
 
-- **demo task, trainable encoders, 3 seeds** (mean ± sd): centralized pooled training (no DP),
-  non-private FL, DP-FL at ε ∈ {1, 3, 8}, and each hospital alone (its own data, without DP
-  and with DP-SGD at ε = 8);
+- **demo task, trainable encoders, 3 seeds** (mean ± sd): centralized pooled training without
+  DP and with DP-SGD at ε ∈ {1, 3, 8}, non-private FL, DP-FL at ε ∈ {1, 3, 8}, and each
+  hospital alone (its own data, without DP and with DP-SGD at ε = 8);
 - **both tasks × both encoder kinds** (``--task demo|fashion-mnist``, ``--encoders
   trainable|pretrained``): non-private FL and DP-FL at ε ∈ {1, 3, 8}, with seconds per round.
 
@@ -10,7 +10,7 @@ Each FL run is ``fedmm simulate`` on 3 hospitals × 400 patients with the defaul
 δ = 1e-5), secure aggregation off (it changes the model only by its quantisation step, see the
 tests) and its own model id so runs never share a privacy ledger. The demo task's hospitals are
 iid; Fashion-MNIST's are label-skewed (Dirichlet 0.5). Centralized and single-hospital training
-run in this process (:func:`simulations.centralized.train_centralized`) for the same number of
+run in this process (:func:`simulations.centralized.train_pooled`) for the same number of
 epochs. Every row is appended to ``benchmarks/results/utility.jsonl`` as it finishes; with
 ``resume`` rows already there are reused, so an interrupted benchmark picks up where it stopped.
 """
@@ -131,40 +131,6 @@ def _pooled(data: Path, site_dirs: list[Path], *, encoders: str, seed: int,
     return row
 
 
-def _alone_private(data: Path, site: Path, *, encoders: str, seed: int, rounds: int,
-                   epsilon: float) -> dict:
-    """One hospital on its own with DP-SGD at ``epsilon``: the same number of epochs as the
-    federation's rounds, σ for that budget over all of them."""
-    import torch
-
-    from client.training import plan_round, train_local
-    from client.validation import simulated_site_split
-    from common.config import RunConfig
-    from common.evaluation import evaluate_weights
-    from common.model_inputs import load_model_inputs
-    from common.models import build_model
-    from common.privacy import epsilon_for_history
-    from common.serialization import model_weights
-
-    config = RunConfig.model_validate({
-        "model": {"encoders": encoders}, "privacy": {"target_epsilon": epsilon},
-        "training": {"seed": seed, "rounds": 1, "local_epochs": rounds}})
-
-    train, _ = simulated_site_split(site, config, load_model_inputs(site, config))
-    torch.manual_seed(seed)
-    weights = model_weights(build_model(data=config.data, model=config.model, seed=seed))
-    started = time.perf_counter()
-    result = train_local(config=config, global_weights=weights, data=train,
-                         plan=plan_round(len(train), config), history=[])
-    accuracy = evaluate_weights(config, result.weights,
-                                load_model_inputs(data / "test", config,
-                                                  check_usable=False))["accuracy"]
-    return {"test_accuracy": round(accuracy, 4),
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "epsilon_spent": round(epsilon_for_history(result.history,
-                                                       delta=config.privacy.delta), 3)}
-
-
 def utility(*, quick: bool, resume: bool = False, results: Path = RESULTS) -> list[dict]:
     """Run (or, with ``resume``, complete) the grid; returns every row."""
     import torch
@@ -215,8 +181,8 @@ def utility(*, quick: bool, resume: bool = False, results: Path = RESULTS) -> li
                     setting = f"{site.name} alone, dp"
                     if store.get(**base, setting=setting, epsilon=epsilons[-1]) is None:
                         store.add({**base, "setting": setting, "epsilon": epsilons[-1],
-                                   **_alone_private(data, site, encoders=encoders, seed=seed,
-                                                    rounds=rounds, epsilon=epsilons[-1])})
+                                   **_pooled(data, [site], encoders=encoders, seed=seed,
+                                             rounds=rounds, epsilon=epsilons[-1])})
     return list(store.rows.values())
 
 
