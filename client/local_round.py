@@ -207,8 +207,8 @@ def _evaluate(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalEvalua
 
     privacy = config.privacy
     _check_fits(config, inputs.global_weights)
-    _, validation = site_split(site, config, load_model_inputs(site.data_dir, config,
-                                                               site.state))
+    _, validation = site_split(site, config, load_model_inputs(
+        site.data_dir, config, site.state, limits=site.policy.read_limits))
     noise = site.policy.evaluation_noise_multiplier
     planned = [history_entry(noise)] if privacy.enabled and noise is not None else []
     ledger = PrivacyLedger(site.state_dir)
@@ -255,7 +255,8 @@ def _train(inputs: RoundInputs, site: Site, config: RunConfig) -> LocalRound:
 
     round_number, run_id = inputs.round_number, inputs.run_id
     _check_fits(config, inputs.global_weights)
-    data = load_model_inputs(site.data_dir, config, site.state)
+    data = load_model_inputs(site.data_dir, config, site.state,
+                             limits=site.policy.read_limits)
     train_data, validation = site_split(site, config, data)
     ledger = PrivacyLedger(site.state_dir)
     plan = plan_round(len(train_data), config,

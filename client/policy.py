@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common import wire
 from common.config import MODALITIES, ConfigError, format_validation_error
+from common.read_limits import ReadLimits
 
 RefusalCode = Literal[
     "budget-exhausted",
@@ -65,6 +66,9 @@ class SitePolicy(BaseModel):
         "round; the site refuses thresholds below ⌊(n + c)/2⌋ + 1")
     min_neighbourhood: int = Field(
         2, ge=2, description="the fewest sites a secure round may sum this site with")
+    read_limits: ReadLimits = Field(
+        ReadLimits(), description="how much one data file may decode to (checked from its "
+        "header first; a file over a limit is one skipped row); only this file moves them")
 
 
 @dataclass(frozen=True)

@@ -132,16 +132,20 @@ def _identity(node_config: Mapping[str, Any], folder: Path, identities: Identiti
         return signer, None, f"{error} (policy roster; fedmm keys roster adds them)"
 
 
+def policy_path_of(data_dir: Path, given: Path | None) -> Path | None:
+    """The site's policy file: ``given``, else ``DATA_DIR/policy.toml`` when present, else none
+    (the strict built-in policy)."""
+    if given is not None:
+        return given
+    default = data_dir / POLICY_NAME
+    return default if default.is_file() else None
+
+
 def resolve_site(node_config: Mapping[str, Any], site_dirs: Sequence[str] | None,
                  identities: Identities | None = None) -> Site:
     data_dir = _data_dir(node_config, site_dirs)
     policy_file = node_config.get(POLICY_FILE)
-    if policy_file:
-        policy_path: Path | None = Path(str(policy_file))
-    elif (data_dir / POLICY_NAME).is_file():
-        policy_path = data_dir / POLICY_NAME
-    else:
-        policy_path = None
+    policy_path = policy_path_of(data_dir, Path(str(policy_file)) if policy_file else None)
     site_id = str(node_config.get(SITE_ID) or data_dir.name)
     policy = load_policy(policy_path)
     folder = roster_folder(policy, policy_path, data_dir)

@@ -45,6 +45,7 @@ import numpy as np
 from common.atomic import atomic_write_bytes
 from common.config import MODALITIES, ModelConfig
 from common.preprocess import read_image_pixels, read_note, resolve_inside
+from common.read_limits import ReadLimits
 from common.sitedata import SiteData
 
 log = logging.getLogger(__name__)
@@ -240,16 +241,18 @@ def _pending_inputs(data: SiteData, caches: dict[str, FeatureCache]) -> dict[str
                 key = caches[modality].key_of_file(value)
                 todo.stamps.add(file_stamp(value))
             else:
-                value = read_note(row.text, data.site_dir)
+                value = read_note(row.text, data.site_dir, limits=data.limits)
                 key = hashlib.sha256(value.encode("utf-8")).hexdigest()
             todo.keys.append(key)
             todo.inputs.setdefault(key, value)
     return pending
 
 
-def _encode(encoders: PretrainedEncoders, modality: str, inputs: list[Path | str]) -> np.ndarray:
+def _encode(encoders: PretrainedEncoders, modality: str, inputs: list[Path | str],
+            limits: ReadLimits) -> np.ndarray:
     if modality == "image":
-        return encoders.encode_images([read_image_pixels(Path(p)) for p in inputs])
+        return encoders.encode_images([read_image_pixels(Path(p), limits=limits)
+                                       for p in inputs])
     return encoders.encode_texts([str(note) for note in inputs])
 
 
@@ -270,7 +273,8 @@ def attach_features(data: SiteData, model: ModelConfig, cache_dir: Path | None,
         if missing or todo.stamps != known_stamps[modality]:
             if missing:
                 encoders = encoders or PretrainedEncoders(image_size=model.pretrained_image_size)
-                vectors = _encode(encoders, modality, [todo.inputs[k] for k in missing])
+                vectors = _encode(encoders, modality, [todo.inputs[k] for k in missing],
+                                  data.limits)
                 cache.vectors.update(zip(missing, vectors, strict=True))
             try:
                 cache.save(set(todo.inputs), todo.stamps if modality == "image" else set())

@@ -12,17 +12,20 @@ from pathlib import Path
 
 from common.config import RunConfig
 from common.features import model_inputs
+from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits
 from common.site_state import SiteState
 from common.sitecache import load_site_cached
 from common.sitedata import SiteData, require_usable
 
 
 def load_model_inputs(site_dir: Path, config: RunConfig, state: SiteState | None = None,
-                      *, check_usable: bool = True) -> SiteData:
-    """``site_dir``'s usable samples, as :func:`common.models.build_model`'s model takes them;
-    ``state`` defaults to ``SITE_DIR/.fedmm``."""
+                      *, check_usable: bool = True,
+                      limits: ReadLimits = DEFAULT_READ_LIMITS) -> SiteData:
+    """``site_dir``'s usable samples, as :func:`common.models.build_model`'s model takes them,
+    each file read under ``limits`` (a site's own, from its policy); ``state`` defaults to
+    ``SITE_DIR/.fedmm``."""
     state = state or SiteState.of(site_dir)
-    data = load_site_cached(site_dir, config.data, state.cache_dir)
+    data = load_site_cached(site_dir, config.data, state.cache_dir, limits=limits)
     if check_usable:
         data = require_usable(data, config.data)
     return model_inputs(data, config.model, state.feature_dir)

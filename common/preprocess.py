@@ -4,6 +4,9 @@ Every reader raises :class:`SampleError` with a short reason a person can act on
 validator turns those into one line per bad row. NumPy only (no torch): validation runs in
 processes that never train.
 
+Every reader checks what a file's header declares against the site's
+:class:`~common.read_limits.ReadLimits` before it decodes anything.
+
 - image: PNG/JPEG (grey or RGB) via Pillow, ``.npy`` (H×W, H×W×C or C×H×W), DICOM via the optional
   ``pydicom`` extra; resized to ``image_size``², scaled to [0, 1] (8-bit: /255; 16-bit, CT numbers
   and floats: per-image min-max), then standardised around 0.5 with scale 0.25 → about [-2, 2].
@@ -11,25 +14,29 @@ processes that never train.
   (id 0 is padding); truncated / padded to ``max_text_tokens``. No vocabulary file, no download.
 - audio / biosignal: PCM WAV (8/16/24/32-bit integer, mono or first channel) resampled linearly to
   ``signal_sample_rate``, or ``.npy`` 1-D (taken to be at ``signal_sample_rate`` already); centre-
-  cropped or zero-padded to ``signal_length``; standardised per sample (z-score). Optionally a
+  cropped (a WAV is cropped to the frames the crop needs *before* it is read and resampled) or
+  zero-padded to ``signal_length``; standardised per sample (z-score). Optionally a
   log-mel spectrogram (``signal_features = "log_mel"``).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
+import warnings
 import wave
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from common.config import DataConfig
+from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".dcm"}
 SIGNAL_SUFFIXES = {".wav", ".npy"}
-MAX_FILE_BYTES = 256 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000  # ~6300²: larger pictures are refused before they are decoded
 N_MELS = 32
 LOG_MEL_FFT = 64
 LOG_MEL_HOP = 16
@@ -40,12 +47,13 @@ class SampleError(ValueError):
     """One file or cell of one sample cannot be used; the message says why."""
 
 
-def _check_size(path: Path) -> None:
+def _check_size(path: Path, limits: ReadLimits, field: str = "max_file_bytes") -> int:
     size = path.stat().st_size
     if size == 0:
         raise SampleError("file is empty (0 bytes)")
-    if size > MAX_FILE_BYTES:
-        raise SampleError(f"file is {size} bytes, over the {MAX_FILE_BYTES} byte limit")
+    if size > getattr(limits, field):
+        raise SampleError(over_limit("file is", size, limits, field, "bytes"))
+    return size
 
 
 def _resize_and_standardise(pixels: np.ndarray, config: DataConfig) -> np.ndarray:
@@ -66,12 +74,18 @@ def _resize_and_standardise(pixels: np.ndarray, config: DataConfig) -> np.ndarra
 
 
 def _scale_unit(array: np.ndarray) -> np.ndarray:
-    """8-bit pixels: /255. Anything else (16-bit scans, CT numbers, floats): per-image min-max."""
+    """8-bit pixels: /255. Anything else (16-bit scans, CT numbers, floats): per-image min-max.
+    float32, in place: one copy of the picture at most."""
+    values = array.astype(np.float32)
     if array.dtype == np.uint8:
-        return array.astype(np.float64) / 255.0
-    values = array.astype(np.float64)
-    low, high = float(values.min()), float(values.max())
-    return np.zeros_like(values) if high <= low else (values - low) / (high - low)
+        values /= 255.0
+        return values
+    low, high = float(array.min()), float(array.max())
+    if high <= low:
+        return np.zeros_like(values)
+    values -= np.float32(low)
+    values /= np.float32(high - low)
+    return values
 
 
 def _as_hwc(array: np.ndarray) -> np.ndarray:
@@ -84,38 +98,44 @@ def _as_hwc(array: np.ndarray) -> np.ndarray:
     raise SampleError(f"image array has shape {array.shape}; expected H×W, H×W×C or C×H×W")
 
 
-def read_image(path: Path, config: DataConfig) -> np.ndarray:
+def read_image(path: Path, config: DataConfig, *,
+               limits: ReadLimits = DEFAULT_READ_LIMITS) -> np.ndarray:
     """Read and preprocess one image file → float32 array C×S×S."""
-    return _resize_and_standardise(read_image_pixels(path), config)
+    return _resize_and_standardise(read_image_pixels(path, limits=limits), config)
 
 
-def read_image_pixels(path: Path) -> np.ndarray:
-    """Read one image file → float64 array H×W×C (C = 1 or 3) scaled to [0, 1], unresized."""
-    _check_size(path)
+def read_image_pixels(path: Path, *, limits: ReadLimits = DEFAULT_READ_LIMITS) -> np.ndarray:
+    """Read one image file → float32 array H×W×C (C = 1 or 3) scaled to [0, 1], unresized."""
+    _check_size(path, limits)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise SampleError(f"image type '{suffix}' not supported; use PNG, JPEG, .npy or .dcm")
     if suffix == ".npy":
-        array = _load_npy(path)
+        array = _load_npy(path, limits, "max_image_pixels", "image")
     elif suffix == ".dcm":
-        array = _read_dicom(path)
+        array = _read_dicom(path, limits)
     else:
-        array = _read_picture(path)
+        array = _read_picture(path, limits)
     hwc = _as_hwc(array)
     if not np.all(np.isfinite(hwc)):
         raise SampleError("image contains NaN or infinite values")
     return _scale_unit(hwc)
 
 
-def _read_picture(path: Path) -> np.ndarray:
+def _check_pixels(shape: tuple[int, ...], limits: ReadLimits) -> None:
+    values = math.prod(shape)
+    if values > limits.max_image_pixels:
+        raise SampleError(over_limit(f"image {'×'.join(map(str, shape))} =", values, limits,
+                                     "max_image_pixels", "pixel values") + "; downscale it")
+
+
+def _read_picture(path: Path, limits: ReadLimits) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as probe:
             width, height = probe.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise SampleError(f"image is {width}×{height} pixels, over the "
-                                  f"{MAX_IMAGE_PIXELS} pixel limit; downscale it")
+            _check_pixels((height, width, len(probe.getbands())), limits)
             probe.verify()
         with Image.open(path) as img:
             img.load()
@@ -129,34 +149,105 @@ def _read_picture(path: Path) -> np.ndarray:
         raise SampleError(f"unreadable or truncated image ({error})") from None
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _dicom_shape(path: Path, limits: ReadLimits) -> tuple[int, ...]:
+    """Frames × rows × columns × samples per pixel, from the header alone (a deflated file is
+    inflated only up to the file limit first: a few KB may otherwise inflate to gigabytes)."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    meta = pydicom.filereader.read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        if "FileMetaInformationGroupLength" not in meta:
+            raise SampleError("deflated DICOM without a file meta group length; re-export it")
+        # preamble (128) + "DICM" (4) + the group length element (12) + the group it measures
+        _check_inflated_size(path, 144 + int(meta.FileMetaInformationGroupLength), limits)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    if "Rows" not in header or "Columns" not in header:
+        raise SampleError("DICOM has no image (no Rows/Columns); is it a report or a waveform?")
+    return (int(header.get("NumberOfFrames", 1) or 1), int(header.Rows), int(header.Columns),
+            int(header.get("SamplesPerPixel", 1) or 1))
+
+
+def _check_inflated_size(path: Path, offset: int, limits: ReadLimits) -> None:
+    """The deflated dataset from ``offset`` on, inflated in bounded pieces and thrown away, is
+    within the file limit."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        while (chunk := handle.read(1 << 20)) and not inflater.eof:
+            while chunk and not inflater.eof:  # past the end: trailing bytes, not data
+                total += len(inflater.decompress(chunk, 1 << 22))
+                chunk = inflater.unconsumed_tail
+                if total > limits.max_file_bytes:
+                    raise SampleError(over_limit("deflated DICOM inflates to over", total,
+                                                 limits, "max_file_bytes", "bytes"))
+
+
+def _read_dicom(path: Path, limits: ReadLimits) -> np.ndarray:
     try:
         import pydicom
     except ImportError:
         raise SampleError("DICOM needs the optional extra: pip install 'fedmm[dicom]'") from None
-    try:
-        dataset = pydicom.dcmread(path)
-        pixels = np.asarray(dataset.pixel_array)
-    except Exception as error:  # pydicom raises many unrelated types for bad files
-        raise SampleError(f"unreadable DICOM ({type(error).__name__}: {error})") from None
+    with warnings.catch_warnings():  # a broken file's warnings: the row issue says it all
+        warnings.simplefilter("ignore")
+        try:
+            shape = _dicom_shape(path, limits)
+        except SampleError:
+            raise
+        except Exception as error:  # pydicom raises many unrelated types for bad files
+            raise SampleError(f"unreadable DICOM header ({type(error).__name__}: "
+                              f"{error})") from None
+        _check_pixels(shape, limits)
+        try:
+            dataset = pydicom.dcmread(path)
+            pixels = np.asarray(dataset.pixel_array)
+        except Exception as error:  # pydicom raises many unrelated types for bad files
+            raise SampleError(f"unreadable DICOM ({type(error).__name__}: {error})") from None
     if pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4):
         pixels = pixels[pixels.shape[0] // 2]  # a volume: take the middle slice
     return pixels
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of a ``.npy`` file, from its header alone."""
+    with path.open("rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise SampleError(f".npy format version {version} not supported; save it with "
+                                  "numpy.save (version 1 or 2)")
+        except (ValueError, OSError, EOFError) as error:
+            raise SampleError(f"unreadable .npy file ({error})") from None
+        return tuple(shape), dtype, handle.tell()
+
+
+def _load_npy(path: Path, limits: ReadLimits, field: str, what: str) -> np.ndarray:
+    """A real-valued ``.npy`` array, its size checked against ``limits.<field>`` first."""
+    shape, dtype, offset = _npy_header(path)
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise SampleError(f".npy array has dtype {dtype}; expected real numbers")
+    values = math.prod(shape)
+    if values > getattr(limits, field):
+        raise SampleError(over_limit(f"{what} array {'×'.join(map(str, shape))} =", values,
+                                     limits, field, "values"))
+    if path.stat().st_size < offset + values * dtype.itemsize:
+        raise SampleError(f".npy file is truncated: its header declares {shape} {dtype}")
     try:
-        array = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise SampleError(f"unreadable .npy file ({error})") from None
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise SampleError(f".npy array has dtype {array.dtype}; expected real numbers")
-    return array
 
 
 def tokenize(text: str, config: DataConfig) -> np.ndarray:
-    """Hash word pieces into ``[1, vocab_size)``; 0 pads. Returns int64 array of fixed length."""
-    words = _WORD.findall(text.lower())[: config.max_text_tokens]
+    """Hash word pieces into ``[1, vocab_size)``; 0 pads. Returns int64 array of fixed length.
+    Only the first ``max_text_tokens`` words are looked for."""
+    words = [m.group() for m in itertools.islice(_WORD.finditer(text.lower()),
+                                                 config.max_text_tokens)]
     ids = np.zeros(config.max_text_tokens, dtype=np.int64)
     for i, word in enumerate(words):
         ids[i] = 1 + zlib.crc32(word.encode("utf-8")) % (config.vocab_size - 1)
@@ -168,64 +259,124 @@ def note_is_a_file(cell: str) -> bool:
     return cell.lower().endswith(".txt")
 
 
-def read_note(cell: str, site_dir: Path) -> str:
+def read_note(cell: str, site_dir: Path, *, limits: ReadLimits = DEFAULT_READ_LIMITS) -> str:
     """The note of a manifest cell (:func:`note_is_a_file`)."""
     if not note_is_a_file(cell):
         return cell
     path = resolve_inside(site_dir, cell)
-    _check_size(path)
+    _check_size(path, limits, "max_note_bytes")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SampleError("text file is not UTF-8") from None
 
 
-def read_text(cell: str, site_dir: Path, config: DataConfig) -> np.ndarray:
+def read_text(cell: str, site_dir: Path, config: DataConfig, *,
+              limits: ReadLimits = DEFAULT_READ_LIMITS) -> np.ndarray:
     """The note of a manifest cell (:func:`read_note`) as hashed token ids."""
-    ids = tokenize(read_note(cell, site_dir), config)
+    ids = tokenize(read_note(cell, site_dir, limits=limits), config)
     if not ids.any():
         raise SampleError("text has no words")
     return ids
 
 
-def _read_wav(path: Path) -> tuple[np.ndarray, int]:
-    try:
-        with wave.open(str(path), "rb") as handle:
-            width, channels, rate = (
-                handle.getsampwidth(),
-                handle.getnchannels(),
-                handle.getframerate(),
-            )
-            frames = handle.readframes(handle.getnframes())
-    except (wave.Error, EOFError, OSError) as error:
-        raise SampleError(f"not a PCM WAV file ({error})") from None
+@dataclass(frozen=True)
+class _WavHeader:
+    width: int
+    channels: int
+    rate: int
+    frames: int
+
+
+def _wav_header(handle: wave.Wave_read, limits: ReadLimits) -> _WavHeader:
+    header = _WavHeader(handle.getsampwidth(), handle.getnchannels(), handle.getframerate(),
+                        handle.getnframes())
+    if not limits.min_signal_rate_hz <= header.rate <= limits.max_signal_rate_hz:
+        raise SampleError(f"WAV sample rate {header.rate} Hz outside {limits.min_signal_rate_hz}"
+                          f"..{limits.max_signal_rate_hz} Hz (read_limits.min_signal_rate_hz/"
+                          "max_signal_rate_hz in the site policy)")
+    if header.width not in (1, 2, 3, 4):
+        raise SampleError(f"WAV sample width {header.width} bytes not supported")
+    if not 1 <= header.channels <= limits.max_signal_channels:
+        raise SampleError(over_limit("WAV channels", header.channels, limits,
+                                     "max_signal_channels"))
+    if header.frames * header.channels > limits.max_signal_samples:
+        raise SampleError(over_limit(f"WAV {header.frames:,} frames × {header.channels} "
+                                     "channels =", header.frames * header.channels, limits,
+                                     "max_signal_samples", "samples"))
+    if header.frames == 0:
+        raise SampleError("WAV file has no samples")
+    return header
+
+
+def _decode_pcm(frames: bytes, header: _WavHeader) -> np.ndarray:
+    """Interleaved PCM → the first channel as float64 in [-1, 1]."""
+    width = header.width
     if width == 3:
         raw = np.frombuffer(frames, dtype=np.uint8)
         raw = raw[: len(raw) // 3 * 3].reshape(-1, 3)
         ints = (raw[:, 0].astype(np.int32) | raw[:, 1].astype(np.int32) << 8
                 | raw[:, 2].astype(np.int32) << 16)
         samples = np.where(ints >= 1 << 23, ints - (1 << 24), ints).astype(np.float64) / (1 << 23)
-    elif width in (1, 2, 4):
+    else:
         dtype = {1: np.uint8, 2: np.int16, 4: np.int32}[width]
         samples = np.frombuffer(frames[: len(frames) // width * width], dtype=dtype)
         samples = samples.astype(np.float64)
         samples = (samples - 128) / 128 if width == 1 else samples / np.iinfo(dtype).max
-    else:
-        raise SampleError(f"WAV sample width {width} bytes not supported")
+    channels = header.channels
     if channels > 1:
         samples = samples[: len(samples) // channels * channels].reshape(-1, channels)[:, 0]
-    if samples.size == 0:
-        raise SampleError("WAV file has no samples")
-    return samples, rate
+    return samples
 
 
-def _resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    if source_rate == target_rate:
-        return samples
-    duration = samples.size / source_rate
-    count = max(1, round(duration * target_rate))
-    source_times = np.arange(samples.size) / source_rate
-    return np.interp(np.arange(count) / target_rate, source_times, samples)
+def _read_wav(path: Path, config: DataConfig, limits: ReadLimits) -> np.ndarray:
+    """The first channel at ``signal_sample_rate``, centre-cropped to ``signal_length``: only the
+    frames the crop needs are read and resampled (the same numbers as resampling it all)."""
+    try:
+        with wave.open(str(path), "rb") as handle:
+            header = _wav_header(handle, limits)
+            window = _source_window(header.frames, header.rate, config)
+            handle.setpos(window.start)
+            frames = handle.readframes(window.stop - window.start)
+    except (wave.Error, EOFError, OSError) as error:
+        raise SampleError(f"not a PCM WAV file ({error})") from None
+    samples = _decode_pcm(frames, header)
+    if samples.size < window.stop - window.start:
+        raise SampleError(f"WAV file is truncated: its header declares {header.frames:,} "
+                          f"frames, the file holds fewer")
+    return _resample(samples, header.rate, config, header.frames, window.start)
+
+
+def _target_count(frames: int, rate: int, target_rate: int) -> int:
+    return frames if rate == target_rate else max(1, round(frames / rate * target_rate))
+
+
+def _source_window(frames: int, rate: int, config: DataConfig) -> range:
+    """The source frames the centre crop of the resampled signal interpolates between (one
+    extra on each side, so no rounding at the window's edge changes a value)."""
+    target = config.signal_sample_rate
+    count = _target_count(frames, rate, target)
+    if count <= config.signal_length:
+        return range(0, frames)
+    first = (count - config.signal_length) // 2
+    last = first + config.signal_length - 1
+    low = first * rate // target - 1
+    high = -(-last * rate // target) + 1
+    return range(max(0, low), min(frames, high + 1))
+
+
+def _resample(samples: np.ndarray, rate: int, config: DataConfig, frames: int,
+              offset: int) -> np.ndarray:
+    """Frames ``offset ..`` of a ``frames``-long recording at ``rate``, linearly resampled to
+    ``signal_sample_rate`` and centre-cropped to ``signal_length`` (or shorter, padded later)."""
+    target = config.signal_sample_rate
+    count = _target_count(frames, rate, target)
+    first = max(0, (count - config.signal_length) // 2)
+    keep = np.arange(first, min(count, first + config.signal_length))
+    if rate == target:
+        return samples[keep - offset]
+    source_times = (offset + np.arange(samples.size)) / rate
+    return np.interp(keep / target, source_times, samples)
 
 
 def _fit_length(samples: np.ndarray, length: int) -> np.ndarray:
@@ -235,20 +386,20 @@ def _fit_length(samples: np.ndarray, length: int) -> np.ndarray:
     return np.pad(samples, (0, length - samples.size))
 
 
-def read_signal(path: Path, config: DataConfig) -> np.ndarray:
+def read_signal(path: Path, config: DataConfig, *,
+                limits: ReadLimits = DEFAULT_READ_LIMITS) -> np.ndarray:
     """Read and preprocess one signal → float32 array 1×L (raw) or N_MELS×frames (log-mel)."""
-    _check_size(path)
+    _check_size(path, limits)
     suffix = path.suffix.lower()
     if suffix not in SIGNAL_SUFFIXES:
         raise SampleError(f"signal type '{suffix}' not supported; use PCM .wav or 1-D .npy")
     if suffix == ".npy":
-        array = _load_npy(path)
+        array = _load_npy(path, limits, "max_signal_samples", "signal")
         if array.ndim != 1:
             raise SampleError(f"signal .npy has shape {array.shape}; expected a 1-D array")
         samples = array.astype(np.float64)
     else:
-        raw, rate = _read_wav(path)
-        samples = _resample(raw, rate, config.signal_sample_rate)
+        samples = _read_wav(path, config, limits)
     if not np.all(np.isfinite(samples)):
         bad = int(np.size(samples) - np.isfinite(samples).sum())
         raise SampleError(f"signal has {bad} NaN or infinite values; clean or drop this recording")

@@ -1,10 +1,10 @@
 """On-disk cache of a site's preprocessed arrays, so each round (and each process of a
 simulation) does not decode every image and WAV again.
 
-The cache key is a SHA-256 over the manifest's rows, the data config, and the size and
-modification time of every file the manifest names: change any of them and the site is read
-afresh. The cache lives in the site's *state* folder (never the data folder, which may be
-read-only) and is written atomically; an unreadable cache entry is ignored and rebuilt.
+The cache key is a SHA-256 over the manifest's rows, the data config, the site's read limits,
+and the size and modification time of every file the manifest names: change any of them and the
+site is read afresh. The cache lives in the site's *state* folder (never the data folder, which
+may be read-only) and is written atomically; an unreadable cache entry is ignored and rebuilt.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from common.atomic import atomic_write_bytes
 from common.config import MODALITIES, DataConfig
 from common.preprocess import note_is_a_file
+from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits
 from common.sitedata import (
     ManifestRow,
     RowIssue,
@@ -28,15 +29,17 @@ from common.sitedata import (
     read_manifest,
 )
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 
 
-def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow]) -> str:
-    """SHA-256 over the manifest (its parsed rows), the data config and every named file's
-    size and modification time."""
+def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow],
+              limits: ReadLimits = DEFAULT_READ_LIMITS) -> str:
+    """SHA-256 over the manifest (its parsed rows), the data config, the read limits (they
+    decide which rows are usable) and every named file's size and modification time."""
     hasher = hashlib.sha256(CACHE_VERSION.encode())
     hasher.update(json.dumps([dataclasses.astuple(row) for row in rows]).encode())
     hasher.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    hasher.update(limits.model_dump_json().encode())
     root = site_dir.resolve()
     for row in rows:
         for modality in MODALITIES:
@@ -62,7 +65,7 @@ def _encode(data: SiteData) -> bytes:
     return buffer.getvalue()
 
 
-def _decode(site_dir: Path, raw: bytes) -> SiteData:
+def _decode(site_dir: Path, raw: bytes, limits: ReadLimits) -> SiteData:
     with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
         meta = json.loads(str(arrays["meta"]))
         return SiteData(
@@ -71,24 +74,25 @@ def _decode(site_dir: Path, raw: bytes) -> SiteData:
             signals=arrays["signals"], masks=arrays["masks"],
             issues=[RowIssue(**issue) for issue in meta["issues"]],
             total_rows=int(meta["total_rows"]),
-            rows=[ManifestRow(**row) for row in meta["rows"]],
+            rows=[ManifestRow(**row) for row in meta["rows"]], limits=limits,
         )
 
 
-def load_site_cached(site_dir: Path, config: DataConfig, cache_dir: Path | None) -> SiteData:
+def load_site_cached(site_dir: Path, config: DataConfig, cache_dir: Path | None, *,
+                     limits: ReadLimits = DEFAULT_READ_LIMITS) -> SiteData:
     """:func:`load_site`, served from ``cache_dir`` when nothing changed since the last read.
     The manifest is read once."""
     site_dir = Path(site_dir)
-    rows = read_manifest(site_dir)  # folder-level errors first, with their own message
+    rows = read_manifest(site_dir, limits)  # folder-level errors first, with their own message
     if cache_dir is None:
-        return load_site(site_dir, config, rows)
-    path = Path(cache_dir) / f"site-{cache_key(site_dir, config, rows)[:32]}.npz"
+        return load_site(site_dir, config, rows, limits=limits)
+    path = Path(cache_dir) / f"site-{cache_key(site_dir, config, rows, limits)[:32]}.npz"
     if path.is_file():
         try:
-            return _decode(site_dir, path.read_bytes())
+            return _decode(site_dir, path.read_bytes(), limits)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable entry: rebuild below
-    data = load_site(site_dir, config, rows)
+    data = load_site(site_dir, config, rows, limits=limits)
     for old in Path(cache_dir).glob("site-*.npz"):
         old.unlink(missing_ok=True)
     atomic_write_bytes(path, _encode(data))

@@ -6,8 +6,10 @@ Paths are relative to the site folder and may not leave it. ``label`` is an inte
 ``[0, num_classes)``.
 
 :func:`load_site` reads every row, keeps the usable ones as arrays and lists each bad row with the
-reason (:class:`RowIssue`). The same code serves ``fedmm validate-data`` and training, so what the
-validator accepts is exactly what training uses.
+reason (:class:`RowIssue`). Whatever goes wrong reading one row (a file over the site's
+:class:`~common.read_limits.ReadLimits`, a decoder that crashes or runs out of memory) is that
+row's issue; the site trains on the rest. The same code serves ``fedmm validate-data`` and
+training, so what the validator accepts is exactly what training uses.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from common.preprocess import (
     resolve_inside,
     signal_shape,
 )
+from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
 
 MANIFEST_NAME = "manifest.csv"
 SPLIT_SEED = 20_240_101  # train/validation split of every site, fixed across rounds and runs
@@ -68,7 +71,8 @@ class RowIssue:
 class SiteData:
     """Usable samples as arrays; ``masks[i, m]`` is True when modality ``m`` is present.
     ``rows[i]`` is sample i's manifest row (where its files are), so nothing reads the manifest
-    again to find them."""
+    again to find them; ``limits``: what its files were read under (anything reading them again
+    reads them the same way)."""
 
     site_dir: Path
     sample_ids: list[str]
@@ -80,6 +84,7 @@ class SiteData:
     issues: list[RowIssue] = field(default_factory=list)
     total_rows: int = 0
     rows: list[ManifestRow] = field(default_factory=list)
+    limits: ReadLimits = DEFAULT_READ_LIMITS
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -101,6 +106,7 @@ class SiteData:
             masks=self.masks[index],
             total_rows=len(index),
             rows=[self.rows[i] for i in index] if self.rows else [],
+            limits=self.limits,
         )
 
 
@@ -113,13 +119,18 @@ def write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
             writer.writerow({column: row.get(column, "") for column in COLUMNS})
 
 
-def read_manifest(site_dir: Path) -> list[ManifestRow]:
+def read_manifest(site_dir: Path, limits: ReadLimits = DEFAULT_READ_LIMITS
+                  ) -> list[ManifestRow]:
     """Parse ``manifest.csv``; raises :class:`SiteDataError` for file-level problems."""
     path = site_dir / MANIFEST_NAME
     if not site_dir.is_dir():
         raise SiteDataError(f"{site_dir}: not a folder; pass a site folder holding {MANIFEST_NAME}")
     if not path.is_file():
         raise SiteDataError(f"{path}: missing; a site folder needs {MANIFEST_NAME}")
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise SiteDataError(f"{path}: " + over_limit("manifest is", size, limits,
+                                                     "max_file_bytes", "bytes"))
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -136,16 +147,23 @@ def read_manifest(site_dir: Path) -> list[ManifestRow]:
             f"{path}: columns are {','.join(header) or '(none)'}; "
             f"expected exactly {','.join(COLUMNS)}"
         )
-    rows = []
-    for line, cells in enumerate(reader, start=2):
-        if not any(cell.strip() for cell in cells):
-            continue
+    rows: list[ManifestRow] = []
+    try:
+        for line, cells in enumerate(reader, start=2):
+            _append_row(rows, line, cells)
+    except csv.Error as error:
+        raise SiteDataError(f"{path}: line {reader.line_num}: {error}; a note longer than that "
+                            "belongs in a .txt file the row names") from None
+    return rows
+
+
+def _append_row(rows: list[ManifestRow], line: int, cells: list[str]) -> None:
+    if any(cell.strip() for cell in cells):
         problem = ""
         if len(cells) != len(COLUMNS):
             problem = f"{len(cells)} cells, expected {len(COLUMNS)}"
         values = [cell.strip() for cell in [*cells, *[""] * len(COLUMNS)][: len(COLUMNS)]]
         rows.append(ManifestRow(line, *values, problem=problem))
-    return rows
 
 
 def _parse_label(text: str, num_classes: int) -> int:
@@ -165,31 +183,44 @@ def _blank_arrays(config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _read_modalities(
-    row: ManifestRow, site_dir: Path, config: DataConfig, blanks: tuple[np.ndarray, ...]
+    row: ManifestRow, site_dir: Path, config: DataConfig, blanks: tuple[np.ndarray, ...],
+    limits: ReadLimits,
 ) -> tuple[np.ndarray, ...] | RowIssue:
-    """The row's image, tokens and signal (a blank where the cell is empty), or its first issue."""
+    """The row's image, tokens and signal (a blank where the cell is empty), or its first issue:
+    a :class:`SampleError`'s reason, or whatever else reading that one file raised."""
     readers = {
-        "image": lambda cell: read_image(resolve_inside(site_dir, cell), config),
-        "text": lambda cell: read_text(cell, site_dir, config),
-        "audio": lambda cell: read_signal(resolve_inside(site_dir, cell), config),
+        "image": lambda cell: read_image(resolve_inside(site_dir, cell), config, limits=limits),
+        "text": lambda cell: read_text(cell, site_dir, config, limits=limits),
+        "audio": lambda cell: read_signal(resolve_inside(site_dir, cell), config,
+                                          limits=limits),
     }
     arrays = []
     for modality, blank in zip(MODALITIES, blanks, strict=True):
         cell = row.cell(modality)
         try:
             arrays.append(readers[modality](cell) if cell else blank)
-        except SampleError as error:
+        except Exception as error:  # one file's failure is one row's issue
             column = "text" if modality == "text" else f"{modality} '{cell}'"
-            return RowIssue(row.line, row.sample_id, column, str(error))
+            return RowIssue(row.line, row.sample_id, column, _reason(error))
     return tuple(arrays)
 
 
-def load_site(site_dir: Path, config: DataConfig,
-              rows: list[ManifestRow] | None = None) -> SiteData:
-    """Read, validate and preprocess every row (``rows``: the manifest, when already read);
-    bad rows become :class:`RowIssue` entries."""
+def _reason(error: Exception) -> str:
+    """A row issue's reason: a :class:`SampleError` says it; anything else (a decoder's crash,
+    memory or arithmetic errors) is named with what to do."""
+    if isinstance(error, SampleError):
+        return str(error)
+    kind = "ran out of memory" if isinstance(error, MemoryError) else type(error).__name__
+    return f"could not be read ({kind}: {str(error)[:200] or 'no detail'}); check or re-export " \
+           "this file"
+
+
+def load_site(site_dir: Path, config: DataConfig, rows: list[ManifestRow] | None = None, *,
+              limits: ReadLimits = DEFAULT_READ_LIMITS) -> SiteData:
+    """Read, validate and preprocess every row (``rows``: the manifest, when already read) under
+    the site's ``limits``; bad rows become :class:`RowIssue` entries."""
     site_dir = Path(site_dir)
-    rows = read_manifest(site_dir) if rows is None else rows
+    rows = read_manifest(site_dir, limits) if rows is None else rows
     blanks = _blank_arrays(config)
     blank_image, blank_tokens, blank_signal = blanks
     seen: set[str] = set()
@@ -217,7 +248,7 @@ def load_site(site_dir: Path, config: DataConfig,
         if not any(present):
             issues.append(RowIssue(row.line, row.sample_id, "row", "no modality present"))
             continue
-        arrays = _read_modalities(row, site_dir, config, blanks)
+        arrays = _read_modalities(row, site_dir, config, blanks, limits)
         if isinstance(arrays, RowIssue):
             issues.append(arrays)
             continue
@@ -241,6 +272,7 @@ def load_site(site_dir: Path, config: DataConfig,
         issues=issues,
         total_rows=len(rows),
         rows=usable_rows,
+        limits=limits,
     )
 
 

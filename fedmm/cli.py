@@ -117,15 +117,24 @@ def demo_data(
 def validate_data(
     site_dir: Annotated[Path, typer.Argument(help="a site folder holding manifest.csv")],
     config_file: Annotated[Path | None, typer.Option("--config", help="run config TOML")] = None,
+    policy_file: Annotated[Path | None, typer.Option("--policy", help="the site policy whose "
+                                                     "read_limits apply, if not "
+                                                     "SITE_DIR/policy.toml")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
 ) -> None:
     """Check a site folder: rows, label counts, modality coverage and every bad row with its
-    reason. Exit 0 when usable for training, 1 when not."""
+    reason, each file read under the site policy's read_limits, as training reads it. Exit 0
+    when usable for training, 1 when not."""
+    from client.policy import load_policy
+    from client.site import policy_path_of
     from common.sitedata import load_site
 
     config = build_config(config_file, {})
     try:
-        data = load_site(site_dir, config.data)
+        limits = load_policy(policy_path_of(site_dir, policy_file)).read_limits
+        data = load_site(site_dir, config.data, limits=limits)
+    except ConfigError as error:
+        fail(str(error), 2)
     except SiteDataError as error:
         fail(str(error))
     usable = len(data) >= config.data.min_usable_rows
@@ -625,7 +634,8 @@ def client(
                               registration_wait_s=registration_wait, idle_poll_s=idle_poll)
     try:
         site = resolve_site(node_config(settings), None)  # as the ClientApp will: policy too
-        rows = require_usable(load_site(site.data_dir, config.data), config.data)
+        rows = require_usable(load_site(site.data_dir, config.data,
+                                        limits=site.policy.read_limits), config.data)
     except (ConfigError, SiteDataError, IdentityError) as error:
         fail(str(error))
     console.print(f"site {site.site_id}: {len(rows)} usable rows"

@@ -62,6 +62,21 @@ def test_demo_data_then_validate(tmp_path: Path) -> None:
     assert report["usable"] and report["modalities"] == {"image": 12, "text": 12, "audio": 12}
 
 
+def test_validate_reads_under_the_site_policys_read_limits(demo_root: Path,
+                                                           tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(demo_root / "site-01", site)
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[read_limits]\nmax_image_pixels = 100\n")
+    result = runner.invoke(app, ["validate-data", str(site), "--policy", str(strict)])
+    assert result.exit_code == 1
+    assert "> limit 100 pixel values (read_limits.max_image_pixels in the site policy)" in \
+        result.output
+    strict.write_text("[read_limits]\nmax_image_pixels = -1\n")
+    result = runner.invoke(app, ["validate-data", str(site), "--policy", str(strict)])
+    assert result.exit_code == 2 and "read_limits.max_image_pixels" in result.output
+
+
 def test_validate_lists_bad_rows_and_exits_one(demo_root: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     shutil.copytree(demo_root / "site-01", site)

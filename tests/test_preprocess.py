@@ -7,7 +7,6 @@ from PIL import Image
 
 from common.config import DataConfig
 from common.preprocess import (
-    MAX_FILE_BYTES,
     SampleError,
     read_image,
     read_signal,
@@ -15,6 +14,7 @@ from common.preprocess import (
     resolve_inside,
     tokenize,
 )
+from common.read_limits import DEFAULT_READ_LIMITS
 
 CONFIG = DataConfig()
 
@@ -54,14 +54,16 @@ def test_truncated_image_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_huge_files_and_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
     with (tmp_path / "huge.npy").open("wb") as handle:  # sparse: costs no disk
-        handle.truncate(MAX_FILE_BYTES + 1)
-    with pytest.raises(SampleError, match=r"over the \d+ byte limit"):
+        handle.truncate(DEFAULT_READ_LIMITS.max_file_bytes + 1)
+    too_big = (r"file is 268,435,457 bytes > limit 268,435,456 bytes "
+               r"\(read_limits.max_file_bytes in the site policy\)")
+    with pytest.raises(SampleError, match=too_big):
         read_image(tmp_path / "huge.npy", CONFIG)
-    with pytest.raises(SampleError, match=r"over the \d+ byte limit"):
+    with pytest.raises(SampleError, match=too_big):
         read_signal(tmp_path / "huge.npy", CONFIG)
     Image.new("1", (8000, 8000)).save(tmp_path / "bomb.png")  # a few KB on disk, 64 M pixels
     assert (tmp_path / "bomb.png").stat().st_size < 100_000
-    with pytest.raises(SampleError, match="8000×8000 pixels, over the"):
+    with pytest.raises(SampleError, match="image 8000×8000×1 = 64 M pixel values > limit 40 M"):
         read_image(tmp_path / "bomb.png", CONFIG)
 
 
@@ -140,3 +142,53 @@ def test_unreadable_dicom_is_named(tmp_path: Path) -> None:
     (tmp_path / "bad.dcm").write_bytes(b"not a dicom file at all" * 10)
     with pytest.raises(SampleError, match="unreadable DICOM"):
         read_image(tmp_path / "bad.dcm", CONFIG)
+
+
+def _resampled_whole(samples: np.ndarray, rate: int, config: DataConfig) -> np.ndarray:
+    """What reading a WAV did before the crop moved ahead of the resampling: all of it resampled,
+    then centre-cropped or padded."""
+    target = config.signal_sample_rate
+    if rate != target:
+        count = max(1, round(samples.size / rate * target))
+        samples = np.interp(np.arange(count) / target, np.arange(samples.size) / rate, samples)
+    length = config.signal_length
+    if samples.size >= length:
+        start = (samples.size - length) // 2
+        return samples[start : start + length]
+    return np.pad(samples, (0, length - samples.size))
+
+
+@pytest.mark.parametrize(("rate", "seconds"), [(8000, 6.0), (44100, 7.3), (200, 9.0), (200, 2.0),
+                                              (333, 12.7), (1, 4000.0), (97, 3.0), (16000, 0.01)])
+def test_wav_cropped_before_resampling_gives_the_same_numbers(tmp_path: Path, rate: int,
+                                                              seconds: float) -> None:
+    rng = np.random.default_rng(rate)
+    samples = rng.integers(-30000, 30000, max(1, round(rate * seconds)))
+    _wav(tmp_path / "s.wav", samples, rate)
+    expected = _resampled_whole(samples / np.iinfo(np.int16).max, rate, CONFIG)
+    expected = (expected - expected.mean()) / (expected.std() if expected.std() > 1e-8 else 1.0)
+    assert np.array_equal(read_signal(tmp_path / "s.wav", CONFIG)[0], expected.astype(np.float32))
+
+
+def test_read_limits_are_the_sites_and_name_themselves(tmp_path: Path) -> None:
+    from common.read_limits import ReadLimits
+
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(tmp_path / "p.png")
+    assert read_image(tmp_path / "p.png", CONFIG).shape == (1, 32, 32)
+    with pytest.raises(SampleError, match=r"image 40×30×1 = 1,200 pixel values > limit 1,000 "
+                       r"pixel values \(read_limits.max_image_pixels in the site policy\)"):
+        read_image(tmp_path / "p.png", CONFIG, limits=ReadLimits(max_image_pixels=1000))
+    np.save(tmp_path / "s.npy", np.zeros(5000))
+    with pytest.raises(SampleError, match="signal array 5000 = 5,000 values > limit 4,096"):
+        read_signal(tmp_path / "s.npy", CONFIG, limits=ReadLimits(max_signal_samples=4096))
+    _wav(tmp_path / "fast.wav", np.zeros(100), 96_000)
+    with pytest.raises(SampleError, match=r"WAV sample rate 96000 Hz outside 1\.\.48000 Hz"):
+        read_signal(tmp_path / "fast.wav", CONFIG, limits=ReadLimits(max_signal_rate_hz=48_000))
+    (tmp_path / "n.txt").write_text("chest pain " * 100)
+    with pytest.raises(SampleError, match=r"read_limits\.max_note_bytes"):
+        read_text("n.txt", tmp_path, CONFIG, limits=ReadLimits(max_note_bytes=100))
+
+
+def test_tokenizer_looks_only_for_the_words_it_keeps() -> None:
+    ids = tokenize("a " * 5_000_000, CONFIG)  # 5 M words: the first max_text_tokens are kept
+    assert ids.shape == (CONFIG.max_text_tokens,) and ids.all()

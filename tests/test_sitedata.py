@@ -147,3 +147,41 @@ def test_wav_with_other_rate_is_accepted(site_copy: Path) -> None:
     assert not load_site(site_copy, CONFIG).issues
     shutil.rmtree(site_copy / "images")
     assert len(load_site(site_copy, CONFIG).issues) == len(rows)
+
+
+def test_any_failure_reading_one_file_is_that_rows_issue(site_copy: Path, monkeypatch) -> None:
+    """A decoder that runs out of memory or divides by zero costs its row, not the site."""
+    import common.sitedata as sitedata
+
+    real = sitedata.read_image
+    failures = iter([MemoryError("Unable to allocate 1.49 GiB"), ZeroDivisionError()])
+
+    def flaky(path, config, **kwargs):
+        if path.name.endswith(("00001.png", "00002.png")):
+            raise next(failures)
+        return real(path, config, **kwargs)
+
+    monkeypatch.setattr(sitedata, "read_image", flaky)
+    data = load_site(site_copy, DataConfig())
+    reasons = [issue.reason for issue in data.issues]
+    assert reasons == ["could not be read (ran out of memory: Unable to allocate 1.49 GiB); "
+                       "check or re-export this file",
+                       "could not be read (ZeroDivisionError: no detail); check or re-export "
+                       "this file"]
+    assert len(data) == data.total_rows - 2
+
+
+def test_a_policy_moves_the_read_limits_and_a_run_config_cannot(site_copy: Path) -> None:
+    from pydantic import ValidationError
+
+    from client.policy import SitePolicy
+    from common.config import RunConfig
+    from common.read_limits import ReadLimits
+
+    strict = load_site(site_copy, DataConfig(), limits=ReadLimits(max_image_pixels=100))
+    assert strict.issues and all("read_limits.max_image_pixels" in issue.reason
+                                 for issue in strict.issues if "image" in issue.column)
+    policy = SitePolicy.model_validate({"read_limits": {"max_image_pixels": 100}})
+    assert policy.read_limits == ReadLimits(max_image_pixels=100)
+    with pytest.raises(ValidationError):
+        RunConfig.model_validate({"data": {"read_limits": {"max_image_pixels": 10**12}}})
