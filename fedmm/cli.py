@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
+import shutil
+import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +27,7 @@ from common.config import ConfigError, RunConfig, load_config, parse_override_pa
 from common.sitedata import SiteDataError
 from server.run_folder import RoundRecord, RunFolder, RunFolderError
 from simulations.scenarios import Scenario
+from simulations.supervisor import SimulationJob
 from simulations.tasks import Task
 
 app = typer.Typer(
@@ -307,7 +310,12 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Run a local federated simulation: demo hospitals (or --data), DP-SGD at every site,
-    the real ServerApp and ClientApp on Flower's simulation engine."""
+    the real ServerApp and ClientApp on Flower's simulation engine.
+
+    The simulation runs in a process of its own (Flower's and Ray's logs in OUT/logs/); Ctrl-C or
+    SIGTERM stops it and everything it started within seconds, keeps the last checkpoint, and
+    says how to --resume."""
+    _raise_on_sigterm()
     try:
         overrides: dict[str, Any] = parse_override_pairs(set_values or [])
     except ConfigError as error:
@@ -342,7 +350,6 @@ def simulate(
     if config.training.min_sites > len(site_dirs):
         fail(f"training.min_sites = {config.training.min_sites} but only {len(site_dirs)} "
              "sites are simulated; lower it or add sites", 2)
-    _configure_logging(verbose)
     privacy = config.privacy
     console.print(
         f"[bold]fedmm simulate[/]: {len(site_dirs)} sites, {config.training.rounds} rounds, "
@@ -354,26 +361,63 @@ def simulate(
         + (", secure aggregation (SecAgg+) on" if config.secure_aggregation.enabled
            else ", [red]secure aggregation off: the server sees each site's update[/]")
         + f" → {out}", highlight=False)
-    from server.callbacks import OutputWriteError
-    from server.federation import FederationError
-    from simulations.runner import run_federated_simulation
-
-    try:
-        with RoundDisplay(config.training.rounds) as display:
-            state = run_federated_simulation(
-                config=config, run_dir=out, site_dirs=site_dirs, test_dir=test_dir,
-                resume=resume, show=display, parallel=parallel, ray_address=ray_address)
-    except (FederationError, SiteDataError, ConfigError, OutputWriteError) as error:
-        fail(str(error))
-    except RuntimeError as error:
-        cause = error.__cause__ or error
-        fail(f"simulation failed: {cause}")
+    stop_reason = _supervise(SimulationJob(
+        config_json=config.to_json(), run_dir=out, site_dirs=site_dirs, test_dir=test_dir,
+        resume=resume, parallel=parallel, ray_address=ray_address, verbose=verbose,
+        short_dir=Path(tempfile.mkdtemp(prefix="fedmm-"))), config.training.rounds)
     summary = RunFolder(out).read_summary()
     _print_summary(summary, out)
     if centralized:
         _centralized_references(config, site_dirs, test_dir, RunFolder(out), summary)
-    if state.stop_reason:
-        console.print(f"[yellow]stopped early:[/] {state.stop_reason}")
+    if stop_reason:
+        console.print(f"[yellow]stopped early:[/] {stop_reason}")
+
+
+def _supervise(job: SimulationJob, rounds: int) -> str:
+    """Run the simulation's worker process, showing its rounds; returns why it stopped early
+    ("" when it ran every round). Ctrl-C or SIGTERM stop it and everything it started."""
+    from simulations.supervisor import Outcome, Supervisor
+
+    finished: list[int] = []
+    with RoundDisplay(rounds) as display:
+        def show(record: dict[str, Any]) -> None:
+            parsed = RoundRecord.model_validate(record)
+            finished.append(parsed.round)
+            display(parsed)
+
+        supervisor = Supervisor(job, on_round=show,
+                                on_warning=lambda text: errors.print(text, highlight=False,
+                                                                     markup=False))
+        try:
+            outcome: Outcome = supervisor.run()
+        finally:
+            if job.short_dir is not None:
+                shutil.rmtree(job.short_dir, ignore_errors=True)
+    if outcome.kind == "done":
+        return outcome.message
+    if outcome.kind == "error":
+        fail(outcome.message)
+    saved = sorted(RunFolder(job.run_dir).checkpoints.glob("round-[0-9]*.safetensors"))
+    done = max([*finished, *(int(path.stem.split("-")[-1]) for path in saved), 0])
+    where = f"round {done + 1}/{rounds}" if done else "its start (Ray) or round 1"
+    intact = f"the last checkpoint, {saved[-1].name}, is intact" if saved else \
+        "no round had finished, so there is no checkpoint yet"
+    if outcome.kind == "died":
+        fail(f"the simulation process died in {where} (exit status {outcome.exit_status}); "
+             f"{intact}; detail in {job.log}; continue with: {_resume_command()}")
+    names = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+    errors.print(f"interrupted ({names.get(outcome.signum, 'signal')}) in {where}; every "
+                 f"process it started is stopped; {intact}; continue with: "
+                 f"{_resume_command()}", highlight=False, markup=False)
+    raise typer.Exit(128 + outcome.signum)
+
+
+def _resume_command() -> str:
+    """This command line again, with ``--resume`` (and without ``--overwrite``)."""
+    import shlex
+
+    args = [a for a in sys.argv[1:] if a != "--overwrite"]
+    return shlex.join(["fedmm", *args, *([] if "--resume" in args else ["--resume"])])
 
 
 def _centralized_references(config: RunConfig, site_dirs: list[Path], test_dir: Path | None,
@@ -511,12 +555,15 @@ def keys_roster(
 
 
 class _Stop(Exception):
-    """SIGTERM, turned into an exception so that cleanup runs."""
+    """SIGTERM, turned into an exception so that cleanup runs (exit status 143 = 128 + 15)."""
+
+
+def _exit_status(stop: BaseException) -> int:
+    """128 + the signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + (signal.SIGTERM if isinstance(stop, _Stop) else signal.SIGINT)
 
 
 def _raise_on_sigterm() -> None:
-    import signal
-
     def handler(signum, frame):
         raise _Stop()
 
@@ -582,10 +629,10 @@ def server(
     except DeploymentError as error:
         launcher.stop()
         fail(str(error))
-    except (KeyboardInterrupt, _Stop):
+    except (KeyboardInterrupt, _Stop) as stop:
         launcher.stop()
         errors.print(f"stopped; continue with: fedmm server --resume --out {out} ...")
-        raise typer.Exit(130) from None
+        raise typer.Exit(_exit_status(stop)) from None
     launcher.stop()
     _print_summary(summary, out)
 
@@ -656,24 +703,9 @@ def client(
             lambda text: console.print(text, highlight=False, markup=False))
     except JoinError as error:
         fail(str(error))
-    except (KeyboardInterrupt, _Stop):
+    except (KeyboardInterrupt, _Stop) as stop:
         errors.print("stopped")
-        raise typer.Exit(130) from None
-
-
-def _configure_logging(verbose: bool) -> None:
-    """fedmm's own warnings always; Flower's and Ray's chatter only with --verbose."""
-    import flwr.common.logger  # noqa: F401 - configures the 'flwr' logger on import
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    ours = logging.getLogger("fedmm")
-    ours.handlers[:] = [handler]
-    ours.setLevel(logging.INFO if verbose else logging.WARNING)
-    ours.propagate = False
-    flower = logging.getLogger("flwr")
-    flower.setLevel(logging.DEBUG if verbose else logging.ERROR)
-    flower.propagate = False
+        raise typer.Exit(_exit_status(stop)) from None
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -695,9 +727,9 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop) as stop:
         errors.print("interrupted; rerun with --resume to continue from the last checkpoint")
-        sys.exit(130)
+        sys.exit(_exit_status(stop))
 
 
 if __name__ == "__main__":

@@ -24,13 +24,15 @@ from server.run_folder import RoundRecord
 from server.run_state import RunState
 
 
-def prepare_environment(run_dir: Path) -> dict[str, str]:
-    """Environment for Flower/Ray processes of this run (applied to this process too)."""
+def prepare_environment(run_dir: Path, short_dir: Path | None = None) -> dict[str, str]:
+    """Environment for Flower/Ray processes of this run (applied to this process too);
+    ``short_dir``: an empty folder with a short path for the link to Ray's folder (default: a
+    new one in the system temp folder)."""
     flwr_home = run_dir / ".flwr"
     ray_dir = run_dir / ".ray"
     flwr_home.mkdir(parents=True, exist_ok=True)
     ray_dir.mkdir(parents=True, exist_ok=True)
-    link = Path(tempfile.mkdtemp(prefix="fedmm-")) / "ray"
+    link = (short_dir or Path(tempfile.mkdtemp(prefix="fedmm-"))) / "ray"
     link.symlink_to(ray_dir.resolve(), target_is_directory=True)
     env = {**QUIET_ENV, "FLWR_HOME": str(flwr_home), "RAY_TMPDIR": str(link)}
     os.environ.update(env)
@@ -70,10 +72,11 @@ def run_federated_simulation(
     show: Callable[[RoundRecord], None] | None = None,
     parallel: int | None = None,
     ray_address: str | None = None,
+    short_dir: Path | None = None,
 ) -> RunState:
     """Run the whole federation; returns the server's final state."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = prepare_environment(run_dir)
+    env = prepare_environment(run_dir, short_dir)
     try:
         return _run(config=config, run_dir=run_dir, site_dirs=site_dirs, test_dir=test_dir,
                     resume=resume, show=show,

@@ -7,7 +7,11 @@ matches GLOB write half of its bytes into the temporary file and then SIGKILL it
 RLIMIT_FSIZE at 0, so the kernel refuses to grow the file (EFBIG, as on a full disk); the limit is
 lifted again afterwards. Install before anything imports ``common.atomic``'s functions by name.
 
-``python -m tests.crash FAULT [fedmm arguments...]`` runs the real ``fedmm`` CLI with one fault.
+``install("pause:GLOB:N")`` makes the Nth matching write put half of its bytes into the temporary
+file and then wait there (for a test to interrupt the process mid-write).
+
+``python -m tests.crash FAULT [fedmm arguments...]`` runs the real ``fedmm`` CLI with one fault,
+in the process that writes: ``fedmm simulate``'s worker is started through this module too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import resource
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import common.atomic as atomic
@@ -25,8 +30,8 @@ import common.atomic as atomic
 
 def install(fault: str) -> None:
     kind, pattern, nth = fault.split(":")
-    if kind not in ("die", "full"):
-        raise ValueError(f"unknown fault {kind!r}; use die or full")
+    if kind not in ("die", "full", "pause"):
+        raise ValueError(f"unknown fault {kind!r}; use die, full or pause")
     real_write = atomic.atomic_write_bytes
     seen = 0
 
@@ -35,8 +40,8 @@ def install(fault: str) -> None:
         if fnmatch.fnmatch(Path(path).name, pattern):
             seen += 1
             if seen == int(nth):
-                if kind == "die":
-                    _die_halfway(Path(path), data)
+                if kind in ("die", "pause"):
+                    _halfway(Path(path), data, kind)
                 _write_on_a_full_disk(real_write, Path(path), data)
                 return
         real_write(path, data)
@@ -44,12 +49,15 @@ def install(fault: str) -> None:
     atomic.atomic_write_bytes = faulty_write
 
 
-def _die_halfway(path: Path, data: bytes) -> None:
+def _halfway(path: Path, data: bytes, kind: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, _ = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.write(fd, data[: len(data) // 2])
     os.fsync(fd)
-    os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    while True:
+        time.sleep(1)
 
 
 def _write_on_a_full_disk(real_write, path: Path, data: bytes) -> None:
@@ -62,8 +70,18 @@ def _write_on_a_full_disk(real_write, path: Path, data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    install(sys.argv[1])
-    from fedmm.cli import main
+    if sys.argv[1] == "--worker":  # fedmm simulate's worker, with the fault
+        install(sys.argv[2])
+        from simulations.worker import main as worker_main
 
-    sys.argv = ["fedmm", *sys.argv[2:]]
-    main()
+        sys.argv = ["worker", *sys.argv[3:]]
+        worker_main()
+    else:
+        install(sys.argv[1])
+        import simulations.supervisor as supervisor
+        from fedmm.cli import main
+
+        supervisor.WORKER_COMMAND = [sys.executable, "-m", "tests.crash", "--worker",
+                                     sys.argv[1]]
+        sys.argv = ["fedmm", *sys.argv[2:]]
+        main()

@@ -111,7 +111,7 @@ def test_sigterm_stops_the_server_and_everything_it_started(tmp_path: Path) -> N
         superlinks = _pids_mentioning(str(tmp_path / "out" / ".flwr" / "loopback-tls"))
         assert superlinks
         os.kill(server.process.pid, signal.SIGTERM)
-        assert server.process.wait(timeout=60) == 130
+        assert server.process.wait(timeout=60) == 143  # 128 + SIGTERM
         wait_until(lambda: not _pids_mentioning(str(tmp_path / "out" / ".flwr")),
                    timeout=30, what="the SuperLink to stop")
         assert "stopped; continue with: fedmm server --resume" in server.output()
