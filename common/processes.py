@@ -102,8 +102,9 @@ def start(command: Sequence[str], *, env: Mapping[str, str], log: IO[bytes] | No
                             start_new_session=True, preexec_fn=_die_with_parent)
 
 
-def _signal_group(group: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
+def signal_group(group: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to process group ``group``; nothing if it is gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, sig)
 
 
@@ -116,26 +117,37 @@ def stop(process: subprocess.Popen | None, *, grace: float = 10.0) -> None:
     except ProcessLookupError:
         process.poll()
         return
-    _signal_group(group, signal.SIGTERM)
+    signal_group(group, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    _signal_group(group, signal.SIGKILL)
+    signal_group(group, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5.0)
 
 
-def pids_running(*argv: str) -> list[int]:
-    """Processes (other than this one) whose command line holds ``argv`` as consecutive
-    arguments (Linux ``/proc``)."""
-    needle = b"\0" + b"\0".join(a.encode() for a in argv) + b"\0"
+def _command_lines() -> list[tuple[int, bytes]]:
+    """(pid, command line with a leading NUL) of every process but this one (Linux ``/proc``)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
-            if needle in b"\0" + (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
+            found.append((int(entry.name), b"\0" + (entry / "cmdline").read_bytes()))
     return found
+
+
+def pids_running(*argv: str) -> list[int]:
+    """Processes (other than this one) whose command line holds ``argv`` as consecutive
+    arguments."""
+    needle = b"\0" + b"\0".join(a.encode() for a in argv) + b"\0"
+    return [pid for pid, line in _command_lines() if needle in line]
+
+
+def pids_mentioning(*texts: str | Path) -> list[int]:
+    """Processes (other than this one) whose command line contains one of ``texts`` anywhere
+    (a folder a process was started with, such as Ray's session folder)."""
+    needles = {str(text).encode() for text in texts}
+    return [pid for pid, line in _command_lines() if any(n in line for n in needles)]
 
 
 def stop_strays(*argv: str) -> int:

@@ -397,10 +397,10 @@ def _supervise(job: SimulationJob, rounds: int) -> str:
         return outcome.message
     if outcome.kind == "error":
         fail(outcome.message)
-    saved = sorted(RunFolder(job.run_dir).checkpoints.glob("round-[0-9]*.safetensors"))
-    done = max([*finished, *(int(path.stem.split("-")[-1]) for path in saved), 0])
+    saved = RunFolder(job.run_dir).saved_checkpoints()
+    done = max([*finished, *(number for number, _ in saved), 0])
     where = f"round {done + 1}/{rounds}" if done else "its start (Ray) or round 1"
-    intact = f"the last checkpoint, {saved[-1].name}, is intact" if saved else \
+    intact = f"the last checkpoint, {saved[-1][1].name}, is intact" if saved else \
         "no round had finished, so there is no checkpoint yet"
     if outcome.kind == "died":
         fail(f"the simulation process died in {where} (exit status {outcome.exit_status}); "

@@ -8,7 +8,6 @@ that loads is the resume point; a truncated file can never be mistaken for one (
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from common.atomic import atomic_write_bytes
 from common.serialization import Weights
 from server.run_folder import RunFolder
 
-_NAME = re.compile(r"^round-(\d{4,})\.safetensors$")
 KEEP = 3
 
 
@@ -35,7 +33,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     tensors = {f"w/{k}": v for k, v in checkpoint.weights.items()}
     tensors.update({f"o/{k}": v for k, v in checkpoint.optimizer_state.items()})
     metadata = {"round": str(checkpoint.round), "state": json.dumps(checkpoint.state)}
-    path = RunFolder(Path(run_dir)).checkpoints / f"round-{checkpoint.round:04d}.safetensors"
+    path = RunFolder(Path(run_dir)).checkpoint(checkpoint.round)
     atomic_write_bytes(path, save(tensors, metadata=metadata))
     for old in list_checkpoints(run_dir)[:-KEEP]:
         old.unlink(missing_ok=True)
@@ -43,11 +41,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    folder = RunFolder(Path(run_dir)).checkpoints
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return [path for _, path in RunFolder(Path(run_dir)).saved_checkpoints()]
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -21,12 +21,15 @@ Every name inside a run folder is defined here and nowhere else::
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+_CHECKPOINT_NAME = re.compile(r"^round-(\d{4,})\.safetensors$")
 
 
 class RunFolderError(ValueError):
@@ -89,6 +92,17 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    def checkpoint(self, round_number: int) -> Path:
+        return self.checkpoints / f"round-{round_number:04d}.safetensors"
+
+    def saved_checkpoints(self) -> list[tuple[int, Path]]:
+        """The checkpoint files present, as (round, path), oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m.group(1)), path) for path in self.checkpoints.iterdir()
+                 if (m := _CHECKPOINT_NAME.match(path.name))]
+        return sorted(found)
 
     @property
     def model(self) -> Path:

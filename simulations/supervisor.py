@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from common import processes
+
 GRACE_S = 4.0
 # How the worker is started; crash tests start it through their fault injector instead.
 WORKER_COMMAND: list[str] = [sys.executable, "-m", "simulations.worker"]
@@ -153,35 +155,14 @@ class Supervisor:
         second signal), then SIGKILL anything still naming the run's Ray folder."""
         process = self.process
         if process is not None:
-            _signal_group(process.pid, signal.SIGTERM)
+            processes.signal_group(process.pid, signal.SIGTERM)
             deadline = time.monotonic() + GRACE_S
             while process.poll() is None and time.monotonic() < deadline and not self._hurry:
                 time.sleep(0.05)
-            _signal_group(process.pid, signal.SIGKILL)
+            processes.signal_group(process.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5.0)
         marks = [self.job.run_dir / ".ray", *([self.job.short_dir] if self.job.short_dir else [])]
-        for pid in pids_naming(marks):
+        for pid in processes.pids_mentioning(*marks, *(mark.resolve() for mark in marks)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _signal_group(group: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, sig)
-
-
-def pids_naming(folders: list[Path]) -> list[int]:
-    """Processes other than this one whose command line names one of ``folders`` (Ray's name
-    their session folder)."""
-    needles = {str(folder).encode() for folder in folders} | \
-        {str(folder.resolve()).encode() for folder in folders}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes()
-            if any(needle in cmdline for needle in needles):
-                found.append(int(entry.name))
-    return found

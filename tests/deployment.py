@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common import processes
-from tests.e2e import REPO, CliRun, _pids_mentioning, read_jsonl, run_cli
+from tests.e2e import REPO, CliRun, read_jsonl, run_cli
 
 SERVER_NAME = "fl.consortium.example"
 INTRUDER_APP = REPO / "tests" / "attacks" / "intruder_app"
@@ -116,7 +116,7 @@ def kill_hard(run: CliRun, marker: str) -> None:
     """SIGKILL a CLI and every process whose command line names ``marker``."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(run.process.pid, signal.SIGKILL)
-    for pid in _pids_mentioning(marker):
+    for pid in processes.pids_mentioning(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     run.process.wait(timeout=30)
@@ -509,7 +509,7 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
                 process.kill()
         for run in runs:
             run.stop()
-        for pid in _pids_mentioning(str(root)):
+        for pid in processes.pids_mentioning(str(root)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)

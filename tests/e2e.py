@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.processes import pids_mentioning
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -51,25 +53,12 @@ class CliRun:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
-        for pid in _pids_mentioning(self.tmpdir) + _pids_mentioning(str(self.cwd)):
+        for pid in pids_mentioning(self.tmpdir) + pids_mentioning(str(self.cwd)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if not self._log_handle.closed:
             self._log_handle.close()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def run_cli(args: list[str], *, cwd: Path, timeout: float = 600,

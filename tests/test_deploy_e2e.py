@@ -19,9 +19,9 @@ from safetensors.numpy import load_file
 
 from client.ledger import PrivacyLedger
 from common.pki import init_keys
-from common.processes import free_port
+from common.processes import free_port, pids_mentioning
 from tests.deployment import RUN_CONFIG, audit, wait_until
-from tests.e2e import CliRun, _pids_mentioning, read_jsonl, run_cli
+from tests.e2e import CliRun, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -108,11 +108,11 @@ def test_sigterm_stops_the_server_and_everything_it_started(tmp_path: Path) -> N
     try:
         wait_until(lambda: "waiting for hospitals" in server.output(), timeout=90,
                    what="the server to start")
-        superlinks = _pids_mentioning(str(tmp_path / "out" / ".flwr" / "loopback-tls"))
+        superlinks = pids_mentioning(str(tmp_path / "out" / ".flwr" / "loopback-tls"))
         assert superlinks
         os.kill(server.process.pid, signal.SIGTERM)
         assert server.process.wait(timeout=60) == 143  # 128 + SIGTERM
-        wait_until(lambda: not _pids_mentioning(str(tmp_path / "out" / ".flwr")),
+        wait_until(lambda: not pids_mentioning(str(tmp_path / "out" / ".flwr")),
                    timeout=30, what="the SuperLink to stop")
         assert "stopped; continue with: fedmm server --resume" in server.output()
     finally:

@@ -9,6 +9,7 @@ from common.processes import (
     QUIET_ENV,
     flower_env,
     free_port,
+    pids_mentioning,
     pids_running,
     port_open,
     start,
@@ -70,5 +71,18 @@ def test_strays_are_found_by_their_arguments_and_stopped() -> None:
         assert other.poll() is None
     finally:
         for process in (stray, other):
+            process.kill()
+            process.wait()
+
+
+def test_processes_naming_a_folder_anywhere_in_their_arguments_are_found(tmp_path) -> None:
+    named = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              f"--temp-dir={tmp_path}/session_1"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert pids_mentioning(tmp_path) == [named.pid]
+        assert pids_mentioning(tmp_path / "elsewhere") == []
+    finally:
+        for process in (named, other):
             process.kill()
             process.wait()

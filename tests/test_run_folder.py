@@ -16,3 +16,14 @@ def test_a_record_is_plain_json_without_empty_fields(tmp_path) -> None:
                        ).to_line()
     assert '"note"' not in line and '"code": "no-reply"' in line
     assert RunFolder(tmp_path).rounds() == []
+
+
+def test_saved_checkpoints_are_the_round_files_by_round_number(tmp_path) -> None:
+    folder = RunFolder(tmp_path)
+    assert folder.saved_checkpoints() == []
+    folder.checkpoints.mkdir()
+    for name in ("round-0010.safetensors", "round-0002.safetensors", "round-0003.tmp",
+                 "round-x.safetensors"):
+        (folder.checkpoints / name).write_bytes(b"")
+    assert folder.checkpoint(2).name == "round-0002.safetensors"
+    assert folder.saved_checkpoints() == [(2, folder.checkpoint(2)), (10, folder.checkpoint(10))]

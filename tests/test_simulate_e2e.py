@@ -19,11 +19,12 @@ from client.ledger import PrivacyLedger
 from client.training import plan_round
 from common.config import load_config
 from common.privacy import epsilon_for_history, noise_for_budget
+from common.processes import pids_mentioning
 from common.sitedata import load_site, split_train_validation
 from server.checkpoint import list_checkpoints, load_checkpoint
 from simulations.demo_data import DEMO_POLICY, generate_demo
 from simulations.scenarios import Scenario
-from tests.e2e import CliRun, _pids_mentioning, read_jsonl, run_cli
+from tests.e2e import CliRun, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -261,7 +262,7 @@ def _interrupt(run: CliRun, sig: int, *, then: int | None = None) -> tuple[int, 
         os.killpg(run.process.pid, then)
     code = run.process.wait(timeout=60)
     seconds = time.monotonic() - started
-    left = _pids_mentioning(run.tmpdir) + _pids_mentioning(str(run.cwd))
+    left = pids_mentioning(run.tmpdir) + pids_mentioning(str(run.cwd))
     run.stop()
     assert not left, f"processes left behind: {left}"
     return code, seconds, run.output()

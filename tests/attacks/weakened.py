@@ -28,7 +28,6 @@ from tests.deployment import (
     wait_until,
     world_traversable_root,
 )
-from tests.e2e import _pids_mentioning
 
 
 def weakened_deployment() -> Iterator[dict[str, Any]]:
@@ -104,7 +103,7 @@ def weakened_deployment() -> Iterator[dict[str, Any]]:
                     process.kill()
                 else:
                     processes.stop(process)
-        for pid in _pids_mentioning(str(root)):
+        for pid in processes.pids_mentioning(str(root)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
