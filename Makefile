@@ -27,9 +27,10 @@ pretrained: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmm simulate --out runs/demo --overwrite --centralized
 
+# Two workers; tests that share one set-up stay on one worker (tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -326,8 +326,9 @@ class ClientLauncher:
                 on_restart=lambda code: notify(
                     f"connection to the server ended (exit {code}); reconnecting ..."),
                 on_unregistered=lambda pause: notify(
-                    f"server {server}: this hospital's key is not registered there (yet); "
-                    f"trying again in {pause:.0f} s"))
+                    f"server {server}: this hospital's key is not registered there (yet), "
+                    "or its last connection still counts as live (up to a minute after it "
+                    f"broke); trying again in {pause:.0f} s"))
         finally:
             executor.stop()
             self.stop()

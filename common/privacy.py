@@ -47,8 +47,21 @@ def normalise_history(history: Iterable[Sequence[float]]) -> list[HistoryEntry]:
 def epsilon_for_history(
     history: Iterable[Sequence[float]], *, delta: float, accountant: str = "rdp"
 ) -> float:
-    """ε spent at ``delta`` by the steps in ``history``; 0 for no steps, ∞ when σ = 0."""
-    return _epsilon(tuple(normalise_history(history)), delta, accountant)
+    """ε spent at ``delta`` by the steps in ``history``; 0 for no steps, ∞ when σ = 0.
+
+    Both accountants compose commutatively (RDP adds ε_α per step; PRV convolves the privacy
+    loss distributions), so the steps of one (σ, q) count together wherever they sit in the
+    history: a site alternating training with evaluation releases costs the accountant two
+    mechanisms, not two a round."""
+    return _epsilon(composed(normalise_history(history)), delta, accountant)
+
+
+def composed(entries: Iterable[HistoryEntry]) -> tuple[HistoryEntry, ...]:
+    """The steps of each distinct (σ, q), in a canonical order."""
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, rate, count in entries:
+        steps[(sigma, rate)] = steps.get((sigma, rate), 0) + count
+    return tuple(sorted((sigma, rate, count) for (sigma, rate), count in steps.items()))
 
 
 @functools.lru_cache(maxsize=256)

@@ -32,6 +32,7 @@ from server.secure_aggregation import SecureAggregation
 
 log = logging.getLogger("fedmm.server")
 MINIMUM_WAIT_S = 600.0  # deployments: how much longer to wait for min_sites after the grace
+ASK_SILENT_AGAIN_S = 10.0  # a connected site that did not say what it holds is asked again
 
 
 class FederationError(RuntimeError):
@@ -88,23 +89,27 @@ class Federation:
         log.info("resuming after round %d", checkpoint.round)
         return state
 
-    def _wait_for_nodes(self) -> list[int]:
-        """Wait up to ``wait_for_sites_s`` for ``expected_sites`` (default ``min_sites``) to
-        connect; then go on with what is there once it is at least ``min_sites``, waiting for
-        that up to ``MINIMUM_WAIT_S`` longer."""
-        needed = self.config.training.min_sites
-        hoped = max(needed, self.expected_sites or needed)
-        limit = self.wait_for_sites_s + (MINIMUM_WAIT_S if self.expected_sites else 0.0)
-        started = time.monotonic()
+    def _wait_for_nodes(self, started: float) -> list[int]:
+        """Wait, counting from ``started``, up to ``wait_for_sites_s`` for ``expected_sites``
+        (default ``min_sites``) to connect; then go on with what is there once it is at least
+        ``min_sites``, waiting for that up to ``MINIMUM_WAIT_S`` longer."""
+        needed, hoped = self.config.training.min_sites, self._hoped_sites()
         while True:
             nodes = sorted(self.grid.get_node_ids())
             waited = time.monotonic() - started
             if len(nodes) >= hoped or (waited > self.wait_for_sites_s and len(nodes) >= needed):
                 return nodes
-            if waited > limit:
+            if waited > self._wait_limit_s():
                 raise FederationError(f"only {len(nodes)} sites connected after "
                                       f"{waited:.0f} s; need {needed} (training.min_sites)")
             time.sleep(1.0)
+
+    def _hoped_sites(self) -> int:
+        needed = self.config.training.min_sites
+        return max(needed, self.expected_sites or needed)
+
+    def _wait_limit_s(self) -> float:
+        return self.wait_for_sites_s + (MINIMUM_WAIT_S if self.expected_sites else 0.0)
 
     def _exchange(self, nodes: Sequence[int], kind: str, state: RunState,
                   arrays: Weights | None,
@@ -120,20 +125,56 @@ class Federation:
                               group_id=str(number), site_of=self.site_of)
 
     def _discover_sites(self, state: RunState) -> list[int]:
-        usable = []
-        for reply in self._exchange(self._wait_for_nodes(), wire.SITE_INFO, state, None):
-            if reply.status == "ok":
-                self.site_of[reply.node] = reply.site_id
-                usable.append(reply.node)
-                info = reply.read(wire.SiteInfo)
-                if info is not None and info.bad_rows:
-                    log.warning("site %s: %d bad rows skipped", reply.site_id, info.bad_rows)
-            else:
-                log.warning("site %s unusable: %s", reply.site_id, reply.reason)
-        if len(usable) < self.config.training.min_sites:
-            raise FederationError(f"only {len(usable)} usable sites; need "
-                                  f"{self.config.training.min_sites}")
+        """Ask every connected site what it holds. A site that did not answer (Flower saw its
+        SuperNode, which then went: on a loaded machine a hospital's first connection can
+        time out after the server accepted it, and that hospital joins again) is asked again
+        once it is back, within the wait for sites; a site that refused is not."""
+        started = time.monotonic()
+        usable: list[int] = []
+        refused: set[int] = set()
+        silent: set[int] = set()
+        while True:
+            connected = self._wait_for_nodes(started)
+            ask = [n for n in connected if n not in usable and n not in refused]
+            for reply in self._exchange(ask, wire.SITE_INFO, state, None):
+                if reply.status == "ok":
+                    self.site_of[reply.node] = reply.site_id
+                    usable.append(reply.node)
+                    silent.discard(reply.node)
+                    info = reply.read(wire.SiteInfo)
+                    if info is not None and info.bad_rows:
+                        log.warning("site %s: %d bad rows skipped", reply.site_id,
+                                    info.bad_rows)
+                elif reply.code in (wire.NO_REPLY, wire.CLIENT_ERROR):
+                    silent.add(reply.node)
+                    log.warning("site %s did not answer (%s); asking again when it is back",
+                                reply.site_id, reply.reason)
+                else:
+                    refused.add(reply.node)
+                    log.warning("site %s unusable: %s", reply.site_id, reply.reason)
+            enough = len(usable) >= self.config.training.min_sites
+            if enough and len(usable) + len(refused) >= self._hoped_sites():
+                break
+            # Wait for the silent ones to come back: while the grace lasts when there are
+            # enough already, up to the whole wait for sites when there are not.
+            until = started + (self.wait_for_sites_s if enough else self._wait_limit_s())
+            if not self._node_returns(set(usable) | refused, silent, until=until):
+                if enough:
+                    break
+                raise FederationError(f"only {len(usable)} usable sites; need "
+                                      f"{self.config.training.min_sites}")
         return sorted(usable, key=lambda n: self.site_of[n])
+
+    def _node_returns(self, heard: set[int], silent: set[int], *, until: float) -> bool:
+        """True once Flower sees a node online that was never asked, or, after
+        :data:`ASK_SILENT_AGAIN_S`, one that did not answer; False at ``until``."""
+        again = time.monotonic() + ASK_SILENT_AGAIN_S
+        while time.monotonic() < until:
+            online = set(self.grid.get_node_ids()) - heard
+            if online - silent or (online and time.monotonic() >= again):
+                return True
+            time.sleep(1.0)
+        return False
 
     def _sites_per_round(self) -> int:
         """At least ``min_sites``; at least 2 under secure aggregation (a sum of one site is

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from flwr.app import RecordDict
@@ -9,7 +11,7 @@ from flwr.app import RecordDict
 from common import wire
 from common.config import RunConfig
 from common.records import to_records
-from server.federation import Federation
+from server.federation import Federation, FederationError
 from server.optimizers import build_server_optimizer
 from server.replies import SiteReply, TrainOutcome
 from server.run_folder import RunFolder
@@ -198,3 +200,74 @@ def test_a_non_finite_aggregate_leaves_the_server_optimiser_as_it_was(tmp_path) 
     after = state.optimizer.state()
     assert before.keys() == after.keys()
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+class ScriptedGrid:
+    """Flower's view of who is online, one entry per look (the last one stays)."""
+
+    def __init__(self, *views: list[int]) -> None:
+        self.views = list(views)
+
+    def get_node_ids(self) -> list[int]:
+        return self.views.pop(0) if len(self.views) > 1 else self.views[0]
+
+
+def site_info_exchange(answers: dict[int, list[tuple[str, str]]], asked: list[list[int]]):
+    """Each node's replies to SITE_INFO in order: (status, code)."""
+    def exchange(nodes, kind, state, arrays, extra=None, *, round_number=None):
+        assert kind == wire.SITE_INFO
+        asked.append(list(nodes))
+        replies = []
+        for node in nodes:
+            status, code = answers[node].pop(0)
+            info = RecordDict(to_records(wire.SiteInfo(rows=10, usable=10, bad_rows=0)))
+            replies.append(SiteReply(node, f"site-{node}", status, code, "", None, info))
+        return replies
+
+    return exchange
+
+
+def test_a_site_seen_online_that_did_not_answer_is_asked_again_when_it_is_back(
+        tmp_path, monkeypatch) -> None:
+    """On a loaded machine a hospital's first connection can time out after Flower accepted
+    it: Flower counts it online, it never answers, then it joins again."""
+    monkeypatch.setattr("server.federation.time.sleep", lambda seconds: None)
+    config = RunConfig.model_validate({"training": {"min_sites": 3}})
+    federation = Federation(grid=ScriptedGrid([1, 2, 3], [1, 2], [1, 2], [1, 2, 3]),
+                            config=config, run_dir=tmp_path, callbacks=[],
+                            wait_for_sites_s=60.0, expected_sites=3)
+    asked: list[list[int]] = []
+    federation._exchange = site_info_exchange(
+        {1: [("ok", "")], 2: [("ok", "")], 3: [("failed", wire.CLIENT_ERROR), ("ok", "")]},
+        asked)
+    assert federation._discover_sites(state_for(config, tmp_path)) == [1, 2, 3]
+    assert asked == [[1, 2, 3], [3]]
+
+
+def test_a_refusing_site_is_not_asked_again_and_does_not_hold_the_run(
+        tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("server.federation.time.sleep", lambda seconds: None)
+    config = RunConfig.model_validate({"training": {"min_sites": 2}})
+    federation = Federation(grid=ScriptedGrid([1, 2, 3]), config=config, run_dir=tmp_path,
+                            callbacks=[], wait_for_sites_s=3600.0, expected_sites=3)
+    asked: list[list[int]] = []
+    federation._exchange = site_info_exchange(
+        {1: [("ok", "")], 2: [("ok", "")], 3: [("refused", wire.MODEL_NOT_ALLOWED)]}, asked)
+    began = time.monotonic()
+    assert federation._discover_sites(state_for(config, tmp_path)) == [1, 2]
+    assert asked == [[1, 2, 3]] and time.monotonic() - began < 5
+
+
+def test_too_few_usable_sites_after_the_whole_wait_end_the_run(tmp_path, monkeypatch) -> None:
+    clock = iter(range(0, 10_000, 5))  # each look at the clock: 5 s later
+    monkeypatch.setattr("server.federation.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("server.federation.time.monotonic", lambda: float(next(clock)))
+    config = RunConfig.model_validate({"training": {"min_sites": 2}})
+    federation = Federation(grid=ScriptedGrid([1, 2]), config=config, run_dir=tmp_path,
+                            callbacks=[], wait_for_sites_s=100.0)
+    asked: list[list[int]] = []
+    federation._exchange = site_info_exchange(
+        {1: [("ok", "")], 2: [("failed", wire.NO_REPLY)] * 100}, asked)
+    with pytest.raises(FederationError, match="only 1 usable sites; need 2"):
+        federation._discover_sites(state_for(config, tmp_path))
+    assert asked[0] == [1, 2] and len(asked) > 1 and set(map(tuple, asked[1:])) == {(2,)}

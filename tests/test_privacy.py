@@ -29,6 +29,35 @@ def test_history_merges_and_validates() -> None:
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_interleaved_training_and_releases_are_what_opacus_says_step_by_step(
+        accountant: str, monkeypatch) -> None:
+    """A site's history alternates training (σ, q, steps) and evaluation releases (σ', 1, 1)
+    every round; the accountant sees each mechanism once, with its steps added up, and the ε is
+    Opacus' own for the history as it happened."""
+    from opacus.accountants import create_accountant
+
+    import common.privacy as privacy
+
+    rounds = 6
+    history = [entry for _ in range(rounds) for entry in ([1.1, 0.05, 20], [8.0, 1.0, 1])]
+    reference = create_accountant(mechanism=accountant)
+    for sigma, rate, steps in history:
+        for _ in range(steps):
+            reference.step(noise_multiplier=sigma, sample_rate=rate)
+    seen = []
+    original = privacy._epsilon.__wrapped__
+
+    def recording(entries, delta, name):
+        seen.append(entries)
+        return original(entries, delta, name)
+
+    monkeypatch.setattr(privacy, "_epsilon", recording)
+    assert epsilon_for_history(history, delta=1e-5, accountant=accountant) == pytest.approx(
+        reference.get_epsilon(delta=1e-5), rel=1e-6)
+    assert seen == [((1.1, 0.05, 20 * rounds), (8.0, 1.0, rounds))]
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_derived_noise_reaches_the_target(accountant: str) -> None:
     sigma = noise_for_budget(target_epsilon=3.0, delta=1e-5, sample_rate=0.1, steps=100,
                              accountant=accountant)
