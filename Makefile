@@ -27,10 +27,9 @@ pretrained: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmm simulate --out runs/demo --overwrite --centralized
 
-# Two workers; tests that share one set-up stay on one worker (tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,25 +14,6 @@ from simulations.demo_data import generate_demo
 from simulations.fashion_mnist import FILES
 from simulations.scenarios import Scenario
 
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). The tests that share
-# one expensive set-up (a session or module fixture that starts real processes) stay together on
-# one worker, so it starts once: the README deployment and the weakened one for the deployment
-# and attack tests, the reference simulation for the simulate end-to-end tests.
-SHARED_SETUPS = {
-    "test_deploy_e2e.py": "deployment",
-    "test_foreign_app.py": "deployment",
-    "test_local_user.py": "deployment",
-    "test_network.py": "deployment",
-    "test_simulate_e2e.py": "simulation",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = SHARED_SETUPS.get(item.path.name)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

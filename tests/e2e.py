@@ -61,6 +61,47 @@ class CliRun:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
+class RayCluster:
+    """One local Ray cluster (``ray start --head``) that simulations join with ``--ray-address``:
+    each ``fedmm simulate`` then skips starting Ray (about 14 s of a 2-core machine). Its
+    folder is short (Ray's socket paths) and its own; stopping it stops every process naming
+    that folder."""
+
+    def __init__(self, *, cpus: int = 2) -> None:
+        from common import processes
+
+        self.folder = tempfile.mkdtemp(prefix="fmray", dir="/tmp")
+        self.port = processes.free_port()
+        self.log = Path(self.folder) / "ray-start.log"
+        ray = Path(sys.executable).parent / "ray"
+        env = {**os.environ, **processes.QUIET_ENV, "TMPDIR": self.folder}
+        with self.log.open("wb") as log:
+            self.process = processes.start(
+                [str(ray), "start", "--head", "--block", f"--port={self.port}",
+                 f"--num-cpus={cpus}", "--num-gpus=0", f"--temp-dir={self.folder}",
+                 "--include-dashboard=false", "--disable-usage-stats"], env=env, log=log)
+        deadline = time.monotonic() + 120
+        while not processes.port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Ray did not start: {self.log.read_text()[-800:]}")
+            time.sleep(0.2)
+
+    @property
+    def address(self) -> list[str]:
+        """The CLI arguments that join it."""
+        return ["--ray-address", f"127.0.0.1:{self.port}"]
+
+    def stop(self) -> None:
+        from common import processes
+
+        processes.stop(self.process, grace=5.0)
+        for pid in pids_mentioning(self.folder):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def run_cli(args: list[str], *, cwd: Path, timeout: float = 600,
             prefix: list[str] | None = None) -> tuple[int, str]:
     run = CliRun(args, cwd=cwd, prefix=prefix)

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from common.sitedata import load_site, split_train_validation
 from server.checkpoint import list_checkpoints, load_checkpoint
 from simulations.demo_data import DEMO_POLICY, generate_demo
 from simulations.scenarios import Scenario
-from tests.e2e import CliRun, read_jsonl, run_cli
+from tests.e2e import CliRun, RayCluster, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,18 @@ def _epsilon_after_rounds(site: Path, config_path: Path, rounds: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def policy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def ray() -> Iterator[RayCluster]:
+    """One Ray cluster for this file's simulations (``--ray-address``). Not for the README's
+    main job (typed as the README says), the interrupt test (it stops Ray's start and checks
+    that the run's own Ray is gone) or the pretrained-encoder run (its environment matters in
+    the actors)."""
+    cluster = RayCluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def policy_run(tmp_path_factory: pytest.TempPathFactory, ray: RayCluster) -> dict:
     """One securely aggregated run, four sites: site-01 and site-04 follow the demo policy,
     site-02's policy demands more noise than the run uses, site-03's budget lasts one round
     (their refusals are dropouts the protocol recovers from); only site-04 has enough
@@ -87,9 +99,9 @@ def policy_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # site-04 releases its validation figures through the Gaussian mechanism (14 rows)
     (data / "site-04" / "policy.toml").write_text(DEMO_POLICY + "min_eval_rows = 10\n")
     first = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
-                     str(root / "run1")], cwd=root)
+                     str(root / "run1"), *ray.address], cwd=root)
     second = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
-                      str(root / "run2")], cwd=root)
+                      str(root / "run2"), *ray.address], cwd=root)
     return {"root": root, "data": data, "first": first, "second": second, "one": one}
 
 
@@ -172,7 +184,8 @@ def test_ledger_carries_over_to_a_second_run(policy_run: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def reference_run(tmp_path_factory: pytest.TempPathFactory, ray: RayCluster
+                  ) -> dict[str, Path]:
     """An uninterrupted run a (4 rounds, 2 demo sites of 50) that stopped runs must end equal to;
     ``new_data()`` makes a fresh copy of its data (same seed, same folders)."""
     root = tmp_path_factory.mktemp("reference")
@@ -182,7 +195,8 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     generate_demo(root / "a", sites=2, samples_per_site=50, seed=5, scenario=Scenario.IID,
                   test_samples=0)
     code, output = run_cli(["simulate", "--data", str(root / "a"), "--config",
-                            str(config_path), "--out", str(root / "run-a")], cwd=root)
+                            str(config_path), "--out", str(root / "run-a"), *ray.address],
+                           cwd=root)
     assert code == 0, output
     return {"root": root, "config": config_path, "run": root / "run-a"}
 
@@ -200,7 +214,7 @@ def _assert_same_model(reference: dict[str, Path], run: Path) -> None:
 
 
 def test_a_crash_and_a_full_disk_lose_nothing_and_resume_ends_with_the_same_model(
-        tmp_path: Path, reference_run: dict[str, Path]) -> None:
+        tmp_path: Path, reference_run: dict[str, Path], ray: RayCluster) -> None:
     """Run b is SIGKILLed halfway through writing its round-2 checkpoint, resumed, finds its disk
     full when writing round 3's, and is resumed again: it ends with run a's model (same data,
     uninterrupted), and every round a site trained, repeated ones included, is in its ε."""
@@ -208,7 +222,7 @@ def test_a_crash_and_a_full_disk_lose_nothing_and_resume_ends_with_the_same_mode
     _same_data(reference_run, tmp_path / "b")
     run_b = tmp_path / "run-b"
     args = ["simulate", "--data", str(tmp_path / "b"), "--config", str(config_path),
-            "--out", str(run_b)]
+            "--out", str(run_b), *ray.address]
 
     def crashing(fault: str, *extra: str) -> tuple[int, str]:
         run = CliRun([fault, *args, *extra], cwd=tmp_path, module="tests.crash")
@@ -355,13 +369,13 @@ def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
     assert "centralized DP-SGD (ε=" in output and "cost of federation under DP" in output
 
 
-def test_non_private_run_says_so(tmp_path: Path) -> None:
+def test_non_private_run_says_so(tmp_path: Path, ray: RayCluster) -> None:
     generate_demo(tmp_path / "data", sites=2, samples_per_site=40, seed=2,
                   scenario=Scenario.MISSING_MODALITY, test_samples=0)
     config_path = _write_config(tmp_path, rounds=1)
     code, output = run_cli(["simulate", "--data", str(tmp_path / "data"), "--config",
-                            str(config_path), "--no-dp", "--out", str(tmp_path / "run")],
-                           cwd=tmp_path)
+                            str(config_path), "--no-dp", "--out", str(tmp_path / "run"),
+                            *ray.address], cwd=tmp_path)
     assert code == 0, output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["dp_enabled"] is False and summary["privacy"]["sites"] == {}
@@ -370,7 +384,7 @@ def test_non_private_run_says_so(tmp_path: Path) -> None:
 
 
 def test_secure_aggregation_gives_the_plaintext_model_within_the_quantisation_step(
-        tmp_path: Path) -> None:
+        tmp_path: Path, ray: RayCluster) -> None:
     from common.secagg.encoding import RingEncoding
 
     generate_demo(tmp_path / "data", sites=3, samples_per_site=50, seed=3,
@@ -379,8 +393,8 @@ def test_secure_aggregation_gives_the_plaintext_model_within_the_quantisation_st
     models = {}
     for name, flags in (("secure", []), ("plain", ["--no-secure-agg"])):
         code, output = run_cli(["simulate", "--data", str(tmp_path / "data"), "--config",
-                                str(config_path), "--out", str(tmp_path / name), *flags],
-                               cwd=tmp_path)
+                                str(config_path), "--out", str(tmp_path / name), *flags,
+                                *ray.address], cwd=tmp_path)
         assert code == 0, output
         models[name] = load_file(str(tmp_path / name / "model.safetensors"))
     assert "the server sees each site's update" in output
