@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict
 from common import processes
 
 GRACE_S = 4.0
+# The worker's events, one JSON object a line: {"event": KIND, ...}.
+ROUND, WARNING, DONE, ERROR = "round", "warning", "done", "error"
 # How the worker is started; crash tests start it through their fault injector instead.
 WORKER_COMMAND: list[str] = [sys.executable, "-m", "simulations.worker"]
 
@@ -132,13 +134,13 @@ class Supervisor:
 
     def _handle(self, event: dict[str, Any]) -> Outcome | None:
         kind = event.get("event")
-        if kind == "round":
+        if kind == ROUND:
             self.on_round(event["record"])
-        elif kind == "warning":
+        elif kind == WARNING:
             self.on_warning(str(event["message"]))
-        elif kind == "done":
+        elif kind == DONE:
             return Outcome("done", message=str(event.get("stop_reason", "")))
-        elif kind == "error":
+        elif kind == ERROR:
             return Outcome("error", message=str(event["message"]))
         return None
 

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
-from simulations.supervisor import SimulationJob
+from simulations.supervisor import DONE, ERROR, ROUND, WARNING, SimulationJob
 
 
 class _Events:
@@ -39,7 +39,7 @@ class _WarningsToSupervisor(logging.Handler):
         self.events = events
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.events.send("warning", message=f"{record.levelname} {record.name}: "
+        self.events.send(WARNING, message=f"{record.levelname} {record.name}: "
                                             f"{record.getMessage()}")
 
 
@@ -77,16 +77,16 @@ def run(job: SimulationJob, events: _Events) -> None:
             config=job.run_config(), run_dir=job.run_dir, site_dirs=job.site_dirs,
             test_dir=job.test_dir, resume=job.resume, parallel=job.parallel,
             ray_address=job.ray_address, short_dir=job.short_dir,
-            show=lambda record: events.send("round", record=record.model_dump(mode="json")))
+            show=lambda record: events.send(ROUND, record=record.model_dump(mode="json")))
     except (FederationError, SiteDataError, ConfigError, OutputWriteError) as error:
-        events.send("error", message=str(error))
+        events.send(ERROR, message=str(error))
         return
     except RuntimeError as error:
         traceback.print_exc()
-        events.send("error", message=f"simulation failed: {error.__cause__ or error}; "
+        events.send(ERROR, message=f"simulation failed: {error.__cause__ or error}; "
                                      f"full detail in {job.log}")
         return
-    events.send("done", stop_reason=state.stop_reason)
+    events.send(DONE, stop_reason=state.stop_reason)
 
 
 def main() -> None:
@@ -99,7 +99,7 @@ def main() -> None:
         run(job, events)
     except Exception as error:  # anything unforeseen: the detail to the log, one line out
         traceback.print_exc()
-        events.send("error", message=f"simulation failed ({type(error).__name__}: {error}); "
+        events.send(ERROR, message=f"simulation failed ({type(error).__name__}: {error}); "
                                      f"full detail in {job.log}")
     sys.stdout.flush()
     sys.stderr.flush()

@@ -80,12 +80,10 @@ class RayCluster:
                 [str(ray), "start", "--head", "--block", f"--port={self.port}",
                  f"--num-cpus={cpus}", "--num-gpus=0", f"--temp-dir={self.folder}",
                  "--include-dashboard=false", "--disable-usage-stats"], env=env, log=log)
-        deadline = time.monotonic() + 120
-        while not processes.port_open("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Ray did not start: {self.log.read_text()[-800:]}")
-            time.sleep(0.2)
+        if not processes.wait_for_port("127.0.0.1", self.port, timeout=120,
+                                       process=self.process):
+            self.stop()
+            raise RuntimeError(f"Ray did not start: {self.log.read_text()[-800:]}")
 
     @property
     def address(self) -> list[str]:
