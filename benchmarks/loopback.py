@@ -159,8 +159,7 @@ def run_loopback(*, root: Path, hospitals: int, rounds: int = 2, secure: bool = 
                 code = None
         wall = time.perf_counter() - started
     finally:
-        for process in [server, *clients]:
-            processes.stop(process)
+        processes.stop_all([server, *clients])
     records = RunFolder(out).rounds()
     return {
         "benchmark": "loopback_deployment", "hospitals": hospitals, "rounds": rounds,

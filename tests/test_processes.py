@@ -14,6 +14,7 @@ from common.processes import (
     port_open,
     start,
     stop,
+    stop_all,
     stop_strays,
 )
 
@@ -37,6 +38,32 @@ def test_stop_ends_the_whole_process_group(tmp_path) -> None:
     stop(process, grace=2)
     assert process.poll() is not None
     assert living_members(group) == []
+
+
+def test_stop_all_winds_every_group_down_together(tmp_path) -> None:
+    """Four leaders each take 2 s to exit after SIGTERM, a fifth ignores it: all five are gone
+    after about the 3 s grace, where one after another would take 4 × 2 + 3 s."""
+    graceful = ("import signal, sys, time; "
+                "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(2.0), sys.exit(0))); "
+                "print('ready', flush=True); time.sleep(60)")
+    stubborn = ("import signal, subprocess, sys, time; "
+                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ready', flush=True); time.sleep(60)")
+    logs = [tmp_path / f"{i}.log" for i in range(5)]
+    started = [start([sys.executable, "-c", graceful if i < 4 else stubborn], env=os.environ,
+                     log=log.open("wb")) for i, log in enumerate(logs)]
+    deadline = time.monotonic() + 30
+    while not all("ready" in log.read_text() for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    groups = [os.getpgid(p.pid) for p in started]
+    began = time.monotonic()
+    stop_all([*started, None], grace=3)
+    took = time.monotonic() - began
+    assert all(p.poll() is not None for p in started)
+    assert [p.returncode for p in started[:4]] == [0, 0, 0, 0]  # they exited by themselves
+    assert started[4].returncode == -9 and all(living_members(g) == [] for g in groups)
+    assert took < 6
 
 
 def living_members(group: int) -> list[int]:
