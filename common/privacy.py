@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from common.atomic import atomic_write_json
 from common.config import ConfigError
@@ -72,11 +73,39 @@ def _epsilon(entries: tuple[HistoryEntry, ...], delta: float, accountant: str) -
         return 0.0
     if any(sigma == 0 for sigma, _, _ in entries):
         return math.inf
+    if accountant == "rdp":
+        return _rdp_epsilon(entries, delta)
     from opacus.accountants import create_accountant
 
     engine = create_accountant(mechanism=accountant)
     engine.history = list(entries)
     return float(engine.get_epsilon(delta=delta))
+
+
+def _rdp_epsilon(entries: tuple[HistoryEntry, ...], delta: float) -> float:
+    """What :class:`opacus.accountants.RDPAccountant` gives for ``entries``, bit for bit, with
+    each (σ, q)'s per-step RDP curve computed once: RDP is linear in the steps,
+    ε_α(σ, q, T) = T·ε_α(σ, q, 1), and Opacus itself multiplies that one-step curve by T. A
+    site's history grows by a step count every round while its (σ, q) stay the same, so each
+    round costs a product instead of a fresh curve (~0.2 s of CPU)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    rdp = sum([_rdp_curve(sigma, rate) * steps for sigma, rate, steps in entries])
+    epsilon, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(epsilon)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rdp_curve(sigma: float, rate: float) -> Any:
+    """One step's RDP at each of Opacus' default orders (its ``compute_rdp`` with 1 step)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    curve = compute_rdp(q=rate, noise_multiplier=sigma, steps=1,
+                        orders=RDPAccountant.DEFAULT_ALPHAS)
+    curve.setflags(write=False)  # shared by every caller
+    return curve
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,6 +18,35 @@ def test_equals_opacus_accountant_step_by_step() -> None:
         accountant.get_epsilon(delta=1e-5), rel=1e-12)
 
 
+def test_rdp_is_opacus_bit_for_bit_with_each_mechanisms_curve_computed_once(monkeypatch) -> None:
+    """A site's ε after each of 12 rounds (training and an evaluation release per round), as
+    Opacus' RDPAccountant computes it from the whole history, equal to the last bit; the one-step
+    RDP curve of each (σ, q) is computed once, not once per round."""
+    import opacus.accountants.analysis.rdp as analysis
+
+    import common.privacy as privacy
+
+    calls = []
+    original = analysis.compute_rdp
+
+    def counting(**kwargs):
+        calls.append((kwargs["noise_multiplier"], kwargs["q"]))
+        return original(**kwargs)
+
+    monkeypatch.setattr(analysis, "compute_rdp", counting)
+    privacy._rdp_curve.cache_clear()
+    history: list[list[float]] = []
+    for round_number in range(1, 13):
+        history += [[1.07, 0.125, 4], [9.5, 1.0, 1]]
+        reference = RDPAccountant()
+        reference.history = [(1.07, 0.125, 4 * round_number), (9.5, 1.0, round_number)]
+        with monkeypatch.context() as scope:
+            scope.setattr(analysis, "compute_rdp", original)
+            expected = reference.get_epsilon(delta=1e-5)
+        assert epsilon_for_history(history, delta=1e-5) == expected
+    assert sorted(set(calls)) == sorted(calls) == [(1.07, 0.125), (9.5, 1.0)]
+
+
 def test_history_merges_and_validates() -> None:
     assert normalise_history([[1.0, 0.1, 3], [1.0, 0.1, 2], [1.0, 0.2, 0]]) == [(1.0, 0.1, 5)]
     with pytest.raises(ValueError, match="out of range"):
