@@ -179,11 +179,13 @@ def as_nobody(root: Path, code: str, *args: str, timeout: float = 120) -> str:
 
 
 # A local user who watches the process table for a ClientApp's task token and uses it on that
-# ClientApp's runtime API before the ClientApp does (prints one JSON line).
+# ClientApp's runtime API before the ClientApp does (prints one JSON line). It watches for
+# argv[1] seconds, or until the file argv[2] (when given) exists.
 TOKEN_THIEF = r'''
 import http.client, json, sys, time
 from pathlib import Path
 deadline = time.time() + float(sys.argv[1])
+stop = Path(sys.argv[2]) if len(sys.argv) > 2 else None
 seen = []
 
 
@@ -196,7 +198,7 @@ def post(host, port, path, token):
     return response.status, response.read()
 
 
-while time.time() < deadline:
+while time.time() < deadline and not (stop is not None and stop.exists()):
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -326,7 +328,7 @@ rounds = 3
 local_epochs = 1  # the deployment is under test here, not the recipe
 batch_size = 16
 min_sites = 2
-round_timeout_s = 30  # also how long the round waits for the hospital killed in it
+round_timeout_s = 20  # also how long the round waits for the hospital killed in it
 evaluate_every = 3  # the last round only: each evaluation is a message per site
 [privacy]
 noise_multiplier = 1.2  # fixed: no per-site search for sigma (seconds of CPU per site)
@@ -429,8 +431,10 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
         result["markers_operator"] = root / "markers-operator"
 
         # 5. the hospitals, through the server's name (a local user watches the process table
-        # for task tokens meanwhile, and squats the name the old worker would have used)
-        thief = start_as_nobody(root, TOKEN_THIEF, "90")
+        # for task tokens meanwhile, to the end of the resumed run, and squats the name the old
+        # worker would have used)
+        thief_stop = root / "thief-stop"
+        thief = start_as_nobody(root, TOKEN_THIEF, "400", str(thief_stop))
         background.append(thief)
         squat = start_as_nobody(root, OLD_WORKER_SQUAT, str(data / "site-02" / ".fedmm"), "600")
         background.append(squat)
@@ -447,17 +451,22 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
             clients[i] = CliRun(command[1:], cwd=hospital[i], prefix=hosts.prefix())
             runs.append(clients[i])
         result["clients"] = clients
-        result["unregistered"] = run_cli(
+        # an unregistered hospital and one with another CA, both at once (each is told why)
+        unregistered = CliRun(
             ["client", "--data", str(data / "site-04"), "--server", address, "--ca", "ca.crt",
              "--key", "keys/hospital-4.key", "--registration-wait", "0"],
-            cwd=hospital[4], timeout=120, prefix=hosts.prefix())
+            cwd=hospital[4], prefix=hosts.prefix())
+        runs.append(unregistered)
         other = folder(root, "other-ca")
         assert run_cli(["keys", "init", "keys", "--server-name", SERVER_NAME], cwd=other)[0] == 0
-        result["wrong_ca"] = run_cli(
+        wrong_ca = CliRun(
             ["client", "--data", str(data / "site-01"), "--server", address,
              "--ca", str(other / "keys" / "ca.crt"), "--key",
              str(hospital[1] / "keys" / "hospital-1.key"), "--state-dir", str(root / "st")],
-            cwd=other, timeout=60, prefix=hosts.prefix())
+            cwd=other, prefix=hosts.prefix())
+        runs.append(wrong_ca)
+        result["unregistered"] = (unregistered.wait(120), unregistered.output())
+        result["wrong_ca"] = (wrong_ca.wait(60), wrong_ca.output())
 
         # a local user at hospital 1, while it serves
         state = data / "site-01" / ".fedmm"
@@ -490,12 +499,14 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
         kill_hard(server, str(server_dir / "keys" / "server.key"))
         result["first_output"] = server.output()
         assert not (run_dir / "summary.json").exists(), "the run ended before the kill"
-        result["thief"] = json.loads(thief.communicate(timeout=120)[0].strip().splitlines()[-1])
-        restarted = CliRun([*server_args, "--resume", "--wait-for-sites", "15"],
+        # hospital 3 stays dead: the resumed run goes on with the two that rejoin
+        restarted = CliRun([*server_args, "--resume", "--wait-for-sites", "3"],
                            cwd=server_dir)
         runs.append(restarted)
         result["code"] = restarted.process.wait(timeout=400)
         result["output"] = restarted.output()
+        thief_stop.touch()
+        result["thief"] = json.loads(thief.communicate(timeout=60)[0].strip().splitlines()[-1])
         result["run_dir"], result["data"] = run_dir, data
 
         # the operator's own SuperLink, with the consortium's certificates, on the same port
