@@ -212,6 +212,19 @@ class ScriptedGrid:
         return self.views.pop(0) if len(self.views) > 1 else self.views[0]
 
 
+class VirtualClock:
+    """``time.monotonic`` that only ``sleep`` moves on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def site_info_exchange(answers: dict[int, list[tuple[str, str]]], asked: list[list[int]]):
     """Each node's replies to SITE_INFO in order: (status, code)."""
     def exchange(nodes, kind, state, arrays, extra=None, *, round_number=None):
@@ -231,7 +244,9 @@ def test_a_site_seen_online_that_did_not_answer_is_asked_again_when_it_is_back(
         tmp_path, monkeypatch) -> None:
     """On a loaded machine a hospital's first connection can time out after Flower accepted
     it: Flower counts it online, it never answers, then it joins again."""
-    monkeypatch.setattr("server.federation.time.sleep", lambda seconds: None)
+    clock = VirtualClock()  # the wait to ask again passes without taking 10 s of the suite
+    monkeypatch.setattr("server.federation.time.sleep", clock.sleep)
+    monkeypatch.setattr("server.federation.time.monotonic", clock.monotonic)
     config = RunConfig.model_validate({"training": {"min_sites": 3}})
     federation = Federation(grid=ScriptedGrid([1, 2, 3], [1, 2], [1, 2], [1, 2, 3]),
                             config=config, run_dir=tmp_path, callbacks=[],
