@@ -104,7 +104,7 @@ def warm_client_app() -> ClientApp:
     import client.training  # noqa: F401
     import common.models  # noqa: F401
 
-    return make_client_app(threads=os.cpu_count() or 1)
+    return make_client_app(threads=len(os.sched_getaffinity(0)) or 1)  # the cores it may use
 
 
 app = make_client_app()
