@@ -513,17 +513,29 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
         result["own_superlink"] = _operator_superlink(
             root=root, hosts=hosts, consortium_keys=keys, port=port, client=clients[1],
             public_key=server_dir / "hospital-1.pub")
+    except BaseException:
+        _stop_everything(root, runs, background)
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    # Everything is recorded: stop it now, not when the session ends (left running, the
+    # hospitals' reconnect loops took CPU from every later test); the folder stays for the tests.
+    _stop_everything(root, runs, background)
+    try:
         yield result
     finally:
-        for process in background:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-        for run in runs:
-            run.stop()
-        for pid in processes.pids_mentioning(str(root)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_everything(root: Path, runs: list[CliRun], background: list[subprocess.Popen]
+                     ) -> None:
+    for process in background:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    for run in runs:
+        run.stop()
+    for pid in processes.pids_mentioning(str(root)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def operator_certificate(consortium_keys: Path, out: Path) -> tuple[Path, Path]:

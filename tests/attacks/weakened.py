@@ -94,19 +94,28 @@ def weakened_deployment() -> Iterator[dict[str, Any]]:
         result["thief"] = json.loads(thief.stdout.readline())
         result["stranger_runtime"] = https_post(
             f"https://localhost:{port}/v1/runtime/acquire-task", layout.ca_cert)
+    except BaseException:
+        _stop_everything(root, started)
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    _stop_everything(root, started)  # all recorded: nothing runs on while later tests do
+    try:
         yield result
     finally:
-        for process in reversed(started):
-            with contextlib.suppress(Exception):
-                if hasattr(process, "args") and process.args and "setpriv" in str(
-                        process.args[0]):
-                    process.kill()
-                else:
-                    processes.stop(process)
-        for pid in processes.pids_mentioning(str(root)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_everything(root: Path, started: list[Any]) -> None:
+    for process in reversed(started):
+        with contextlib.suppress(Exception):
+            if hasattr(process, "args") and process.args and "setpriv" in str(
+                    process.args[0]):
+                process.kill()
+            else:
+                processes.stop(process)
+    for pid in processes.pids_mentioning(str(root)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def old_worker_address(state_dir: Path) -> str:
