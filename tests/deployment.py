@@ -514,25 +514,29 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
             root=root, hosts=hosts, consortium_keys=keys, port=port, client=clients[1],
             public_key=server_dir / "hospital-1.pub")
     except BaseException:
-        _stop_everything(root, runs, background)
+        stop_everything(root, [*runs, *background])
         shutil.rmtree(root, ignore_errors=True)
         raise
     # Everything is recorded: stop it now, not when the session ends (left running, the
     # hospitals' reconnect loops took CPU from every later test); the folder stays for the tests.
-    _stop_everything(root, runs, background)
+    stop_everything(root, [*runs, *background])
     try:
         yield result
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _stop_everything(root: Path, runs: list[CliRun], background: list[subprocess.Popen]
-                     ) -> None:
-    for process in background:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-    for run in runs:
-        run.stop()
+def stop_everything(root: Path, started: list[Any]) -> None:
+    """Stop what a deployment fixture started, newest first (a CLI run, an attacker running as
+    ``nobody``, any other process group), then anything still naming its folder."""
+    for process in reversed(started):
+        with contextlib.suppress(Exception):
+            if isinstance(process, CliRun):
+                process.stop()
+            elif process.args and "setpriv" in str(process.args[0]):
+                process.kill()  # another account's process: no group of ours to signal
+            else:
+                processes.stop(process)
     for pid in processes.pids_mentioning(str(root)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -5,11 +5,8 @@ that fails against fedmm must succeed here, or the test proves nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from tests.deployment import (
     folder,
     https_post,
     start_as_nobody,
+    stop_everything,
     stranger_home,
     submit_intruder,
     wait_until,
@@ -95,27 +93,14 @@ def weakened_deployment() -> Iterator[dict[str, Any]]:
         result["stranger_runtime"] = https_post(
             f"https://localhost:{port}/v1/runtime/acquire-task", layout.ca_cert)
     except BaseException:
-        _stop_everything(root, started)
+        stop_everything(root, started)
         shutil.rmtree(root, ignore_errors=True)
         raise
-    _stop_everything(root, started)  # all recorded: nothing runs on while later tests do
+    stop_everything(root, started)  # all recorded: nothing runs on while later tests do
     try:
         yield result
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _stop_everything(root: Path, started: list[Any]) -> None:
-    for process in reversed(started):
-        with contextlib.suppress(Exception):
-            if hasattr(process, "args") and process.args and "setpriv" in str(
-                    process.args[0]):
-                process.kill()
-            else:
-                processes.stop(process)
-    for pid in processes.pids_mentioning(str(root)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def old_worker_address(state_dir: Path) -> str:
