@@ -45,9 +45,11 @@ class ModelConfig(_Section):
     """Encoders and fusion head."""
 
     fusion: Literal["concat", "attention", "late"] = "concat"
-    encoders: Literal["trainable", "pretrained"] = Field(
+    encoders: Literal["trainable", "pretrained", "scattering"] = Field(
         "trainable", description="pretrained: frozen MiniLM text and EfficientNet-lite0 image "
-        "features (extra 'fedmm[pretrained]'), DP-SGD trains only what sits on top")
+        "features (extra 'fedmm[pretrained]'), DP-SGD trains only what sits on top; "
+        "scattering: fixed scattering-transform image features (no download), text and "
+        "signal encoders trained")
     pretrained_image_size: int = Field(
         96, ge=32, le=512, description="images are resized to this square for EfficientNet")
     text_encoder: Literal["gru", "attention"] = "attention"
@@ -62,6 +64,9 @@ class ModelConfig(_Section):
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ValueError("modalities must be a non-empty list without repeats")
         return self
+
+
+SCATTERING_STRIDE = 4  # 2^J of common.scattering: image_size must be a multiple of it
 
 
 class TrainingConfig(_Section):
@@ -147,6 +152,13 @@ class RunConfig(_Section):
     privacy: PrivacyConfig = PrivacyConfig()
     secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
 
+    @model_validator(mode="after")
+    def _check_scattering_size(self) -> RunConfig:
+        if self.model.encoders == "scattering" and self.data.image_size % SCATTERING_STRIDE:
+            raise ValueError(f"model.encoders = 'scattering' needs data.image_size to be a "
+                             f"multiple of {SCATTERING_STRIDE} (got {self.data.image_size})")
+        return self
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
@@ -165,6 +177,8 @@ def format_validation_error(error: ValidationError, *, source: str = "config") -
             lines.append(f"{source}: unknown key '{key}'; remove it or check its spelling")
         elif isinstance(value, dict):
             lines.append(f"{source}: {key}: {item['msg']}")
+        elif not item["loc"]:
+            lines.append(f"{source}: {item['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{source}: {key} = {value!r}: {item['msg']}")
     return "; ".join(lines)

@@ -292,7 +292,13 @@ def attach_features(data: SiteData, model: ModelConfig, cache_dir: Path | None,
 
 
 def model_inputs(data: SiteData, model: ModelConfig, cache_dir: Path | None) -> SiteData:
-    """What the model takes: ``data`` itself, or with pretrained features attached."""
+    """What the model takes: ``data`` itself, with pretrained features attached, or with its
+    images replaced by their scattering coefficients."""
+    if model.encoders == "scattering":
+        from common.scattering import scatter_site_images
+
+        return replace(data, images=scatter_site_images(
+            data.images, image_size=data.images.shape[-1], cache_dir=cache_dir))
     if model.encoders != "pretrained":
         return data
     return attach_features(data, model, cache_dir)[0]

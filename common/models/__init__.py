@@ -3,7 +3,9 @@
 ``MultimodalModel.forward(image, tokens, signal, present)`` takes all three modality tensors and
 the B×3 presence mask (order: image, text, audio); modalities the model is not configured for are
 ignored. With ``model.encoders = "pretrained"`` the image and text inputs are frozen encoders'
-feature vectors (:mod:`common.features`) and their encoders are projections. Modality dropout
+feature vectors (:mod:`common.features`) and their encoders are projections; with
+``"scattering"`` the image input is its fixed scattering coefficients (:mod:`common.scattering`)
+and its encoder a projection. Modality dropout
 (training only) hides each present modality with probability p while always keeping at least one.
 """
 
@@ -19,15 +21,20 @@ from common.models.encoders import (
     FeatureProjection,
     GRUTextEncoder,
     ImageEncoder,
+    ScatteringProjection,
     SignalEncoder,
 )
 from common.models.fusion import FUSION_HEADS
 from common.preprocess import N_MELS
+from common.scattering import output_shape
 
 
 def _encoder(modality: str, data: DataConfig, model: ModelConfig) -> nn.Module:
     if model.encoders == "pretrained" and modality in FEATURE_SIZES:
         return FeatureProjection(features=FEATURE_SIZES[modality], embed_dim=model.embed_dim)
+    if model.encoders == "scattering" and modality == "image":
+        channels, size, _ = output_shape(channels=data.image_channels, image_size=data.image_size)
+        return ScatteringProjection(channels=channels, size=size, embed_dim=model.embed_dim)
     if modality == "image":
         return ImageEncoder(channels=data.image_channels, embed_dim=model.embed_dim)
     if modality == "audio":

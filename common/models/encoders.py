@@ -111,3 +111,22 @@ class FeatureProjection(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.project(self.norm(features) * self.scale)
+
+
+class ScatteringProjection(nn.Module):
+    """An image's fixed scattering coefficients (K×h×w, :mod:`common.scattering`, computed
+    once per site) → GroupNorm without learnt scale (per sample: no statistics shared between
+    patients) → linear projection to ``embed_dim``; the only trained part of the image path.
+
+    Tramèr & Boneh 2021 normalise the coefficients the same way (GroupNorm with 27 groups of
+    the 81 maps) before a linear model; the coefficients' scales differ by orders of magnitude
+    between scattering orders, which a DP-trained linear layer cannot absorb."""
+
+    def __init__(self, *, channels: int, size: int, embed_dim: int) -> None:
+        super().__init__()
+        groups = 27 if channels % 27 == 0 else 1
+        self.norm = nn.GroupNorm(groups, channels, affine=False)
+        self.project = nn.Linear(channels * size * size, embed_dim)
+
+    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
+        return self.project(self.norm(coefficients).flatten(1))
