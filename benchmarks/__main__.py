@@ -9,8 +9,10 @@ rounds, fedmm's and Flower's legacy), ``scale`` (4/16/64 simulated hospitals), `
 (deployment overhead per message round trip), ``loopback`` (20 hospitals deployed at once),
 ``recipe`` (each change to the DP training recipe on the demo task, chosen on validation),
 ``utility`` (accuracy vs ε, centralized with and without DP, FL, each hospital alone,
-trainable vs pretrained encoders on both tasks) and ``main_job`` (the README's main job, end
-to end).
+trainable vs pretrained encoders on both tasks), ``fashion_mnist`` (ten-class Fashion-MNIST
+over 10 hospitals: DP-FL, centralized DP-SGD and non-private beside Tramèr & Boneh 2021; needs
+Debian's dataset-fashion-mnist; ``--quick --only fashion_mnist``: a tenth of it) and
+``main_job`` (the README's main job, end to end).
 
 ``--quick`` runs small versions of dp_cost, peer, secagg, scale and utility in under 3 minutes
 and writes them to benchmarks/quick/ (not over the full results).
@@ -31,7 +33,7 @@ from benchmarks.report import machine, update_sections
 from server.run_folder import RunFolder
 
 SECTIONS = ("dp_cost", "randomness", "peer", "secagg", "scale", "latency", "loopback",
-            "recipe", "utility", "main_job")
+            "recipe", "utility", "fashion_mnist", "main_job")
 QUICK_SECTIONS = ("dp_cost", "peer", "secagg", "scale", "utility")
 
 
@@ -135,6 +137,12 @@ def _section(name: str, *, quick: bool, resume: bool, command: str,
         rows = utility.utility(quick=quick, resume=resume, results=results)
         picture = charts.utility_plot(rows, plots / "utility.png")
         return utility.markdown(rows, command, relative(picture))
+    if name == "fashion_mnist":
+        from benchmarks import fashion_mnist
+
+        results = plots.parent / "results" / "fashion_mnist.jsonl"
+        return fashion_mnist.markdown(fashion_mnist.fashion_mnist(
+            quick=quick, resume=resume, results=results), command)
     return main_job_markdown(main_job(), command)
 
 
@@ -148,7 +156,7 @@ def main() -> None:
                         help="run only this section (repeatable); the others in the output "
                         "file are kept as they are")
     parser.add_argument("--resume", action="store_true",
-                        help="utility and recipe: reuse the rows already in "
+                        help="utility, recipe and fashion_mnist: reuse the rows already in "
                         "benchmarks/results/")
     parser.add_argument("--output", type=Path, default=None,
                         help="markdown file (default: BENCHMARKS.md, or "
