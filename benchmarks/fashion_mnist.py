@@ -19,8 +19,9 @@ Rows, at ε = 3 and ε = 8 (δ = 1e-5):
 The model is :data:`RECIPE` (``model.encoders = "scattering"``: fixed scattering features,
 GroupNorm, a trained projection and fusion head). The default trainable CNN's DP-FL row costs
 about 45 s a round here and is measured only with ``FEDMM_BENCHMARK_CNN=1``; ``--quick`` is
-10 hospitals × 600 pictures at ε = 3. Rows are appended to ``benchmarks/results/fashion_mnist.jsonl`` as they finish; with
-``--resume`` those already there are reused.
+10 hospitals × 600 pictures at ε = 3. Rows are appended to
+``benchmarks/results/fashion_mnist.jsonl`` as they finish; with ``--resume`` those already there
+are reused.
 """
 
 from __future__ import annotations
