@@ -124,8 +124,9 @@ def fashion_mnist(*, quick: bool, resume: bool = False, results: Path = RESULTS,
                 "encoders": encoders, "rounds": _config(encoders, epsilon=None, seed=0,
                                                          rounds=None).training.rounds,
                 "samples": samples}
-        plans = [("dp-fl", e) for e in epsilons] + [("centralized, dp", e) for e in epsilons]
-        plans.append(("centralized", None))
+        # ε = 3 first (the goals are there), then the non-private reference, then ε = 8
+        plans = [("dp-fl", epsilons[0]), ("centralized, dp", epsilons[0]), ("centralized", None),
+                 *((s, e) for e in epsilons[1:] for s in ("dp-fl", "centralized, dp"))]
         for setting, epsilon in plans:
             if encoders == "trainable" and setting != "dp-fl":
                 continue  # the CNN's references cost an hour; its DP-FL row is the comparison
