@@ -11,15 +11,16 @@ DP-SGD clips each sample's gradient gᵢ to norm C. Opacus gets the gᵢ (or the
   second backward pass of the loss re-weighted by min(1, C/‖gᵢ‖). Much less memory and time for
   wide layers; two backward passes for small ones.
 
-Calibration (``grad_sample_mode = "auto"``, models of ``CALIBRATE_MIN_PARAMETERS`` or more;
-smaller ones train with hooks): on a batch of the site's data each mode makes one
-DP-SGD step without noise; its gradient must equal the reference (1/B) Σᵢ gᵢ·min(1, C/‖gᵢ‖),
-each gᵢ computed on sample i alone, within a relative error ‖Δ‖/‖reference‖ of 1e-3. A mode
-that raises or disagrees is out (``ew`` cannot handle every layer). Each correct mode then times
-a few steps and the fastest wins; the reference mode, hooks, is kept unless another mode is at
-least ``MARGIN`` faster, so the choice does not flip on timing noise. The choice is remembered
-per model architecture, batch size, device and library versions
-(``STATE_DIR/grad_sample_mode.json``) and measured again only when one of these changes.
+Calibration (``grad_sample_mode = "auto"``, models of ``CALIBRATE_MIN_PARAMETERS`` or more, or
+with one tensor of ``CALIBRATE_MIN_TENSOR``; smaller ones train with hooks): on a batch of the
+site's data each mode makes one DP-SGD step without noise; its gradient must equal the reference
+(1/B) Σᵢ gᵢ·min(1, C/‖gᵢ‖), each gᵢ computed on sample i alone, within a relative error
+‖Δ‖/‖reference‖ of 1e-3. A mode that raises or disagrees is out (``ew`` cannot handle every
+layer). Each correct mode then times a few steps and the fastest wins; the reference mode,
+hooks, is kept unless another mode is at least ``MARGIN`` faster, so the choice does not flip on
+timing noise. The choice is remembered per model architecture, batch size, device and library
+versions (``STATE_DIR/grad_sample_mode.json``) and measured again only when one of these
+changes.
 """
 
 from __future__ import annotations
@@ -44,8 +45,19 @@ MARGIN = 0.2  # another mode must be ≥ 20 % faster than hooks to replace it
 # DP-SGD cost: the three heads and pretrained features, 37-42 k parameters), so calibration
 # would keep hooks: small models skip its cost (seconds of CPU in every hospital's first round).
 CALIBRATE_MIN_PARAMETERS = 200_000
+# ...unless one tensor is this large: hooks then materialise B × that many per-sample values
+# each step (a scattering model's 3,969 × 16 projection: hooks 35 s, ghost 2.4 s for one
+# Fashion-MNIST hospital's round of 12 steps of ≈ 960 samples).
+CALIBRATE_MIN_TENSOR = 50_000
 CHECK_SAMPLES = 16  # the correctness check compares per-sample gradients on this many samples
 TIMED_STEPS = 3
+
+
+def needs_calibration(model: nn.Module) -> bool:
+    """Whether another mode can beat hooks: a large model, or one tensor large enough that its
+    per-sample gradients dominate the step."""
+    sizes = [p.numel() for p in model.parameters()]
+    return sum(sizes) >= CALIBRATE_MIN_PARAMETERS or max(sizes, default=0) >= CALIBRATE_MIN_TENSOR
 
 
 @dataclass(frozen=True)
@@ -231,7 +243,7 @@ def choose_mode(*, requested: str, model: nn.Module, build: Callable[[], nn.Modu
     ``model``; ``build`` and ``batch`` are called only when calibration is needed."""
     if requested != "auto":
         return requested
-    if sum(p.numel() for p in model.parameters()) < CALIBRATE_MIN_PARAMETERS:
+    if not needs_calibration(model):
         return REFERENCE_MODE
     sample = batch()
     key = signature(model, len(sample[-1]), device)

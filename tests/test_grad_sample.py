@@ -145,3 +145,21 @@ def test_a_corrupt_memo_is_ignored(tmp_path: Path) -> None:
     assert ModeMemo(path).get("key") is None
     ModeMemo(path).put("key", Calibration("ew", {"ew": 0.1}))
     assert ModeMemo(path).get("key") == "ew"
+
+
+def test_a_model_with_one_wide_tensor_is_calibrated_and_the_default_ones_are_not() -> None:
+    """Hooks materialise batch × tensor per-sample values: a scattering model's wide
+    projection (3,969 × 16 inputs) is calibrated although the model has under 200 k
+    parameters; the default and pretrained-feature models still skip it."""
+    from client.grad_sample import needs_calibration
+    from common.config import load_config
+    from common.models import build_model
+
+    def model(**overrides: str):
+        config = load_config(None, overrides)
+        return build_model(data=config.data, model=config.model)
+
+    assert needs_calibration(model(**{"model.encoders": "scattering",
+                                      "data.image_size": "28"}))
+    assert not needs_calibration(model())
+    assert not needs_calibration(model(**{"model.encoders": "pretrained"}))
