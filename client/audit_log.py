@@ -66,6 +66,27 @@ def log_refused_run(state: SiteState, msg: Message, reply: Message, reason: str)
     return entry
 
 
+def read_audit_log(state: SiteState) -> list[dict[str, Any]]:
+    """Every complete line of the site's audit log, oldest first; a torn or unreadable line
+    (a crash mid-append) ends the list. No log yet: an empty list."""
+    try:
+        text = state.audit_log.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(entry, dict):
+            break
+        entries.append(entry)
+    return entries
+
+
 def audit_log_mod(site_dirs: Sequence[str] | None) -> Mod:
     """A mod that appends the audit line for each reply to the site's state folder."""
 

@@ -1,0 +1,239 @@
+"""The live views' data, access rules and command, without a browser: a run folder written
+through RunFolder's own record type, a site's ledger written through PrivacyLedger, requests
+sent straight to the ASGI app, and ``fedmm dashboard`` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from client.dashboard import SiteDashboard, check_listen, site_view
+from client.ledger import PrivacyLedger
+from client.privacy_report import site_privacy_report, site_total
+from client.site import resolve_site
+from common.atomic import append_line_durably, atomic_write_json
+from common.dashboard_http import DashboardApp, DashboardError, Listen, Response, is_loopback
+from fedmm.cli import app as cli
+from server.dashboard import RunDashboard, draw_chart, is_run_folder, run_view, sections
+from server.run_folder import RoundRecord, RunFolder, SiteRound
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def round_record(number: int, *, refused: bool = False) -> RoundRecord:
+    """A round of two sites; in a ``refused`` round site-b refuses for its budget."""
+    b = (SiteRound(status="refused", code="budget-exhausted", reason="ε 3.1 > 3")
+         if refused else SiteRound(status="ok", epsilon=0.5 * number, train_loss=1.0))
+    return RoundRecord(round=number, sites={"site-a": SiteRound(status="ok", epsilon=0.4 * number),
+                                            "site-b": b},
+                       sites_ok=1 if refused else 2, aggregated=True, accuracy=0.5 + number / 10,
+                       loss=1.0 / number, seconds=2.5,
+                       secure_aggregation={"survivors": 1 if refused else 2})
+
+
+def write_rounds(folder: RunFolder, records: list[RoundRecord]) -> None:
+    for record in records:
+        append_line_durably(folder.metrics, record.to_line())
+
+
+def test_a_missing_or_empty_folder_waits_and_an_unknown_one_is_no_run(tmp_path: Path) -> None:
+    assert run_view(RunFolder(tmp_path / "absent"))["state"] == "waiting"
+    assert is_run_folder(RunFolder(tmp_path / "absent")) and is_run_folder(RunFolder(tmp_path))
+    (tmp_path / "holiday.jpg").write_bytes(b"x")
+    assert not is_run_folder(RunFolder(tmp_path))
+    status = sections(run_view(RunFolder(tmp_path / "absent")))["status"]
+    assert "waiting for the first round" in status
+
+
+def test_rounds_sites_and_epsilon_come_from_the_records(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    write_rounds(folder, [round_record(1), round_record(2, refused=True)])
+    with folder.metrics.open("a") as handle:
+        handle.write('{"round": 3, "sites": {"site-a"')  # torn mid-append
+    view = run_view(folder)
+    assert view["state"] == "running"
+    assert [r["round"] for r in view["rounds"]] == [1, 2]
+    assert [r["survivors"] for r in view["rounds"]] == [2, 1]
+    assert view["rounds"][1]["accuracy"] == pytest.approx(0.7)
+    assert [e["status"] for e in view["sites"]["site-b"]] == ["ok", "refused"]
+    assert view["sites"]["site-b"][1]["code"] == "budget-exhausted"
+    assert view["epsilon"] == {"site-a": pytest.approx(0.8), "site-b": pytest.approx(0.5)}
+    html = sections(view)
+    assert 'data-status="refused"' in html["sites"] or "data-status='refused'" in html["sites"]
+    assert "ε 3.1 &gt; 3" in html["sites"]  # the reason, escaped, on hover
+
+
+def test_a_finished_run_shows_its_report_and_a_failed_one_why(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    write_rounds(folder, [round_record(1)])
+    folder.failed.write_text("disk full\n")
+    assert run_view(folder)["state"] == "failed"
+    assert "disk full" in sections(run_view(folder))["status"]
+    folder.report_dir.mkdir()
+    folder.report.write_text("# fedmm report\n<b>x</b>\n")
+    atomic_write_json(folder.summary, {"rounds_completed": 1})
+    view = run_view(folder)
+    assert view["state"] == "done" and view["report"].startswith("# fedmm report")
+    assert "&lt;b&gt;x&lt;/b&gt;" in sections(view)["report"]
+
+
+def test_charts_are_svg_and_a_site_without_epsilon_draws_nothing(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    write_rounds(folder, [round_record(1), round_record(2)])
+    view = run_view(folder)
+    for chart in ("scores", "loss", "epsilon", "seconds"):
+        assert draw_chart(view, chart).lstrip().startswith("<?xml")
+    response = RunDashboard(folder).chart("nonsense")
+    assert response.status == 404
+
+
+def call(app: DashboardApp, path: str = "/", *, query: str = "", method: str = "GET",
+         host: str = "127.0.0.1:8050", cookie: str | None = None) -> tuple[int, dict, bytes]:
+    """One request straight into the ASGI app: (status, headers, body)."""
+    headers = [(b"host", host.encode())]
+    if cookie:
+        headers.append((b"cookie", cookie.encode()))
+    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(),
+             "headers": headers, "server": ("127.0.0.1", 8050), "scheme": "http"}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return (sent[0]["status"], {k.decode(): v.decode() for k, v in sent[0]["headers"]},
+            sent[1]["body"])
+
+
+def test_the_token_is_required_taken_once_and_kept_in_a_cookie() -> None:
+    app = DashboardApp({"/": lambda q: Response(b"secret page")}, token="s3cret")
+    assert call(app)[0] == 401
+    assert call(app, query="token=wrong")[0] == 401
+    status, headers, body = call(app, query="token=s3cret")
+    assert status == 200 and body == b"secret page"
+    assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
+    cookie = headers["set-cookie"].split(";")[0]
+    assert call(app, cookie=cookie)[0] == 200
+    assert call(app, cookie="fedmm_dashboard_8050=nope")[0] == 401
+    assert call(app, "/elsewhere", cookie=cookie)[0] == 404
+
+
+def test_loopback_views_refuse_foreign_host_names_and_every_write() -> None:
+    app = DashboardApp({"/": lambda q: Response(b"page")}, token=None)
+    assert call(app)[0] == 200 and call(app, host="localhost:8050")[0] == 200
+    assert call(app, host="[::1]:8050")[0] == 200
+    assert call(app, host="attacker.example:8050")[0] == 403  # DNS rebinding
+    assert call(app, method="POST")[0] == 405
+    assert is_loopback("127.0.0.2") and not is_loopback("0.0.0.0")
+
+
+def test_run_view_over_http_is_its_json_view(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    write_rounds(folder, [round_record(1)])
+    app = RunDashboard(folder).app(None, loopback_only_hosts=True)
+    status, headers, body = call(app, "/api/view")
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(body)["view"]["rounds"][0]["round"] == 1
+    status, headers, _ = call(app, "/chart/scores.svg")
+    assert status == 200 and headers["content-type"] == "image/svg+xml"
+    assert b"fedmm run" in call(app)[2]
+
+
+def test_site_view_is_the_privacy_report_and_the_audit_log(site_copy: Path) -> None:
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    ledger = PrivacyLedger(site.state_dir)
+    ledger.reserve(model_id="m", run_id="r1", round_number=1, noise_multiplier=1.1,
+                   sample_rate=0.1, steps=30, delta=1e-5, accountant="rdp")
+    ledger.mark(model_id="m", run_id="r1", round_number=1, status="sent", sha256="ab" * 32)
+    lines = [{"time": "2026-01-01T00:00:00.000+00:00", "run": "r1", "round": 1,
+              "kind": "train", "status": "ok", "bytes": 1234, "sha256": "ab" * 32},
+             {"time": "2026-01-01T00:01:00.000+00:00", "run": "r1", "round": 2,
+              "kind": "train", "status": "refused", "bytes": 99, "sha256": "cd" * 32}]
+    for line in lines:
+        append_line_durably(site.state.audit_log, json.dumps(line, sort_keys=True))
+    with site.state.audit_log.open("a") as handle:
+        handle.write('{"time": "torn')
+    view = SiteDashboard(site).view()
+    report = site_privacy_report(site.state_dir, site.policy)
+    assert view["models"][0]["epsilon"] == report[0]["epsilon"]
+    assert view["total"]["epsilon"] == site_total(site.state_dir, site.policy)["epsilon"]
+    assert view["audit"] == lines and view["refusals"] == lines[1:]
+    assert view["data"]["rows"] == 60 and set(view["data"]["modalities"]) == {
+        "image", "text", "audio"}
+    html = "".join(SiteDashboard(site).app("t", loopback_only_hosts=True).routes["/"](
+        {}).body.decode())
+    assert "cd" * 32 in html and "no DP-SGD" not in html
+    assert site_view(site, {})["site"] == site.site_id
+
+
+def test_the_site_view_leaves_loopback_only_over_tls() -> None:
+    check_listen(Listen(host="127.0.0.1"))
+    with pytest.raises(DashboardError, match="only over TLS"):
+        check_listen(Listen(host="0.0.0.0"))
+    check_listen(Listen(host="0.0.0.0", tls_cert=Path("c.pem"), tls_key=Path("k.pem")))
+
+
+def test_an_unknown_folder_is_exit_two_and_a_port_in_use_exit_one(tmp_path: Path) -> None:
+    runner = CliRunner()
+    (tmp_path / "notes.txt").write_text("x")
+    result = runner.invoke(cli, ["dashboard", str(tmp_path)])
+    assert result.exit_code == 2 and "neither a run folder" in result.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = runner.invoke(cli, ["dashboard", str(tmp_path / "run"), "--port",
+                                     str(busy.getsockname()[1])])
+    assert result.exit_code == 1 and "cannot listen on" in result.output
+    assert "Traceback" not in result.output
+
+
+def _started(process: subprocess.Popen, timeout: float = 60) -> str:
+    """The URL the dashboard prints once it listens."""
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if "http" in line:
+            return line[line.index("http"):].split()[0]
+    raise AssertionError("the dashboard printed no URL")
+
+
+def test_the_command_serves_a_run_that_has_not_started_and_ctrl_c_exits_130(
+        tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "300"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedmm", "dashboard", str(tmp_path / "run"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url = _started(process)
+        assert "token" not in url  # loopback run view: no token
+        with urllib.request.urlopen(url + "api/view", timeout=10) as answer:
+            assert json.load(answer)["view"]["state"] == "waiting"
+        write_rounds(RunFolder(tmp_path / "run"), [round_record(1)])
+        with urllib.request.urlopen(url + "api/view", timeout=10) as answer:
+            assert json.load(answer)["view"]["rounds"][0]["round"] == 1
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+    assert list((tmp_path / "run").iterdir()) == [RunFolder(tmp_path / "run").metrics]
