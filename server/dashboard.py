@@ -30,6 +30,7 @@ from common.dashboard_http import (
     serve,
     table,
 )
+from server.checkpoint import checkpoint_state
 from server.run_folder import RoundRecord, RunFolder
 
 # Metrics shown when a round record carries them (AUROC: tasks with a positive class).
@@ -72,13 +73,26 @@ def _site_rounds(records: list[RoundRecord]) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(sites.items()))
 
 
-def _target_epsilon(folder: RunFolder) -> float | None:
-    """The run's per-site ε target, when the run folder keeps its config (deployments)."""
+def _run_config(folder: RunFolder) -> RunConfig | None:
+    """The run's config: ``run_config.json`` (deployments), else the newest checkpoint's."""
     try:
-        config = RunConfig.from_json(folder.run_config.read_text(encoding="utf-8"))
+        return RunConfig.from_json(folder.run_config.read_text(encoding="utf-8"))
     except (OSError, ValueError, ConfigError):
+        pass
+    for _, path in reversed(folder.saved_checkpoints()):
+        try:
+            return RunConfig.model_validate(checkpoint_state(path)["config"])
+        except Exception:  # being replaced, torn, or older: try the one before
+            continue
+    return None
+
+
+def _target_epsilon(folder: RunFolder) -> float | None:
+    """The run's per-site ε target (what σ was set for), when the folder says."""
+    config = _run_config(folder)
+    if config is None or not config.privacy.enabled:
         return None
-    return config.privacy.target_epsilon if config.privacy.enabled else None
+    return config.privacy.target_epsilon
 
 
 def _state(folder: RunFolder, records: list[RoundRecord]) -> str:
@@ -123,11 +137,14 @@ def _status_section(view: Mapping[str, Any]) -> str:
 
 
 def _charts_section(view: Mapping[str, Any]) -> str:
-    if not view["rounds"]:
+    shown = [name for name in CHARTS if any(_series(view, name)[1].values())]
+    if not shown:
         return ""
     version = f"{len(view['rounds'])}-{view['state']}"
-    return "<h2>Charts</h2><div class='charts'>" + "".join(
-        f"<img alt='{name}' src='chart/{name}.svg?v={version}'>" for name in CHARTS) + "</div>"
+    note = ("" if "scores" in shown else "<p class='muted'>no validation metrics yet (a site "
+            "releases them only when its policy allows)</p>")
+    return "<h2>Charts</h2>" + note + "<div class='charts'>" + "".join(
+        f"<img alt='{name}' src='chart/{name}.svg?v={version}'>" for name in shown) + "</div>"
 
 
 def _rounds_section(view: Mapping[str, Any]) -> str:
@@ -203,6 +220,7 @@ def draw_chart(view: Mapping[str, Any], chart: str) -> str:
     """One chart of the view as SVG text (matplotlib, no pyplot: safe off the main thread)."""
     from matplotlib.backends.backend_svg import FigureCanvasSVG
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     label, series = _series(view, chart)
     figure = Figure(figsize=(4.2, 2.8))
@@ -214,6 +232,7 @@ def draw_chart(view: Mapping[str, Any], chart: str) -> str:
     if chart == "epsilon" and view["target_epsilon"] is not None:
         axes.axhline(view["target_epsilon"], color="red", linestyle="--", label="target")
     axes.set_xlabel("round")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(label, fontsize=10)
     if any(series.values()):
         axes.legend(fontsize=7)

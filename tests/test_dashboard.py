@@ -237,3 +237,21 @@ def test_the_command_serves_a_run_that_has_not_started_and_ctrl_c_exits_130(
     assert process.returncode == 130, output
     assert "Traceback" not in output
     assert list((tmp_path / "run").iterdir()) == [RunFolder(tmp_path / "run").metrics]
+
+
+def test_the_epsilon_target_is_the_run_configs_from_either_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    from common.config import RunConfig
+    from server.checkpoint import Checkpoint, save_checkpoint
+
+    folder = RunFolder(tmp_path)
+    write_rounds(folder, [round_record(1)])
+    assert run_view(folder)["target_epsilon"] is None
+    config = RunConfig.model_validate({"privacy": {"target_epsilon": 2.5}})
+    save_checkpoint(tmp_path, Checkpoint(1, {"w": np.zeros(2, np.float32)}, {},
+                                         {"config": config.model_dump(mode="json")}))
+    assert run_view(folder)["target_epsilon"] == 2.5  # simulations: the checkpoint's config
+    folder.run_config.write_text(RunConfig.model_validate(
+        {"privacy": {"target_epsilon": 3.0}}).to_json())
+    assert run_view(folder)["target_epsilon"] == 3.0  # deployments: run_config.json
