@@ -255,3 +255,22 @@ def test_the_epsilon_target_is_the_run_configs_from_either_file(tmp_path: Path) 
     folder.run_config.write_text(RunConfig.model_validate(
         {"privacy": {"target_epsilon": 3.0}}).to_json())
     assert run_view(folder)["target_epsilon"] == 3.0  # deployments: run_config.json
+
+
+def test_the_server_serves_its_run_view_and_stops_it_with_the_run(tmp_path: Path) -> None:
+    """``fedmm server --dashboard`` starts the view before anything else can fail (here: no
+    certificates) and stops it with the run; an address that is not [HOST:]PORT is exit 2."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["server", "--certs", str(tmp_path / "none"), "--out",
+                                 str(tmp_path / "run"), "--dashboard", "127.0.0.1:0"])
+    assert result.exit_code == 1 and "missing; run `fedmm keys init`" in result.output
+    url = result.output[result.output.index("http://127.0.0.1:"):].split()[0]
+    assert "token" not in url
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url + "api/view", timeout=5)  # stopped with the server
+    result = runner.invoke(cli, ["server", "--out", str(tmp_path / "run2"), "--certs",
+                                 str(tmp_path / "none"), "--dashboard", "0.0.0.0:0"])
+    assert "?token=" in result.output  # beyond loopback: behind a token
+    result = runner.invoke(cli, ["server", "--dashboard", "here"])
+    assert result.exit_code == 2 and "expected [HOST:]PORT" in result.output
+
