@@ -253,6 +253,9 @@ def dashboard(
     tls_cert: Annotated[Path | None, typer.Option(help="serve over HTTPS with this "
                                                   "certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")] = None,
+    export_tensorboard: Annotated[Path | None, typer.Option(
+        help="instead of serving, write the run's rounds as TensorBoard event files into this "
+        "folder (extra fedmm[tensorboard])")] = None,
 ) -> None:
     """A live view in the browser, served from a folder and never writing to it.
 
@@ -265,6 +268,9 @@ def dashboard(
     from common.sitedata import MANIFEST_NAME
     from server.dashboard import is_run_folder, serve_run
 
+    if export_tensorboard is not None:
+        _export_tensorboard(folder, export_tensorboard)
+        return
     listen = _listen(host, port, tls_cert, tls_key)
     try:
         if state_dir is not None or (folder / MANIFEST_NAME).is_file():
@@ -279,6 +285,18 @@ def dashboard(
         fail(str(error))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _export_tensorboard(folder: Path, out: Path) -> None:
+    from server.tensorboard_export import ExportError, export_tensorboard
+
+    if not RunFolder(folder).metrics.is_file():
+        fail(f"{folder}: no round records (metrics.jsonl) to export; pass a run folder", 2)
+    try:
+        rounds = export_tensorboard(RunFolder(folder), out)
+    except ExportError as error:
+        fail(str(error))
+    console.print(f"{rounds} rounds → {out} (tensorboard --logdir {out})", highlight=False)
 
 
 def _serve_site_view(folder: Path, state_dir: Path | None, policy_file: Path | None,

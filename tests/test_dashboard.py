@@ -274,3 +274,38 @@ def test_the_server_serves_its_run_view_and_stops_it_with_the_run(tmp_path: Path
     result = runner.invoke(cli, ["server", "--dashboard", "here"])
     assert result.exit_code == 2 and "expected [HOST:]PORT" in result.output
 
+
+def _events(folder: Path) -> dict[str, dict[int, float]]:
+    """Every scalar in the TensorBoard event files under ``folder`` (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    found: dict[str, dict[int, float]] = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        while data:
+            (length,) = struct.unpack("<Q", data[:8])
+            event = Event.FromString(data[12:12 + length])
+            data = data[12 + length + 4:]
+            for value in event.summary.value:
+                found.setdefault(value.tag, {})[event.step] = value.simple_value
+    return found
+
+
+def test_tensorboard_export_writes_the_round_records(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.root.mkdir()
+    write_rounds(folder, [round_record(1), round_record(2, refused=True)])
+    result = CliRunner().invoke(cli, ["dashboard", str(folder.root), "--export-tensorboard",
+                                      str(tmp_path / "tb")])
+    assert result.exit_code == 0 and "2 rounds" in result.output
+    events = _events(tmp_path / "tb")
+    assert events["metrics/accuracy"] == {1: pytest.approx(0.6), 2: pytest.approx(0.7)}
+    assert events["epsilon/site-b"] == {1: pytest.approx(0.5)}  # refused in round 2
+    assert events["round/secagg_survivors"] == {1: 2.0, 2: 1.0}
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if the extra were missing
+    result = CliRunner().invoke(cli, ["dashboard", str(folder.root), "--export-tensorboard",
+                                      str(tmp_path / "tb2")])
+    assert result.exit_code == 1 and "fedmm[tensorboard]" in result.output
