@@ -70,7 +70,7 @@ def _ledger(site: Site) -> dict[str, Any]:
     try:
         models = site_privacy_report(site.state_dir, site.policy)
         total = site_total(site.state_dir, site.policy)
-    except LedgerError as error:
+    except (LedgerError, OSError) as error:
         return {"models": [], "total": None, "error": str(error)}
     return {"models": [{k: row[k] for k in MODEL_FIELDS} for row in models], "total": total,
             "error": None}
@@ -78,11 +78,14 @@ def _ledger(site: Site) -> dict[str, Any]:
 
 def site_view(site: Site, data: dict[str, Any]) -> dict[str, Any]:
     """What the page shows, as plain data."""
-    audit = read_audit_log(site.state)
+    try:
+        audit, audit_error = read_audit_log(site.state), None
+    except (OSError, UnicodeDecodeError) as error:  # e.g. run as another user than the site's
+        audit, audit_error = [], f"{site.state.audit_log}: cannot be read ({error})"
     return {"site": site.site_id, "state_dir": str(site.state_dir),
             "policy": {"max_epsilon": site.policy.max_epsilon,
                        "max_total_epsilon": site.policy.max_total_epsilon},
-            **_ledger(site), "audit": audit,
+            **_ledger(site), "audit": audit, "audit_error": audit_error,
             "refusals": [entry for entry in audit if is_refusal(entry)], "data": data}
 
 
@@ -133,6 +136,8 @@ _AUDIT_HEADERS = ["time", "run", "round", "kind", "status", "bytes", "SHA-256", 
 
 def _audit_section(view: Mapping[str, Any]) -> str:
     entries = view["audit"]
+    if view["audit_error"]:
+        return f"<h2>Audit log</h2><p class='refused'>{html.escape(view['audit_error'])}</p>"
     if not entries:
         return "<h2>Audit log</h2><p>no message sent yet</p>"
     shown = _audit_rows(entries)[:AUDIT_ROWS_SHOWN]

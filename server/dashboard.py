@@ -112,16 +112,19 @@ def _read_text(path: Any) -> str | None:
 
 def run_view(folder: RunFolder) -> dict[str, Any]:
     """What the page shows, as plain data: state, rounds, each site's rounds, ε per site."""
-    records = folder.rounds()
+    try:
+        records, unreadable = folder.rounds(), None
+    except (OSError, UnicodeDecodeError) as error:  # permissions, or not text at all
+        records, unreadable = [], f"{folder.metrics}: cannot be read ({error})"
     sites = _site_rounds(records)
     spent = {name: max((r["epsilon"] for r in rounds if r["epsilon"] is not None),
                        default=None) for name, rounds in sites.items()}
-    state = _state(folder, records)
+    state = "failed" if unreadable else _state(folder, records)
     return {
         "run_dir": str(folder.root), "state": state,
         "rounds": [_round_row(record) for record in records], "sites": sites,
         "epsilon": spent, "target_epsilon": _target_epsilon(folder),
-        "failure": _read_text(folder.failed) if state == "failed" else None,
+        "failure": unreadable or (_read_text(folder.failed) if state == "failed" else None),
         "report": _read_text(folder.report) if state == "done" else None,
     }
 

@@ -309,3 +309,10 @@ def test_tensorboard_export_writes_the_round_records(tmp_path: Path,
     result = CliRunner().invoke(cli, ["dashboard", str(folder.root), "--export-tensorboard",
                                       str(tmp_path / "tb2")])
     assert result.exit_code == 1 and "fedmm[tensorboard]" in result.output
+
+
+def test_an_unreadable_metrics_file_is_shown_not_a_server_error(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    folder.metrics.write_bytes(b"\xff\xfe not text")
+    view = run_view(folder)
+    assert view["state"] == "failed" and "cannot be read" in view["failure"]
