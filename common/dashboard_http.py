@@ -171,7 +171,7 @@ h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;
 text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}
 .ok{background:#dff3df}.refused{background:#fde2c8}.dropped,.failed,.rejected,.error{
-background:#f7d0d0}.muted{color:#777}.charts img{max-width:32%;min-width:300px}
+background:#f7d0d0}.muted{color:#777}.charts img{width:24.5%;min-width:240px}
 pre{background:#f7f7f7;padding:.6em;overflow:auto;max-height:30em}
 """
 
