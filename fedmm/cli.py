@@ -301,8 +301,14 @@ def _export_tensorboard(folder: Path, out: Path) -> None:
 
 def _serve_site_view(folder: Path, state_dir: Path | None, policy_file: Path | None,
                      listen: Any) -> None:
-    from client.dashboard import serve_site
+    from client.dashboard import check_listen, serve_site
     from client.site import DATA_DIR, POLICY_FILE, STATE_DIR, resolve_site
+    from common.dashboard_http import DashboardError
+
+    try:
+        check_listen(listen)
+    except DashboardError as error:
+        fail(str(error), 2)
 
     node_config = {DATA_DIR: str(folder)}
     if state_dir is not None:

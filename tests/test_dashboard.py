@@ -316,3 +316,27 @@ def test_an_unreadable_metrics_file_is_shown_not_a_server_error(tmp_path: Path) 
     folder.metrics.write_bytes(b"\xff\xfe not text")
     view = run_view(folder)
     assert view["state"] == "failed" and "cannot be read" in view["failure"]
+
+
+def test_the_site_view_over_tls_still_needs_its_token(site_copy: Path, tmp_path: Path) -> None:
+    import ssl
+
+    from common.dashboard_http import serve
+    from common.pki import make_loopback_tls
+
+    tls = make_loopback_tls(tmp_path / "tls")
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    app = SiteDashboard(site).app("tok", loopback_only_hosts=True)
+    served = serve(app, Listen(port=0, tls_cert=tls.cert, tls_key=tls.key), in_thread=True)
+    context = ssl.create_default_context(cafile=str(tls.ca_cert))
+    try:
+        assert served.url.startswith("https://127.0.0.1:") and served.url.endswith("?token=tok")
+        with urllib.request.urlopen(served.url, context=context, timeout=10) as answer:
+            assert answer.status == 200 and b"fedmm site" in answer.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(served.url.split("?")[0], context=context, timeout=10)
+        assert refused.value.code == 401
+    finally:
+        served.stop()
+    result = CliRunner().invoke(cli, ["dashboard", str(site_copy), "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "only over TLS" in result.output
