@@ -119,10 +119,11 @@ def _audit_rows(entries: list[dict[str, Any]]) -> list[tuple[list[str], dict[str
     for index, entry in reversed(list(enumerate(entries))):
         status = str(entry.get("status", ""))
         rows.append(([f"<td class='l'>{html.escape(str(entry.get('time', '')))}</td>",
-                      html.escape(str(entry.get("run", ""))), str(entry.get("round", "")),
+                      html.escape(str(entry.get("run", ""))),
+                      html.escape(str(entry.get("round", ""))),
                       f"<td class='l'>{html.escape(str(entry.get('kind', '')))}</td>",
                       f"<td class='l {html.escape(status)}'>{html.escape(status)}</td>",
-                      str(entry.get("bytes", "")),
+                      html.escape(str(entry.get("bytes", ""))),
                       f"<td class='l'><code>{html.escape(str(entry.get('sha256', '')))}</code>"
                       "</td>", number(entry.get("epsilon"), 4),
                       f"<td class='l'>{html.escape(str(entry.get('reason', '')))}</td>"],

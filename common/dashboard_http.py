@@ -213,8 +213,14 @@ def table(headers: list[str], rows: list[tuple[list[str], dict[str, str]]]) -> s
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def number(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+def number(value: Any, digits: int = 3) -> str:
+    """A figure for a table cell: rounded, "–" when absent, escaped text when not a number."""
+    if value is None:
+        return "–"
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return html.escape(str(value))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import io
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from common.config import ConfigError, RunConfig
@@ -103,7 +104,7 @@ def _state(folder: RunFolder, records: list[RoundRecord]) -> str:
     return "running" if records else "waiting"
 
 
-def _read_text(path: Any) -> str | None:
+def _read_text(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -5,6 +5,7 @@ sent straight to the ASGI app, and ``fedmm dashboard`` as a real process."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from client.dashboard import SiteDashboard, check_listen, site_view
+from client.dashboard import sections as site_sections
 from client.ledger import PrivacyLedger
 from client.privacy_report import site_privacy_report, site_total
 from client.site import resolve_site
@@ -340,3 +342,16 @@ def test_the_site_view_over_tls_still_needs_its_token(site_copy: Path, tmp_path:
         served.stop()
     result = CliRunner().invoke(cli, ["dashboard", str(site_copy), "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "only over TLS" in result.output
+
+
+def test_whatever_a_line_of_the_audit_log_holds_is_shown_as_text(site_copy: Path) -> None:
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    hostile = {"time": "<script>alert(1)</script>", "run": "<b id=run>", "round": "<i id=r>",
+               "kind": "'\"><img src=x>", "status": "refused", "bytes": "<u id=b>",
+               "epsilon": "<s id=e>", "sha256": "<a id=h>"}
+    append_line_durably(site.state.audit_log, json.dumps(hostile))
+    markup = "".join(site_sections(site_view(site, {"rows": 0, "malformed_rows": 0, "labels": {},
+                                                "modalities": {}})).values())
+    for key, value in hostile.items():
+        if key != "status":
+            assert value not in markup and html.escape(value) in markup, key
