@@ -309,7 +309,6 @@ def _serve_site_view(folder: Path, state_dir: Path | None, policy_file: Path | N
         check_listen(listen)
     except DashboardError as error:
         fail(str(error), 2)
-
     node_config = {DATA_DIR: str(folder)}
     if state_dir is not None:
         node_config[STATE_DIR] = str(state_dir)
