@@ -98,7 +98,8 @@ def _ledger_section(view: Mapping[str, Any]) -> str:
                 f"{view['policy']['max_total_epsilon']:g} in total)</p>")
     rows = [([f"<td class='l'>{html.escape(m['model_id'])}</td>", number(m["epsilon"], 4),
               f"{m['max_epsilon']:g}", number(m["epsilon_left"], 4), f"{m['delta']:g}",
-              m["accountant"], str(m["rounds_served"]), str(m["evaluations_released"]),
+              html.escape(str(m["accountant"])), str(m["rounds_served"]),
+              str(m["evaluations_released"]),
               str(m["rounds_interrupted"]), str(m["steps"]), number(m["noise_multiplier"], 4),
               "yes" if m["consistent"] else "<b>no</b>"],
              {"data-model": m["model_id"]}) for m in view["models"]]
@@ -107,7 +108,8 @@ def _ledger_section(view: Mapping[str, Any]) -> str:
         rows.append(([f"<td class='l'><b>all {total['models']} models</b></td>",
                       number(total["epsilon"], 4), f"{total['max_total_epsilon']:g}",
                       number(total["epsilon_left"], 4), f"{total['delta']:g}",
-                      total["accountant"], "", "", "", "", "", ""], {"data-model": "*total*"}))
+                      html.escape(str(total["accountant"])), "", "", "", "", "", ""],
+                     {"data-model": "*total*"}))
     return ("<h2>Privacy ledger</h2><p class='muted'>ε recomputed from the recorded steps, "
             "against this site's policy</p>"
             + table(["model", "ε spent", "ε max", "ε left", "δ", "accountant", "rounds",

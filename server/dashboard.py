@@ -158,7 +158,7 @@ def _rounds_section(view: Mapping[str, Any]) -> str:
     shown = [m for m in (*SCORE_METRICS, *LOSS_METRICS) if any(r[m] is not None for r in rows)]
     headers = ["round", *shown, "sites ok", "SecAgg survivors", "aggregated", "seconds", "note"]
     body = [([str(r["round"]), *[number(r[m]) for m in shown], f"{r['sites_ok']}/{r['sites']}",
-              "–" if r["survivors"] is None else str(r["survivors"]),
+              "–" if r["survivors"] is None else html.escape(str(r["survivors"])),
               "yes" if r["aggregated"] else "no", number(r["seconds"], 1),
               f"<td class='l'>{html.escape(r['note'] or '')}</td>"],
              {"data-round": str(r["round"])}) for r in rows]
@@ -220,6 +220,13 @@ def _series(view: Mapping[str, Any], chart: str) -> tuple[str, dict[str, list[tu
                        for name, entries in view["sites"].items()}
 
 
+def _plain(label: str) -> str:
+    """A legend label as text: no mathtext (``$\\frac{$`` would fail the chart), not hidden by
+    a leading underscore."""
+    text = label.replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
 def draw_chart(view: Mapping[str, Any], chart: str) -> str:
     """One chart of the view as SVG text (matplotlib, no pyplot: safe off the main thread)."""
     from matplotlib.backends.backend_svg import FigureCanvasSVG
@@ -232,7 +239,8 @@ def draw_chart(view: Mapping[str, Any], chart: str) -> str:
     axes = figure.add_subplot()
     for name, points in series.items():
         if points:
-            axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
+            axes.plot(*zip(*points, strict=True), marker="o", markersize=3,
+                      label=_plain(name))
     if chart == "epsilon" and view["target_epsilon"] is not None:
         axes.axhline(view["target_epsilon"], color="red", linestyle="--", label="target")
     axes.set_xlabel("round")

@@ -355,3 +355,28 @@ def test_whatever_a_line_of_the_audit_log_holds_is_shown_as_text(site_copy: Path
     for key, value in hostile.items():
         if key != "status":
             assert value not in markup and html.escape(value) in markup, key
+
+
+# --- a local adversary: other users of the machine can write hostile files where a run or a
+# site lets them, plant links, connect to loopback ports and hold connections open ---
+
+EVIL = "<script>alert(1)</script>'\"><img src=x onerror=alert(2)>&"
+
+
+def test_hostile_round_records_are_text_in_the_page_and_in_the_charts(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    hostile = {"round": 1, "sites_ok": 1, "aggregated": True, "note": EVIL, "accuracy": 0.5,
+               "secure_aggregation": {"survivors": EVIL}, "seconds": 1,
+               "sites": {EVIL: {"status": EVIL, "code": EVIL, "reason": EVIL, "epsilon": 1.0},
+                         "$\\frac{$": {"status": "ok", "epsilon": 2.0}}}
+    folder.metrics.write_text(json.dumps(hostile) + "\n")
+    view = run_view(folder)
+    markup = "".join(sections(view).values())
+    assert "<script" not in markup and "<img src=x" not in markup
+    assert html.escape(EVIL) in markup  # shown, as text
+    status, _, body = call(RunDashboard(folder).app(None, loopback_only_hosts=True), "/")
+    assert status == 200 and b"<script>alert" not in body
+    for chart in ("epsilon", "scores"):
+        svg = draw_chart(view, chart)
+        assert "<script" not in svg and "<img" not in svg and "onerror=" not in svg.replace(
+            "onerror=alert(2)&gt;", "")
