@@ -68,19 +68,17 @@ def log_refused_run(state: SiteState, msg: Message, reply: Message, reason: str)
 
 def read_audit_log(state: SiteState) -> list[dict[str, Any]]:
     """Every complete line of the site's audit log, oldest first; a torn or unreadable line
-    (a crash mid-append) ends the list. No log yet: an empty list."""
+    (a crash mid-append) ends the list. No log yet: an empty list. Read as the live view reads
+    (:func:`~common.dashboard_http.read_inside`): a link, a FIFO or a log past its size limit
+    is an OSError."""
+    from common.dashboard_http import json_lines, read_inside
+
     try:
-        text = state.audit_log.read_text(encoding="utf-8")
+        text = read_inside(state.root, state.audit_log).decode("utf-8")
     except FileNotFoundError:
         return []
     entries = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            break
+    for entry in json_lines(text):
         if not isinstance(entry, dict):
             break
         entries.append(entry)

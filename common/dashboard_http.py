@@ -14,12 +14,15 @@ slow disk never stalls the event loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import html
 import ipaddress
 import json
+import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -36,6 +39,10 @@ COOKIE_PREFIX = "fedmm_dashboard_"
 POLL_MS = 2000
 VIEW_PATH = "/api/view"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+MAX_READ_BYTES = 32 * 2**20  # a file shown whole: metrics.jsonl, the audit log, the report
+MAX_LINE_BYTES = 4 * 2**20  # one JSON line of it
+MAX_CONNECTIONS = 64
+REQUEST_DEADLINE_S = 10.0  # a connection that has not sent a whole request by then is closed
 
 
 class DashboardError(RuntimeError):
@@ -74,6 +81,52 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def read_inside(root: Path, path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path``, a regular file under ``root``, reached without following a
+    symbolic link below ``root`` (one planted in a run or state folder must not show a file
+    from elsewhere) and opened without blocking (a FIFO is refused, not waited on). Over
+    ``limit`` bytes (:data:`MAX_READ_BYTES`): OSError(EFBIG) instead of reading it. Missing:
+    FileNotFoundError."""
+    limit = MAX_READ_BYTES if limit is None else limit
+    parts = path.relative_to(root).parts
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    finally:
+        os.close(folder)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than the {limit} this view "
+                          "reads", str(path))
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"more than the {limit} bytes this view reads", str(path))
+    return data
+
+
+def json_lines(text: str) -> list[Any]:
+    """The JSON values of ``text``'s lines, in order; a torn, hostile (over
+    :data:`MAX_LINE_BYTES`, nested past the parser's depth) or unreadable line ends the list."""
+    values = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_BYTES:
+            break
+        try:
+            values.append(json.loads(line))
+        except (ValueError, RecursionError):
+            break
+    return values
 
 
 def new_token() -> str:

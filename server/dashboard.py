@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import html
 import io
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from common.config import ConfigError, RunConfig
 from common.dashboard_http import (
@@ -25,9 +28,11 @@ from common.dashboard_http import (
     Response,
     Served,
     is_loopback,
+    json_lines,
     new_token,
     number,
     page,
+    read_inside,
     serve,
     table,
 )
@@ -74,14 +79,33 @@ def _site_rounds(records: list[RoundRecord]) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(sites.items()))
 
 
+def read_rounds(folder: RunFolder) -> list[RoundRecord]:
+    """:meth:`RunFolder.rounds`, read as the view reads everything: through
+    :func:`~common.dashboard_http.read_inside` (no symbolic link, no FIFO, bounded), and a
+    hostile line ends the list as a torn one does."""
+    try:
+        data = read_inside(folder.root, folder.metrics)
+    except FileNotFoundError:
+        return []
+    records = []
+    for value in json_lines(data.decode("utf-8")):
+        try:
+            records.append(RoundRecord.model_validate(value))
+        except ValidationError:
+            break
+    return records
+
+
 def _run_config(folder: RunFolder) -> RunConfig | None:
     """The run's config: ``run_config.json`` (deployments), else the newest checkpoint's."""
     try:
-        return RunConfig.from_json(folder.run_config.read_text(encoding="utf-8"))
+        return RunConfig.from_json(read_inside(folder.root, folder.run_config).decode())
     except (OSError, ValueError, ConfigError):
         pass
     for _, path in reversed(folder.saved_checkpoints()):
         try:
+            if not stat.S_ISREG(path.lstat().st_mode):  # a link or a FIFO planted there
+                continue
             return RunConfig.model_validate(checkpoint_state(path)["config"])
         except Exception:  # being replaced, torn, or older: try the one before
             continue
@@ -104,18 +128,20 @@ def _state(folder: RunFolder, records: list[RoundRecord]) -> str:
     return "running" if records else "waiting"
 
 
-def _read_text(path: Path) -> str | None:
+def _read_text(folder: RunFolder, path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        return read_inside(folder.root, path).decode("utf-8", errors="replace")
+    except FileNotFoundError:
         return None
+    except OSError as error:
+        return f"{path}: cannot be shown ({error.strerror or error})"
 
 
 def run_view(folder: RunFolder) -> dict[str, Any]:
     """What the page shows, as plain data: state, rounds, each site's rounds, ε per site."""
     try:
-        records, unreadable = folder.rounds(), None
-    except (OSError, UnicodeDecodeError) as error:  # permissions, or not text at all
+        records, unreadable = read_rounds(folder), None
+    except (OSError, UnicodeDecodeError) as error:  # permissions, a link, too large, not text
         records, unreadable = [], f"{folder.metrics}: cannot be read ({error})"
     sites = _site_rounds(records)
     spent = {name: max((r["epsilon"] for r in rounds if r["epsilon"] is not None),
@@ -125,8 +151,8 @@ def run_view(folder: RunFolder) -> dict[str, Any]:
         "run_dir": str(folder.root), "state": state,
         "rounds": [_round_row(record) for record in records], "sites": sites,
         "epsilon": spent, "target_epsilon": _target_epsilon(folder),
-        "failure": unreadable or (_read_text(folder.failed) if state == "failed" else None),
-        "report": _read_text(folder.report) if state == "done" else None,
+        "failure": unreadable or (_read_text(folder, folder.failed) if state == "failed" else None),
+        "report": _read_text(folder, folder.report) if state == "done" else None,
     }
 
 

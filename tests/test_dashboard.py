@@ -380,3 +380,61 @@ def test_hostile_round_records_are_text_in_the_page_and_in_the_charts(tmp_path: 
         svg = draw_chart(view, chart)
         assert "<script" not in svg and "<img" not in svg and "onerror=" not in svg.replace(
             "onerror=alert(2)&gt;", "")
+
+
+def test_a_link_or_fifo_planted_in_the_run_folder_shows_nothing_from_elsewhere(
+        tmp_path: Path) -> None:
+    secret = tmp_path / "operator-only" / "id_ed25519"
+    secret.parent.mkdir()
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    elsewhere = tmp_path / "elsewhere"
+    write_rounds(RunFolder(elsewhere), [round_record(1)])
+    folder = RunFolder(tmp_path / "run")
+    folder.root.mkdir()
+    folder.report_dir.mkdir()
+    folder.report.symlink_to(secret)
+    assert "PRIVATE KEY" in folder.report.read_text()  # the link works: the reader refuses it
+    atomic_write_json(folder.summary, {"rounds_completed": 1})
+    folder.failed.symlink_to(secret)
+    view = run_view(folder)
+    assert view["state"] == "done" and "PRIVATE KEY" not in json.dumps(view)
+    folder.metrics.symlink_to(RunFolder(elsewhere).metrics)
+    view = run_view(folder)
+    assert view["rounds"] == [] and "cannot be read" in view["failure"]
+    folder.metrics.unlink()
+    os.mkfifo(folder.metrics)  # a reader that opened it would wait for a writer for ever
+    started = time.monotonic()
+    assert run_view(folder)["rounds"] == [] and time.monotonic() - started < 5
+    # a linked folder on the way is refused too
+    folder.report.unlink()
+    folder.report_dir.rmdir()
+    folder.report_dir.symlink_to(secret.parent)
+    (secret.parent / folder.report.name).write_text("operator's notes")
+    assert "operator's notes" not in json.dumps(run_view(folder))
+
+
+def test_huge_or_hostile_metrics_and_audit_files_are_bounded(site_copy: Path,
+                                                             tmp_path: Path) -> None:
+    from common.dashboard_http import MAX_LINE_BYTES
+
+    folder = RunFolder(tmp_path / "run")
+    folder.root.mkdir()
+    with folder.metrics.open("wb") as handle:  # 1 GB, sparse: cheap to make, not to read
+        handle.truncate(2**30)
+    started = time.monotonic()
+    view = run_view(folder)
+    assert "more than" in view["failure"] and time.monotonic() - started < 2
+    lines = [round_record(1).to_line(), '{"round": 2, "note": "' + "x" * MAX_LINE_BYTES + '"}',
+             round_record(3).to_line()]
+    folder.metrics.write_text("\n".join(lines) + "\n")
+    assert [r["round"] for r in run_view(folder)["rounds"]] == [1]  # a huge line ends it
+    folder.metrics.write_text(lines[0] + "\n" + "[" * 100_000 + "\n" + lines[2] + "\n")
+    assert [r["round"] for r in run_view(folder)["rounds"]] == [1]  # so does deep nesting
+    site = resolve_site({"data-dir": str(site_copy)}, None)
+    site.state.root.mkdir(parents=True, exist_ok=True)
+    with site.state.audit_log.open("wb") as handle:
+        handle.truncate(2**30)
+    view = site_view(site, {})
+    assert view["audit"] == [] and "more than" in view["audit_error"]
+
+
