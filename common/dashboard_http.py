@@ -3,8 +3,9 @@
 Both live views (the run view in ``server/dashboard.py``, a hospital's view in
 ``client/dashboard.py``) build a :class:`DashboardApp` from a few read-only handlers and serve
 it with uvicorn. Shared here: the access rules (a random token compared in constant time, taken
-from ``?token=`` once and then kept in an HttpOnly cookie; on a loopback address the ``Host``
-header must name loopback too, against DNS rebinding), the page with its polling script (no
+from ``?token=`` once and then kept in an HttpOnly cookie, a browser being sent on to the same
+page without it in the address bar; on a loopback address the ``Host`` header must name
+loopback too, against DNS rebinding), the page with its polling script (no
 CDN: it works offline), and serving in the foreground or in a thread.
 
 The handlers read files on each request and never write; they run in a worker thread, so a
@@ -166,9 +167,14 @@ class DashboardApp:
         if response is None:
             query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode(
                 "latin-1")).items()}
+            handler = self.routes.get(scope["path"])
             if self.token is not None and TOKEN_PARAM in query:
                 cookie = self._cookie(scope)
-            handler = self.routes.get(scope["path"])
+                if _navigation(scope):  # the token leaves the address bar and history
+                    response = Response(b"", status=303)
+                    await _send(send, response, cookie, head=True,
+                                location=scope["path"] if handler else "/")
+                    return
             response = (Response.text("not found", 404) if handler is None
                         else await asyncio.to_thread(handler, query))
         await _send(send, response, cookie, head=scope["method"] == "HEAD")
@@ -203,7 +209,14 @@ class DashboardApp:
         return any(hmac.compare_digest(value.encode(), expected) for value in offered)
 
 
-async def _send(send: Send, response: Response, cookie: str | None, *, head: bool) -> None:
+def _navigation(scope: Scope) -> bool:
+    """Whether a browser opens this URL in its address bar (Fetch Metadata)."""
+    return any(k.lower() == b"sec-fetch-mode" and v == b"navigate"
+               for k, v in scope.get("headers", []))
+
+
+async def _send(send: Send, response: Response, cookie: str | None, *, head: bool,
+                location: str | None = None) -> None:
     headers = [(b"content-type", response.content_type.encode()),
                (b"content-length", str(len(response.body)).encode()),
                (b"cache-control", b"no-store"),
@@ -214,6 +227,8 @@ async def _send(send: Send, response: Response, cookie: str | None, *, head: boo
                 b"script-src 'unsafe-inline'; connect-src 'self'")]
     if cookie is not None:
         headers.append((b"set-cookie", cookie.encode()))
+    if location is not None:
+        headers.append((b"location", location.encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else response.body})
 

@@ -438,3 +438,46 @@ def test_huge_or_hostile_metrics_and_audit_files_are_bounded(site_copy: Path,
     assert view["audit"] == [] and "more than" in view["audit_error"]
 
 
+def test_the_token_is_accepted_only_as_given_and_leaves_the_address_bar() -> None:
+    app = DashboardApp({"/": lambda q: Response(b"secret page"),
+                        "/api/view": lambda q: Response.json({})}, token="s3cret")
+    for query, cookie in (("token=", None), ("token=S3CRET", None), ("token=s3cre", None),
+                          ("token=s3cret%00", None), ("tok=s3cret", None),
+                          ("", "fedmm_dashboard_9999=s3cret"), ("", "token=s3cret"),
+                          ("", "fedmm_dashboard_8050=s3cretx")):
+        assert call(app, query=query, cookie=cookie)[0] == 401, (query, cookie)
+    for header in (b"authorization", b"x-token"):
+        status = call_with(app, [(header, b"Bearer s3cret")])[0]
+        assert status == 401, header
+    assert call(app, "/api/view", query="token=wrong&token=s3cret")[0] == 200
+    # a browser opening the printed URL is sent on without the token in its address bar
+    status, headers, _ = call_with(app, [(b"sec-fetch-mode", b"navigate")],
+                                   query="token=s3cret")
+    assert status == 303 and headers["location"] == "/"
+    assert headers["set-cookie"].startswith("fedmm_dashboard_8050=s3cret;")
+    # no cross-origin reads: no CORS header, whatever the Origin
+    status, headers, _ = call_with(app, [(b"origin", b"http://attacker.example")],
+                                   path="/api/view", query="token=s3cret")
+    assert status == 200 and not any(k.startswith("access-control") for k in headers)
+    assert call(app, "/api/view/../", query="token=s3cret")[0] == 404
+
+
+def call_with(app: DashboardApp, headers: list[tuple[bytes, bytes]], *, path: str = "/",
+              query: str = "") -> tuple[int, dict, bytes]:
+    """:func:`call` with more request headers."""
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
+             "headers": [(b"host", b"127.0.0.1:8050"), *headers],
+             "server": ("127.0.0.1", 8050), "scheme": "http"}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return (sent[0]["status"], {k.decode(): v.decode() for k, v in sent[0]["headers"]},
+            sent[1]["body"])
+
+
