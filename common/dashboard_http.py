@@ -341,6 +341,46 @@ class Served:
             self.thread.join(timeout)
 
 
+def _guarded_protocol() -> type:
+    """uvicorn's h11 protocol, bounded against clients that hold connections open: past
+    :data:`MAX_CONNECTIONS` a new one is closed at once, and one that has not sent a whole
+    request within :data:`REQUEST_DEADLINE_S` of connecting (or of its last answer) is closed,
+    however slowly it trickles bytes. uvicorn alone times out only idle keep-alive connections,
+    so a few hundred half-sent requests would hold file descriptors of the process that runs
+    the dashboard (``fedmm server --dashboard``: the server's) until it could open no more."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Guarded(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > MAX_CONNECTIONS:
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(REQUEST_DEADLINE_S, self._expire)
+
+        def _expire(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # no request being answered
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return Guarded
+
+
 def _uvicorn_server(app: DashboardApp, listen: Listen) -> Any:
     import uvicorn
 
@@ -348,7 +388,8 @@ def _uvicorn_server(app: DashboardApp, listen: Listen) -> Any:
         raise DashboardError("give both --tls-cert and --tls-key, or neither")
     return uvicorn.Server(uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="on", server_header=False,
-        log_level="warning", proxy_headers=False, limit_concurrency=64,
+        log_level="warning", proxy_headers=False, limit_concurrency=MAX_CONNECTIONS,
+        http=_guarded_protocol(),
         ssl_certfile=str(listen.tls_cert) if listen.tls_cert else None,
         ssl_keyfile=str(listen.tls_key) if listen.tls_key else None))
 

@@ -481,3 +481,58 @@ def call_with(app: DashboardApp, headers: list[tuple[bytes, bytes]], *, path: st
             sent[1]["body"])
 
 
+def _held_open(port: int, seconds: float) -> bool:
+    """Whether a client trickling a request it never finishes is still connected after
+    ``seconds``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds + 5) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                client.sendall(b"X-a: b\r\n")
+                time.sleep(0.2)
+            client.settimeout(0.5)
+            return client.recv(1) != b""
+        except TimeoutError:
+            return True
+        except OSError:  # reset or broken pipe: closed by the server
+            return False
+
+
+def test_connections_that_never_finish_a_request_are_closed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import dashboard_http
+
+    monkeypatch.setattr(dashboard_http, "REQUEST_DEADLINE_S", 0.5)
+    monkeypatch.setattr(dashboard_http, "MAX_CONNECTIONS", 8)
+    app = DashboardApp({"/": lambda q: Response(b"page")}, token=None)
+    served = dashboard_http.serve(app, Listen(port=0), in_thread=True)
+    try:
+        assert not _held_open(served.port, 2.0)
+        idle = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(20)]
+        time.sleep(0.3)
+        for client in idle:
+            client.settimeout(0.05)
+        held = 0
+        for client in idle:
+            try:
+                held += client.recv(1) != b""
+            except TimeoutError:
+                held += 1
+            except OSError:
+                pass
+        assert held <= 8
+        for client in idle:
+            client.close()
+        time.sleep(0.3)
+        with urllib.request.urlopen(served.url, timeout=10) as answer:
+            assert answer.read() == b"page"  # and the view answers again
+    finally:
+        served.stop()
+    # the same server on uvicorn's own protocol keeps the trickling client
+    monkeypatch.setattr(dashboard_http, "_guarded_protocol", lambda: "h11")
+    served = dashboard_http.serve(app, Listen(port=0), in_thread=True)
+    try:
+        assert _held_open(served.port, 2.0)
+    finally:
+        served.stop()
