@@ -536,3 +536,49 @@ def test_connections_that_never_finish_a_request_are_closed(
         assert _held_open(served.port, 2.0)
     finally:
         served.stop()
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """A request as an attacker types it, byte for byte; the status line of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(request)
+        return client.recv(4096).split(b"\r\n")[0]
+
+
+def test_a_local_adversary_gets_nothing_from_the_running_site_view(site_copy: Path) -> None:
+    """``fedmm dashboard SITE_DIR`` as its own process, attacked as another local user
+    could: its command line, and raw requests to its loopback port."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "300"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedmm", "dashboard", str(site_copy), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url = _started(process)
+        token = url.split("?token=")[1]
+        port = int(url.split(":")[2].split("/")[0])
+        assert token.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        cookie = f"Cookie: fedmm_dashboard_{port}={token}\r\n".encode()
+        for request, status in (
+                (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"401"),
+                (b"GET /api/view HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                 + token.encode() + b"\r\n\r\n", b"401"),
+                (b"GET /api/view HTTP/1.1\r\nHost: evil.example\r\n" + cookie + b"\r\n",
+                 b"403"),  # DNS rebinding, even with the cookie
+                (b"GET /api/view HTTP/1.1\r\nHost: 127.0.0.1.evil.example\r\n" + cookie
+                 + b"\r\n", b"403"),
+                (b"GET /../../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie
+                 + b"\r\n", b"404"),
+                (b"GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie
+                 + b"\r\n", b"404"),
+                (b"GET /.fedmm/audit.jsonl HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie
+                 + b"\r\n", b"404"),
+                (b"POST /api/view HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+                 + cookie + b"\r\n", b"405"),
+                (b"GET /api/view HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie + b"\r\n",
+                 b"200")):
+            assert _raw(port, request).split(b" ")[1] == status, request
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert output.count(token) == 0  # printed once (read above), in no log line after it
