@@ -79,10 +79,24 @@ def _site_rounds(records: list[RoundRecord]) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(sites.items()))
 
 
+_parsed: dict[Path, tuple[tuple[int, int, int, int], list[RoundRecord]]] = {}
+_parsed_lock = threading.Lock()
+
+
 def read_rounds(folder: RunFolder) -> list[RoundRecord]:
     """:meth:`RunFolder.rounds`, read as the view reads everything: through
     :func:`~common.dashboard_http.read_inside` (no symbolic link, no FIFO, bounded), and a
-    hostile line ends the list as a torn one does."""
+    hostile line ends the list as a torn one does. Parsed again only when the file changed,
+    so polling pages (or anyone on loopback asking in a loop) cost a ``stat`` each."""
+    try:
+        info = folder.metrics.lstat()
+    except FileNotFoundError:
+        return []
+    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _parsed_lock:
+        cached = _parsed.get(folder.metrics)
+    if cached is not None and cached[0] == key:
+        return list(cached[1])
     try:
         data = read_inside(folder.root, folder.metrics)
     except FileNotFoundError:
@@ -93,7 +107,10 @@ def read_rounds(folder: RunFolder) -> list[RoundRecord]:
             records.append(RoundRecord.model_validate(value))
         except ValidationError:
             break
-    return records
+    with _parsed_lock:
+        _parsed.clear()  # one run folder per process: keep only the newest
+        _parsed[folder.metrics] = (key, records)
+    return list(records)
 
 
 def _run_config(folder: RunFolder) -> RunConfig | None:

@@ -582,3 +582,22 @@ def test_a_local_adversary_gets_nothing_from_the_running_site_view(site_copy: Pa
     finally:
         process.kill()
     assert output.count(token) == 0  # printed once (read above), in no log line after it
+
+
+def test_polling_parses_metrics_again_only_when_the_file_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server import dashboard
+
+    folder = RunFolder(tmp_path)
+    write_rounds(folder, [round_record(1)])
+    parsed: list[str] = []
+    real = dashboard.json_lines
+    monkeypatch.setattr(dashboard, "json_lines", lambda text: parsed.append(text) or real(text))
+    app = RunDashboard(folder).app(None, loopback_only_hosts=True)
+    for _ in range(20):  # a page polling, or a local user asking in a loop
+        assert call(app, "/api/view")[0] == 200
+    assert len(parsed) == 1
+    write_rounds(folder, [round_record(2)])
+    assert [r["round"] for r in json.loads(call(app, "/api/view")[2])["view"]["rounds"]] == [
+        1, 2]
+    assert len(parsed) == 2
