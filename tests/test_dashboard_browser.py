@@ -1,11 +1,12 @@
 """The live views in a real browser (headless Chromium through Selenium and chromedriver, both
 installed by ``make test``), against ``fedmm dashboard`` running as its own process.
 
-The run view is opened before the first round and followed while a writer appends rounds
-through the round loop's own metrics callback (``MetricsLog``), then after the run ends; what
-the page shows is checked against ``metrics.jsonl`` read line by line here. The site view is
-checked against the ledger and ``audit.jsonl`` that the real ClientApp's audit mod wrote in
-secure-aggregation rounds delivered in this process. Every request the page makes stays on
+The run view follows a real ``fedmm simulate`` (:class:`RunWatch`): it rides along the run that
+``tests/test_simulate_e2e.py``'s ``policy_run`` makes anyway (four sites, secure aggregation,
+refusals), opened before the run starts and looked at while it goes and after it ends; what
+the page shows is checked there against ``metrics.jsonl`` read line by line. The site view is
+checked here against the ledger and ``audit.jsonl`` that the real ClientApp's audit mod wrote
+in secure-aggregation rounds delivered in this process. Every request the page makes stays on
 the dashboard's loopback address (nothing from a CDN). Screenshots go to each test's folder.
 """
 
@@ -18,21 +19,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from common.atomic import atomic_write_json
-from server.callbacks import MetricsLog
-from server.run_folder import RoundRecord, RunFolder, SiteRound
+from server.run_folder import RunFolder
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -42,9 +39,8 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--window-size=1280,1300")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the module, with a fresh profile."""
+def open_chromium() -> tuple[Any, str]:
+    """A headless Chromium with a fresh profile, and the profile's folder."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -57,6 +53,13 @@ def browser() -> Iterator[Any]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
+    return driver, profile
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module."""
+    driver, profile = open_chromium()
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
@@ -105,23 +108,32 @@ def state_of(browser: Any) -> str:
 
 
 def shown_rounds(browser: Any) -> dict[int, dict[str, str]]:
-    """Round → {site: status} as the page shows them (rounds table and sites matrix)."""
-    from selenium.webdriver.common.by import By
-
-    rounds = {int(row.get_attribute("data-round")): {} for row in
-              browser.find_elements(By.CSS_SELECTOR, "#rounds tr[data-round]")}
-    for row in browser.find_elements(By.CSS_SELECTOR, "#sites tr[data-site]"):
-        for cell in row.find_elements(By.CSS_SELECTOR, "td[data-site-round]"):
-            rounds.setdefault(int(cell.get_attribute("data-site-round")), {})[
-                row.get_attribute("data-site")] = cell.get_attribute("data-status")
-    return rounds
+    """Round → {site: status} as the page shows them (rounds table and sites matrix), read in
+    one script so that the page's own refresh cannot change it half way."""
+    shown = browser.execute_script("""
+      const rounds = {};
+      for (const row of document.querySelectorAll('#rounds tr[data-round]'))
+        rounds[row.dataset.round] = {};
+      for (const row of document.querySelectorAll('#sites tr[data-site]'))
+        for (const cell of row.querySelectorAll('td[data-site-round]'))
+          if (cell.dataset.status !== 'absent')
+            (rounds[cell.dataset.siteRound] ??= {})[row.dataset.site] = cell.dataset.status;
+      return rounds;""")
+    return {int(number): sites for number, sites in shown.items()}
 
 
 def recorded_rounds(folder: RunFolder) -> dict[int, dict[str, str]]:
-    """The same, read straight from metrics.jsonl (one JSON object a line)."""
-    lines = [json.loads(line) for line in folder.metrics.read_text().splitlines() if line]
-    return {line["round"]: {site: entry["status"] for site, entry in line["sites"].items()}
-            for line in lines}
+    """The same, read straight from metrics.jsonl (one JSON object a line; a line being
+    appended as it is read is left out)."""
+    rounds = {}
+    for line in folder.metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        rounds[record["round"]] = {site: entry["status"]
+                                   for site, entry in record["sites"].items()}
+    return rounds
 
 
 def requests_stay_on(browser: Any, url: str) -> None:
@@ -131,69 +143,43 @@ def requests_stay_on(browser: Any, url: str) -> None:
     assert names and all(name.startswith(origin + "/") for name in names), names
 
 
-def a_round(number: int) -> RoundRecord:
-    """Three sites: site-c refuses round 2 for its budget, and site-b is gone in round 3."""
-    sites = {"site-a": SiteRound(status="ok", epsilon=0.9 * number, num_examples=40),
-             "site-b": SiteRound(status="ok", epsilon=1.0 * number, num_examples=40),
-             "site-c": SiteRound(status="ok", epsilon=0.8 * number, num_examples=40)}
-    if number == 2:
-        sites["site-c"] = SiteRound(status="refused", code="budget-exhausted",
-                                    reason="ε would pass the site's max_epsilon")
-    if number == 3:
-        sites["site-b"] = SiteRound(status="failed", code="no-reply", reason="dropped")
-    ok = sum(1 for s in sites.values() if s.status == "ok")
-    return RoundRecord(round=number, sites=sites, sites_ok=ok, aggregated=True,
-                       accuracy=0.4 + 0.1 * number, loss=1.2 - 0.2 * number, seconds=1.5,
-                       secure_aggregation={"survivors": ok})
+class RunWatch:
+    """Headless Chromium on ``fedmm dashboard RUN_DIR`` (its own process), opened before a real
+    run starts: :meth:`look` while the run goes on keeps what the page shows next to what
+    ``metrics.jsonl`` holds right after; :meth:`after` once the run has ended."""
 
+    def __init__(self, folder: Path) -> None:
+        self.folder = RunFolder(folder)
+        self.dashboard = Dashboard(str(folder))
+        self.driver, self.profile = open_chromium()
+        self.driver.get(self.dashboard.url)
+        self.waiting_at_start = "waiting for the first round" in self.driver.find_element(
+            "id", "state").text
+        self.while_running: list[tuple[dict, dict]] = []
+        self.done: tuple[dict, dict] = ({}, {})
+        self.report, self.charts, self.requests = "", 0, []
 
-def test_run_view_follows_a_run_while_it_goes_and_after(browser: Any, tmp_path: Path) -> None:
-    folder = RunFolder(tmp_path / "run")
-    dashboard = Dashboard(str(folder.root))
-    writer_may_go, round_two_seen = threading.Event(), threading.Event()
+    def look(self) -> None:
+        if state_of(self.driver) == "running" and (shown := shown_rounds(self.driver)):
+            self.while_running.append((shown, recorded_rounds(self.folder)))
 
-    def run() -> None:  # the round loop's own metrics writer, a round at a time
-        writer_may_go.wait(30)
-        state = SimpleNamespace(folder=folder)
-        for number in (1, 2):
-            MetricsLog().on_round_end(state, a_round(number))  # type: ignore[arg-type]
-            time.sleep(1.0)
-        round_two_seen.wait(30)
-        MetricsLog().on_round_end(state, a_round(3))  # type: ignore[arg-type]
-        folder.report_dir.mkdir()
-        folder.report.write_text("# fedmm run report\n- rounds completed: 3\n")
-        atomic_write_json(folder.summary, {"rounds_completed": 3})
-
-    writer = threading.Thread(target=run, daemon=True)
-    writer.start()
-    try:
-        browser.get(dashboard.url)
-        assert "waiting for the first round" in browser.find_element("id", "state").text
-        writer_may_go.set()
-        wait_until(lambda: len(shown_rounds(browser)) == 2, "two rounds")
-        assert state_of(browser) == "running" and not folder.summary.exists()
-        assert shown_rounds(browser) == recorded_rounds(folder)
-        browser.save_screenshot(str(tmp_path / "run-view-running.png"))
-        round_two_seen.set()
-        wait_until(lambda: state_of(browser) == "done", "the run done")
-        assert shown_rounds(browser) == recorded_rounds(folder)
-        assert recorded_rounds(folder)[2]["site-c"] == "refused"
-        assert recorded_rounds(folder)[3]["site-b"] == "failed"
-        assert "rounds completed: 3" in browser.find_element("id", "report").text
-        wait_until(lambda: browser.execute_script(
+    def after(self) -> None:
+        wait_until(lambda: state_of(self.driver) in ("done", "failed"), "the run ended", 60)
+        self.done = (shown_rounds(self.driver), recorded_rounds(self.folder))
+        if found := self.driver.find_elements("id", "report"):
+            self.report = found[0].text
+        wait_until(lambda: self.driver.execute_script(
             "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"),
             "its charts")
-        assert len(browser.find_elements("css selector", "#charts img")) == 4
-        requests_stay_on(browser, dashboard.url)
-        browser.save_screenshot(str(tmp_path / "run-view-done.png"))
-    finally:
-        writer_may_go.set()
-        round_two_seen.set()
-        writer.join(30)
-        code = dashboard.stop()
-    assert code == 130
-    assert sorted(p.name for p in folder.root.iterdir()) == sorted(
-        [folder.metrics.name, folder.summary.name, folder.report_dir.name])  # nothing written
+        self.charts = len(self.driver.find_elements("css selector", "#charts img"))
+        self.requests = self.driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        self.driver.save_screenshot(str(self.folder.root.parent / "run-view-done.png"))
+
+    def close(self) -> int:
+        self.driver.quit()
+        shutil.rmtree(self.profile, ignore_errors=True)
+        return self.dashboard.stop()
 
 
 def _secure_round(site_dirs: list[Path], refusing: str, epsilons: list[float]) -> None:
@@ -253,6 +239,7 @@ def test_site_view_needs_its_token_and_shows_the_ledger_and_audit_log(
         browser.get(bare)
         assert "token required" in browser.find_element(By.TAG_NAME, "body").text
         browser.get(dashboard.url)
+        assert "token" not in browser.current_url  # sent on without it, on its cookie
         audit = [json.loads(line) for line in state.audit_log.read_text().splitlines()]
         ledger = json.loads(state.ledger.read_text())["models"]
         [(model, spend)] = ledger.items()
