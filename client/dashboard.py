@@ -32,6 +32,7 @@ from common.dashboard_http import (
     new_token,
     number,
     page,
+    secret_prefix,
     serve,
     table,
 )
@@ -195,7 +196,7 @@ class SiteDashboard:
     def view(self) -> dict[str, Any]:
         return site_view(self.site, self._data_summary())
 
-    def app(self, token: str, *, loopback_only_hosts: bool) -> DashboardApp:
+    def app(self, token: str, *, loopback_only_hosts: bool, prefix: str = "") -> DashboardApp:
         def index(query: Mapping[str, str]) -> Response:
             return Response(page(f"fedmm site {self.site.site_id}",
                                  sections(self.view())).encode())
@@ -205,11 +206,12 @@ class SiteDashboard:
             return Response.json({"view": data, "sections": sections(data)})
 
         return DashboardApp({"/": index, "/api/view": view}, token=token,
-                            loopback_only_hosts=loopback_only_hosts)
+                            loopback_only_hosts=loopback_only_hosts, prefix=prefix)
 
 
 def serve_site(site: Site, listen: Listen, *, on_ready: Callable[[Served], None]) -> Served:
     """Serve the site view in the foreground, always behind a fresh token."""
     check_listen(listen)
-    app = SiteDashboard(site).app(new_token(), loopback_only_hosts=is_loopback(listen.host))
+    app = SiteDashboard(site).app(new_token(), loopback_only_hosts=is_loopback(listen.host),
+                                  prefix=secret_prefix())
     return serve(app, listen, in_thread=False, on_ready=on_ready)

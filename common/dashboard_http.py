@@ -134,6 +134,12 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def secret_prefix() -> str:
+    """Where a view behind a token is served: ``/v/`` and a random name (see
+    :class:`DashboardApp`)."""
+    return "/v/" + secrets.token_urlsafe(9)
+
+
 def _host_only(header: str) -> str:
     """``127.0.0.1:8050`` → ``127.0.0.1``; ``[::1]:8050`` → ``::1``."""
     if header.startswith("["):
@@ -146,11 +152,15 @@ class DashboardApp:
     """An ASGI app serving GET routes, each a read-only :data:`Handler`.
 
     ``token``: required on every request (query parameter once, then the cookie) when set.
-    ``loopback_only_hosts``: refuse a ``Host`` header that does not name loopback."""
+    ``loopback_only_hosts``: refuse a ``Host`` header that does not name loopback.
+    ``prefix``: the routes are served under it (``/v/<random>``, see :func:`secret_prefix`),
+    and so is the cookie: browsers send a cookie to every port of a host, and this keeps
+    another local user's server on ``127.0.0.1`` from receiving the token with it."""
 
     routes: Mapping[str, Handler]
     token: str | None = None
     loopback_only_hosts: bool = True
+    prefix: str = ""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -167,13 +177,15 @@ class DashboardApp:
         if response is None:
             query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode(
                 "latin-1")).items()}
-            handler = self.routes.get(scope["path"])
+            path = scope["path"]
+            handler = (self.routes.get(path[len(self.prefix):])
+                       if path.startswith(self.prefix + "/") else None)
             if self.token is not None and TOKEN_PARAM in query:
                 cookie = self._cookie(scope)
                 if _navigation(scope):  # the token leaves the address bar and history
                     response = Response(b"", status=303)
                     await _send(send, response, cookie, head=True,
-                                location=scope["path"] if handler else "/")
+                                location=path if handler else self.prefix + "/")
                     return
             response = (Response.text("not found", 404) if handler is None
                         else await asyncio.to_thread(handler, query))
@@ -196,7 +208,8 @@ class DashboardApp:
         return f"{COOKIE_PREFIX}{server[1] or 0}"
 
     def _cookie(self, scope: Scope) -> str:
-        return (f"{self._cookie_name(scope)}={self.token}; HttpOnly; SameSite=Strict; Path=/"
+        return (f"{self._cookie_name(scope)}={self.token}; HttpOnly; SameSite=Strict; "
+                f"Path={self.prefix}/"
                 + ("; Secure" if scope.get("scheme") == "https" else ""))
 
     def _authorised(self, scope: Scope, headers: Mapping[str, str]) -> bool:
@@ -304,9 +317,9 @@ class Listen:
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
 
-    def url(self, port: int, token: str | None) -> str:
+    def url(self, port: int, token: str | None, prefix: str = "") -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return (f"{self.scheme}://{host}:{port}/"
+        return (f"{self.scheme}://{host}:{port}{prefix}/"
                 + (f"?{TOKEN_PARAM}={token}" if token else ""))
 
 
@@ -400,7 +413,7 @@ def serve(app: DashboardApp, listen: Listen, *, in_thread: bool,
     (returns when stopped; Ctrl-C raises KeyboardInterrupt after a clean shutdown)."""
     sock = bind(listen)
     port = sock.getsockname()[1]
-    served = Served(listen.url(port, app.token), port, _uvicorn_server(app, listen))
+    served = Served(listen.url(port, app.token, app.prefix), port, _uvicorn_server(app, listen))
     if not in_thread:
         on_ready(served)
         served.server.run(sockets=[sock])

@@ -33,6 +33,7 @@ from common.dashboard_http import (
     number,
     page,
     read_inside,
+    secret_prefix,
     serve,
     table,
 )
@@ -323,16 +324,19 @@ class RunDashboard:
                 self._charts[key] = draw_chart(data, name)
             return Response.svg(self._charts[key])
 
-    def app(self, token: str | None, *, loopback_only_hosts: bool) -> DashboardApp:
+    def app(self, token: str | None, *, loopback_only_hosts: bool,
+            prefix: str = "") -> DashboardApp:
         routes = {"/": self.index, "/api/view": self.view}
         routes |= {f"/chart/{name}.svg": (lambda q, n=name: self.chart(n))
                    for name in CHARTS}
-        return DashboardApp(routes, token=token, loopback_only_hosts=loopback_only_hosts)
+        return DashboardApp(routes, token=token, loopback_only_hosts=loopback_only_hosts,
+                            prefix=prefix)
 
 
 def serve_run(folder: RunFolder, listen: Listen, *, in_thread: bool,
               on_ready: Callable[[Served], None]) -> Served:
     """Serve the run view: open on loopback, behind a fresh token anywhere else."""
     local = is_loopback(listen.host)
-    app = RunDashboard(folder).app(None if local else new_token(), loopback_only_hosts=local)
+    app = RunDashboard(folder).app(None if local else new_token(), loopback_only_hosts=local,
+                                   prefix="" if local else secret_prefix())
     return serve(app, listen, in_thread=in_thread, on_ready=on_ready)

@@ -556,6 +556,7 @@ def test_a_local_adversary_gets_nothing_from_the_running_site_view(site_copy: Pa
         url = _started(process)
         token = url.split("?token=")[1]
         port = int(url.split(":")[2].split("/")[0])
+        prefix = url.split("?")[0].split(str(port), 1)[1].encode()  # /v/<random>/
         assert token.encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
         cookie = f"Cookie: fedmm_dashboard_{port}={token}\r\n".encode()
         for request, status in (
@@ -575,7 +576,9 @@ def test_a_local_adversary_gets_nothing_from_the_running_site_view(site_copy: Pa
                 (b"POST /api/view HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
                  + cookie + b"\r\n", b"405"),
                 (b"GET /api/view HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie + b"\r\n",
-                 b"200")):
+                 b"404"),  # outside the view's random path, even with the cookie
+                (b"GET " + prefix + b"api/view HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie
+                 + b"\r\n", b"200")):
             assert _raw(port, request).split(b" ")[1] == status, request
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=20)
@@ -601,3 +604,25 @@ def test_polling_parses_metrics_again_only_when_the_file_changed(
     assert [r["round"] for r in json.loads(call(app, "/api/view")[2])["view"]["rounds"]] == [
         1, 2]
     assert len(parsed) == 2
+
+
+def test_the_token_cookie_is_sent_back_under_a_random_path_only() -> None:
+    """Browsers send a cookie to every port of 127.0.0.1: with ``Path=/`` a page of another
+    local user's server there would receive the token. Under ``/v/<random>/`` it does not
+    (that server does not know the path)."""
+    from common.dashboard_http import secret_prefix
+
+    prefix = secret_prefix()
+    assert prefix.startswith("/v/") and len(prefix) >= 15 and prefix != secret_prefix()
+    app = DashboardApp({"/": lambda q: Response(b"page")}, token="s3cret", prefix=prefix)
+    status, headers, _ = call_with(app, [(b"sec-fetch-mode", b"navigate")],
+                                   path=prefix + "/", query="token=s3cret")
+    assert status == 303 and headers["location"] == prefix + "/"
+    assert f"Path={prefix}/" in headers["set-cookie"]
+    cookie = headers["set-cookie"].split(";")[0]
+    assert call(app, prefix + "/", cookie=cookie)[0] == 200
+    assert call(app, "/", cookie=cookie)[0] == 404
+    weak = DashboardApp({"/": lambda q: Response(b"page")}, token="s3cret")
+    assert "Path=/;" in call(weak, query="token=s3cret")[1]["set-cookie"] + ";"
+    served_url = Listen(port=0).url(8050, "t", prefix)
+    assert served_url == f"http://127.0.0.1:8050{prefix}/?token=t"

@@ -139,7 +139,7 @@ def recorded_rounds(folder: RunFolder) -> dict[int, dict[str, str]]:
 def requests_stay_on(browser: Any, url: str) -> None:
     names = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)")
-    origin = url.split("/?")[0].rstrip("/")
+    origin = "/".join(url.split("/")[:3])  # scheme://host:port
     assert names and all(name.startswith(origin + "/") for name in names), names
 
 
