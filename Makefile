@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch first, as the CPU 2.13.0 build: installing it as a dependency would pull a CUDA build.
 # On a hospital GPU host install a CUDA build of torch into the venv before `make`.
 TORCH_SPEC ?= torch==2.13.0
@@ -19,6 +21,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The browser tests (tests/test_dashboard_browser.py) drive Debian's headless Chromium through
+# chromedriver; selenium comes with the dev extra.
+$(BROWSER_STAMP): $(STAMP)
+	test -x /usr/bin/chromedriver || ($(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver)
+	touch $(BROWSER_STAMP)
+
 # The optional pretrained encoders alone (the dev install above already has them); torch must
 # be installed first, as above, or pip would pull a CUDA build.
 pretrained: $(STAMP)
@@ -27,7 +36,7 @@ pretrained: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fedmm simulate --out runs/demo --overwrite --centralized
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

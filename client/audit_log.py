@@ -66,6 +66,25 @@ def log_refused_run(state: SiteState, msg: Message, reply: Message, reason: str)
     return entry
 
 
+def read_audit_log(state: SiteState) -> list[dict[str, Any]]:
+    """Every complete line of the site's audit log, oldest first; a torn or unreadable line
+    (a crash mid-append) ends the list. No log yet: an empty list. Read as the live view reads
+    (:func:`~common.dashboard_http.read_inside`): a link, a FIFO or a log past its size limit
+    is an OSError."""
+    from common.dashboard_http import json_lines, read_inside
+
+    try:
+        text = read_inside(state.root, state.audit_log).decode("utf-8")
+    except FileNotFoundError:
+        return []
+    entries = []
+    for entry in json_lines(text):
+        if not isinstance(entry, dict):
+            break
+        entries.append(entry)
+    return entries
+
+
 def audit_log_mod(site_dirs: Sequence[str] | None) -> Mod:
     """A mod that appends the audit line for each reply to the site's state folder."""
 

@@ -256,6 +256,127 @@ def privacy(
                       f"{total['accountant'].upper()} accountant", highlight=False)
 
 
+def _listen(host: str, port: int, tls_cert: Path | None, tls_key: Path | None) -> Any:
+    from common.dashboard_http import Listen
+
+    if (tls_cert is None) != (tls_key is None):
+        fail("give both --tls-cert and --tls-key, or neither", 2)
+    return Listen(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+
+
+def _announce(what: str) -> Callable[[Any], None]:
+    def ready(served: Any) -> None:
+        console.print(f"[bold]fedmm dashboard[/]: {escape(what)} at {escape(served.url)} "
+                      "(Ctrl-C stops it)", highlight=False)
+
+    return ready
+
+
+@command(app)
+def dashboard(
+    folder: Annotated[Path, typer.Argument(help="a run folder (--out of simulate/server), or "
+                                           "a site folder holding manifest.csv")],
+    host: Annotated[str, typer.Option(help="address to listen on (loopback by default)")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port (0: any free one)")
+                    ] = 8050,
+    state_dir: Annotated[Path | None, typer.Option(help="site view: the site's state folder, "
+                                                   "if not SITE_DIR/.fedmm")] = None,
+    policy_file: Annotated[Path | None, typer.Option("--policy", help="site view: the site "
+                                                     "policy, if not SITE_DIR/policy.toml")
+                           ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="serve over HTTPS with this "
+                                                  "certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the certificate's key (PEM)")] = None,
+    export_tensorboard: Annotated[Path | None, typer.Option(
+        help="instead of serving, write the run's rounds as TensorBoard event files into this "
+        "folder (extra fedmm[tensorboard])")] = None,
+) -> None:
+    """A live view in the browser, served from a folder and never writing to it.
+
+    A run folder: rounds (accuracy, loss, AUROC where present), each site's status per
+    round, ε per site, secure-aggregation survivors, seconds per round, the final report;
+    open on loopback, behind a token anywhere else. A site folder: the privacy ledger against
+    the site policy, the audit log, refusals, a data summary; always behind a token, and
+    beyond loopback only over TLS. The page refreshes itself every 2 s and needs no network."""
+    from common.dashboard_http import DashboardError
+    from common.sitedata import MANIFEST_NAME
+    from server.dashboard import is_run_folder, serve_run
+
+    if export_tensorboard is not None:
+        _export_tensorboard(folder, export_tensorboard)
+        return
+    listen = _listen(host, port, tls_cert, tls_key)
+    try:
+        if state_dir is not None or (folder / MANIFEST_NAME).is_file():
+            _serve_site_view(folder, state_dir, policy_file, listen)
+        elif is_run_folder(RunFolder(folder)):
+            serve_run(RunFolder(folder), listen, in_thread=False,
+                      on_ready=_announce(f"run {folder}"))
+        else:
+            fail(f"{folder}: neither a run folder (metrics.jsonl, summary.json, ...) nor a "
+                 f"site folder ({MANIFEST_NAME}); pass --out of a run or a site folder", 2)
+    except DashboardError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _export_tensorboard(folder: Path, out: Path) -> None:
+    from server.tensorboard_export import ExportError, export_tensorboard
+
+    if not RunFolder(folder).metrics.is_file():
+        fail(f"{folder}: no round records (metrics.jsonl) to export; pass a run folder", 2)
+    try:
+        rounds = export_tensorboard(RunFolder(folder), out)
+    except ExportError as error:
+        fail(str(error))
+    console.print(f"{rounds} rounds → {out} (tensorboard --logdir {out})", highlight=False)
+
+
+def _serve_site_view(folder: Path, state_dir: Path | None, policy_file: Path | None,
+                     listen: Any) -> None:
+    from client.dashboard import check_listen, serve_site
+    from client.site import DATA_DIR, POLICY_FILE, STATE_DIR, resolve_site
+    from common.dashboard_http import DashboardError
+
+    try:
+        check_listen(listen)
+    except DashboardError as error:
+        fail(str(error), 2)
+    node_config = {DATA_DIR: str(folder)}
+    if state_dir is not None:
+        node_config[STATE_DIR] = str(state_dir)
+    if policy_file is not None:
+        node_config[POLICY_FILE] = str(policy_file)
+    try:
+        site = resolve_site(node_config, None)
+    except ConfigError as error:
+        fail(str(error), 2)
+    serve_site(site, listen, on_ready=_announce(f"site {site.site_id}"))
+
+
+def _dashboard_listen(address: str) -> Any:
+    """``PORT`` or ``HOST:PORT`` (``[::1]:PORT`` for IPv6) as where to serve the run view."""
+    from common.dashboard_http import Listen
+
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        fail(f"--dashboard {address}: expected [HOST:]PORT, e.g. 8050 or 0.0.0.0:8050", 2)
+    return Listen(host=host.strip("[]") or "127.0.0.1", port=int(port))
+
+
+def _start_run_view(out: Path, listen: Any) -> Any:
+    from common.dashboard_http import DashboardError
+    from server.dashboard import serve_run
+
+    try:
+        return serve_run(RunFolder(out), listen, in_thread=True,
+                         on_ready=_announce(f"run {out}"))
+    except DashboardError as error:
+        fail(str(error))
+
+
 def _prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     try:
         RunFolder(out).prepare(resume=resume, overwrite=overwrite)
@@ -629,6 +750,10 @@ def server(
     set_values: Annotated[list[str] | None, typer.Option("--set", help="override any config "
                                                          "key, e.g. --set training.rounds=5")
                           ] = None,
+    dashboard: Annotated[str | None, typer.Option(
+        "--dashboard", metavar="[HOST:]PORT", help="also serve the live run view (fedmm "
+        "dashboard) of --out here; HOST defaults to 127.0.0.1, any other needs the token "
+        "printed")] = None,
 ) -> None:
     """Run the central aggregation server: Flower's SuperLink with node authentication, the
     allowed hospitals registered, one run to completion.
@@ -644,7 +769,9 @@ def server(
     except ConfigError as error:
         fail(str(error), 2)
     config = build_config(config_file, overrides)
+    view = _dashboard_listen(dashboard) if dashboard is not None else None
     _prepare_run_folder(out, resume=resume, overwrite=overwrite)
+    served = _start_run_view(out, view) if view is not None else None
     launcher = ServerLauncher(ServerSettings(
         run_dir=out, certs=certs, allowed=allow or [], host=host, port=port, resume=resume,
         test_dir=test_data, wait_for_sites_s=wait_for_sites), config)
@@ -669,6 +796,9 @@ def server(
         launcher.stop()
         errors.print(f"stopped; continue with: fedmm server --resume --out {out} ...")
         raise typer.Exit(_exit_status(stop)) from None
+    finally:
+        if served is not None:
+            served.stop()
     launcher.stop()
     _print_summary(summary, out)
 

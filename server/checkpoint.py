@@ -58,6 +58,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
     )
 
 
+def checkpoint_state(path: Path) -> dict:
+    """A checkpoint's ``state`` (round config, sites' privacy) without reading its arrays."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return json.loads((handle.metadata() or {}).get("state", "{}"))
+
+
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The newest checkpoint that loads; unreadable ones are skipped."""
     for path in reversed(list_checkpoints(run_dir)):

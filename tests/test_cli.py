@@ -22,7 +22,7 @@ def test_help_explains_itself(command: list[str]) -> None:
     assert "Usage" in result.output and len(result.output) > 300
 
 
-COMMANDS = [["demo-data"], ["validate-data"], ["simulate"], ["privacy"], ["server"],
+COMMANDS = [["demo-data"], ["validate-data"], ["simulate"], ["privacy"], ["server"], ["dashboard"],
             ["client"], ["keys", "init"], ["keys", "hospital"], ["keys", "roster"]]
 
 

@@ -26,6 +26,7 @@ from server.checkpoint import list_checkpoints, load_checkpoint
 from simulations.demo_data import DEMO_POLICY, generate_demo
 from simulations.scenarios import Scenario
 from tests.e2e import CliRun, RayCluster, read_jsonl, run_cli
+from tests.test_dashboard_browser import CHROMEDRIVER, RunWatch
 
 pytestmark = pytest.mark.slow
 
@@ -98,11 +99,33 @@ def policy_run(tmp_path_factory: pytest.TempPathFactory, ray: RayCluster) -> dic
     (data / "site-03" / "policy.toml").write_text(f"max_epsilon = {(one + two) / 2}\n")
     # site-04 releases its validation figures through the Gaussian mechanism (14 rows)
     (data / "site-04" / "policy.toml").write_text(DEMO_POLICY + "min_eval_rows = 10\n")
-    first = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
-                     str(root / "run1"), *ray.address], cwd=root)
+    first = _run_watched(["simulate", "--data", str(data), "--config", str(config_path),
+                          "--out", str(root / "run1"), *ray.address], root, root / "run1")
     second = run_cli(["simulate", "--data", str(data), "--config", str(config_path), "--out",
                       str(root / "run2"), *ray.address], cwd=root)
-    return {"root": root, "data": data, "first": first, "second": second, "one": one}
+    return {"root": root, "data": data, "first": first[:2], "second": second, "one": one,
+            "watch": first[2]}
+
+
+def _run_watched(args: list[str], cwd: Path, out: Path) -> tuple[int, str, RunWatch | None]:
+    """``fedmm ARGS`` with the run view of ``out`` open in headless Chromium from before the
+    run starts until after it ends (``test_the_live_view_followed_the_run_in_a_browser``);
+    without chromium-driver, only the run (that test then fails, the others go on)."""
+    if not CHROMEDRIVER.exists():
+        return (*run_cli(args, cwd=cwd), None)
+    watch = RunWatch(out)
+    try:
+        run = CliRun(args, cwd=cwd)
+        deadline = time.monotonic() + 600
+        while run.process.poll() is None and time.monotonic() < deadline:
+            watch.look()
+            time.sleep(0.5)
+        if run.process.poll() is not None:
+            watch.after()
+    finally:
+        watch.close()
+    code = run.wait(10)
+    return code, run.output(), watch
 
 
 def test_run_writes_everything_and_epsilon_is_the_accountants(policy_run: dict) -> None:
@@ -132,6 +155,27 @@ def test_run_writes_everything_and_epsilon_is_the_accountants(policy_run: dict) 
     assert records[0]["sites"]["site-01"]["num_examples"] == round((70 - 2) * 0.8)
     assert "| site-01 | ok | 54 | 2 |" in (run / "report" / "report.md").read_text()
     assert "site site-01: 2 bad rows skipped" in output
+
+
+def test_the_live_view_followed_the_run_in_a_browser(policy_run: dict) -> None:
+    """Issue 23: headless Chromium on ``fedmm dashboard run1`` during the run and after it;
+    the rounds and each site's status it showed are what ``metrics.jsonl`` holds."""
+    watch = policy_run["watch"]
+    if watch is None:
+        pytest.fail("chromium-driver is not installed; `make test` installs it")
+    assert watch.waiting_at_start  # opened before the run wrote anything
+    assert watch.while_running, "the page never showed the run going on"
+    for shown, recorded in watch.while_running:  # the page may lag, never invent
+        assert sorted(shown) == list(range(1, len(shown) + 1))
+        assert all(shown[number] == recorded[number] for number in shown)
+    shown, recorded = watch.done
+    records = read_jsonl(policy_run["root"] / "run1" / "metrics.jsonl")
+    assert shown == recorded == {r["round"]: {name: site["status"] for name, site in
+                                             r["sites"].items()} for r in records}
+    assert len(shown) == 3 and shown[1]["site-02"] == "refused" and shown[1]["site-01"] == "ok"
+    assert "| site-01 | ok |" in watch.report and watch.charts >= 3
+    origin = watch.dashboard.url.rstrip("/")
+    assert watch.requests and all(name.startswith(origin + "/") for name in watch.requests)
 
 
 def test_policy_violation_is_refused_with_its_reason(policy_run: dict) -> None:
