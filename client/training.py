@@ -212,6 +212,23 @@ def _first_batch(data: SiteData, size: int, device: torch.device) -> list[torch.
     return [t.to(device) for t in tensors]
 
 
+def site_grad_sample_mode(config: RunConfig, data: SiteData, *, model: nn.Module,
+                          mode_memo: Path | None = None,
+                          device: torch.device | None = None) -> str:
+    """The per-sample-gradient mode this site trains ``model`` with (:mod:`client.grad_sample`:
+    the requested one, or for ``auto`` the remembered or calibrated one; never ghost when
+    augmentation multiplicity needs per-sample gradients)."""
+    from client.grad_sample import ModeMemo, choose_mode
+
+    device = device or torch.device("cpu")
+    return choose_mode(
+        requested=config.privacy.grad_sample_mode, model=model,
+        build=partial(_calibration_model, config, device),
+        batch=partial(_first_batch, data, config.training.batch_size, device),
+        max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
+        device=device, per_sample=config.training.augmentation_multiplicity > 1)
+
+
 def _proximal_step(model: nn.Module, anchor: dict[str, torch.Tensor], rate: float) -> None:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -255,14 +272,10 @@ def train_local(
     if config.privacy.enabled:
         from opacus import PrivacyEngine
 
-        from client.grad_sample import ModeMemo, choose_mode, make_private
+        from client.grad_sample import make_private
 
-        mode = choose_mode(
-            requested=config.privacy.grad_sample_mode, model=model,
-            build=partial(_calibration_model, config, device),
-            batch=partial(_first_batch, data, config.training.batch_size, device),
-            max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
-            device=device, per_sample=multiplicity > 1)
+        mode = site_grad_sample_mode(config, data, model=model, mode_memo=mode_memo,
+                                     device=device)
         with warnings.catch_warnings():  # "Secure RNG turned off": README, "randomness"
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=config.privacy.accountant)
