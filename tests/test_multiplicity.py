@@ -133,6 +133,8 @@ def test_a_sample_moves_the_clipped_sum_by_at_most_c_and_per_copy_clipping_by_mo
             assert moved > 1.5  # the weakened variant breaks the sensitivity C
         else:
             assert moved == pytest.approx(1.0, abs=1e-5)  # the mean is clipped to exactly C
+    # an empty Poisson batch still steps: no rows to average, a zero clipped sum
+    assert not _clipped_sum(torch.zeros(0, width), k=k, per_copy=False).any()
     assert torch.equal(mean_of_copies(others, 1), others)
     with pytest.raises(ValueError, match="whole groups"):
         mean_of_copies(others[:5], k)
