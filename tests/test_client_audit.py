@@ -105,6 +105,10 @@ def test_ghost_clipping_is_audited_through_hooks_which_it_equals(picture_site: t
     ghost = _with(config, privacy={"grad_sample_mode": "ghost"})
     weights = model_weights(build_model(data=ghost.data, model=ghost.model, seed=0))
     assert ghost_matches_hooks(ghost, data, weights) <= GHOST_TOLERANCE
+    full = RunConfig.model_validate({"training": {"batch_size": 20},  # all three encoders
+                                     "privacy": {"grad_sample_mode": "ghost"}})
+    assert ghost_matches_hooks(full, data, model_weights(build_model(
+        data=full.data, model=full.model, seed=0))) <= GHOST_TOLERANCE
     audit = run_canary_audit(config=ghost, data=data)
     assert audit.mode == "ghost" and audit.audited_mode == "hooks (= ghost)"
     _check(audit, sound=True)
