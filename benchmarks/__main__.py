@@ -1,6 +1,6 @@
-"""``python -m benchmarks [--quick] [--only NAME] [--resume]``: fedmm's speed and utility,
-measured side by side on this machine; one JSON object per result line on stdout, tables and
-PNG plots in BENCHMARKS.md (each section replaced as soon as it is measured).
+"""``python -m benchmarks [--quick] [--only NAME] [--resume] [--recipe NAME]``: fedmm's speed and
+utility, measured side by side on this machine; one JSON object per result line on stdout,
+tables and PNG plots in BENCHMARKS.md (each section replaced as soon as it is measured).
 
 Sections: ``dp_cost`` (DP-SGD epoch vs non-private, per head and per-sample-gradient mode),
 ``randomness`` (ChaCha20 DP noise and sampling vs torch's generator, per epoch), ``peer``
@@ -85,7 +85,7 @@ def main_job() -> dict:
     return row
 
 
-def _section(name: str, *, quick: bool, resume: bool, command: str,
+def _section(name: str, *, quick: bool, resume: bool, command: str, only: tuple[str, ...],
              plots: Path, relative: Callable[[Path], str]) -> list[str]:
     """Measure one section; returns its markdown."""
     if name == "dp_cost":
@@ -128,7 +128,7 @@ def _section(name: str, *, quick: bool, resume: bool, command: str,
 
         results = plots.parent / "results" / "recipe.jsonl"
         return recipe.markdown(recipe.recipe_sweep(quick=quick, resume=resume,
-                                                   results=results), command)
+                                                   results=results, only=only), command)
     if name == "utility":
         from benchmarks import plots as charts
         from benchmarks import utility
@@ -158,6 +158,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="utility, recipe and fashion_mnist: reuse the rows already in "
                         "benchmarks/results/")
+    parser.add_argument("--recipe", action="append", metavar="NAME",
+                        help="recipe: run only this row (repeatable; implies --resume); "
+                        "the other rows in benchmarks/results/recipe.jsonl are kept")
     parser.add_argument("--output", type=Path, default=None,
                         help="markdown file (default: BENCHMARKS.md, or "
                         "benchmarks/quick/BENCHMARKS.md with --quick)")
@@ -167,13 +170,15 @@ def main() -> None:
     plots = Path("benchmarks/quick/plots" if args.quick else "benchmarks/plots")
     chosen = args.only or list(QUICK_SECTIONS if args.quick else SECTIONS)
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(
-        f" --only {name}" for name in args.only or [])
+        f" --only {name}" for name in args.only or []) + "".join(
+        f" --recipe '{name}'" for name in args.recipe or [])
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for name in SECTIONS:
         if name not in chosen:
             continue
         section = _section(name, quick=args.quick, resume=args.resume, command=command,
+                           only=tuple(args.recipe or ()),
                            plots=plots, relative=lambda p: _relative(p, output))
         update_sections(output, [section])  # each section lands as soon as it is done
     print(f"wrote {output} in {time.perf_counter() - started:.0f} s", file=sys.stderr)

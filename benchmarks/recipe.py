@@ -73,6 +73,10 @@ RECIPES = (
            {**AVERAGE_AND_MOMENTUM, "training.local_epochs": 2}),
     Recipe("model average 0.9 + 2 local epochs",
            {"training.model_average": 0.9, "training.local_epochs": 2}),
+    Recipe("augmentation multiplicity 4 (on today's defaults)",
+           {"training.augmentation_multiplicity": 4}, from_defaults=True),
+    Recipe("augmentation multiplicity 8 (on today's defaults)",
+           {"training.augmentation_multiplicity": 8}, from_defaults=True),
     Recipe("after (today's defaults)", {}, from_defaults=True),
 )
 QUICK_RECIPES = ("before (the earlier defaults)", "after (today's defaults)")
@@ -152,15 +156,28 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, Any]:
     }
 
 
+def _fingerprint(config) -> str:
+    import hashlib
+
+    return hashlib.sha256(config.to_json().encode()).hexdigest()[:16]
+
+
 def recipe_sweep(*, quick: bool = False, results: Path | None = None,
-                 resume: bool = False) -> list[dict[str, Any]]:
+                 resume: bool = False, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Every recipe for every seed (``quick``: two recipes, one seed, 8 rounds); rows are
-    appended to ``results`` (JSONL) as they finish and reused with ``resume``."""
+    appended to ``results`` (JSONL) as they finish and reused with ``resume``. A reused row
+    must have been run with the same config (its fingerprint; rows from before fingerprints
+    are trusted). ``only``: run just these recipes (implies ``resume``); the others' rows
+    already in ``results`` are reported as they are, and recipes without rows are left out."""
 
     from simulations.scenarios import Scenario
     from simulations.tasks import Task, generate_task
 
     evaluation_noise = _demo_evaluation_noise()
+    unknown = set(only) - {r.name for r in RECIPES}
+    if unknown:
+        raise ValueError(f"no recipe named {sorted(unknown)}; see benchmarks/recipe.py RECIPES")
+    resume = resume or bool(only)
     recipes = [r for r in RECIPES if not quick or r.name in QUICK_RECIPES]
     seeds, rounds = ((0,), 8) if quick else (SEEDS, 24)
     done: dict[tuple[str, int], dict] = {}
@@ -177,14 +194,19 @@ def recipe_sweep(*, quick: bool = False, results: Path | None = None,
             site_dirs = generate_task(Task.DEMO, data, sites=SITES, samples_per_site=SAMPLES,
                                       seed=seed, scenario=Scenario.IID)
             for recipe in recipes:
-                if (recipe.name, seed) in done and done[(recipe.name, seed)]["rounds"] == rounds:
-                    rows.append(done[(recipe.name, seed)])
-                    continue
                 config = recipe_config(recipe, seed=seed, rounds=rounds)
+                earlier = done.get((recipe.name, seed))
+                if earlier is not None and earlier["rounds"] == rounds and earlier.get(
+                        "config", _fingerprint(config)) == _fingerprint(config):
+                    rows.append(earlier)
+                    continue
+                if only and recipe.name not in only:
+                    continue
                 started = time.perf_counter()
                 per_round = federate(config, site_dirs, data / "test",
                                      evaluation_noise=evaluation_noise)
                 row = {"recipe": recipe.name, "seed": seed, "rounds": rounds,
+                       "config": _fingerprint(config),
                        "seconds": round(time.perf_counter() - started, 1),
                        **summarise(per_round), "per_round": per_round}
                 rows.append(row)

@@ -21,6 +21,11 @@ hooks, is kept unless another mode is at least ``MARGIN`` faster, so the choice 
 timing noise. The choice is remembered per model architecture, batch size, device and library
 versions (``STATE_DIR/grad_sample_mode.json``) and measured again only when one of these
 changes.
+
+Augmentation multiplicity (K > 1) averages each sample's K per-sample gradients before clipping
+(:mod:`client.multiplicity`); ghost clipping keeps none, so ``choose_mode(per_sample=True)``
+chooses among hooks, ew and functorch only (remembered under its own signature), and the
+config refuses an explicit ``ghost`` with K > 1.
 """
 
 from __future__ import annotations
@@ -238,18 +243,24 @@ def signature(model: nn.Module, batch_size: int, device: torch.device) -> str:
 
 def choose_mode(*, requested: str, model: nn.Module, build: Callable[[], nn.Module],
                 batch: Callable[[], Sequence[torch.Tensor]], max_grad_norm: float,
-                memo: ModeMemo, device: torch.device) -> str:
+                memo: ModeMemo, device: torch.device, per_sample: bool = False) -> str:
     """``requested`` itself, or (``auto``) the remembered or freshly calibrated mode for
-    ``model``; ``build`` and ``batch`` are called only when calibration is needed."""
+    ``model``; ``build`` and ``batch`` are called only when calibration is needed.
+    ``per_sample``: the training needs per-sample gradients (augmentation multiplicity), so
+    never ghost."""
     if requested != "auto":
+        if per_sample and requested == "ghost":
+            raise ValueError("ghost clipping keeps no per-sample gradients to average over "
+                             "augmented copies; use hooks, ew or functorch")
         return requested
     if not needs_calibration(model):
         return REFERENCE_MODE
     sample = batch()
-    key = signature(model, len(sample[-1]), device)
+    key = signature(model, len(sample[-1]), device) + ("|per-sample" if per_sample else "")
     remembered = memo.get(key)
     if remembered is not None:
         return remembered
-    calibration = calibrate(build=build, batch=sample, max_grad_norm=max_grad_norm)
+    calibration = calibrate(build=build, batch=sample, max_grad_norm=max_grad_norm,
+                            modes=tuple(m for m in MODES if not (per_sample and m == "ghost")))
     memo.put(key, calibration)
     return calibration.mode

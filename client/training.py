@@ -14,6 +14,12 @@ diverge.
 FedProx' proximal term μ/2‖w − w_global‖² is applied as a decoupled step after each optimiser
 step (w ← w − lr·μ·(w − w_global)): it depends on no patient data, so it is post-processing and
 costs no privacy, whereas adding it to the loss would bypass Opacus' per-sample clipping.
+
+Augmentation multiplicity (``training.augmentation_multiplicity`` K > 1): each batch of B
+samples trains as B·K augmented rows (:mod:`common.augmentation`); DP-SGD averages each sample's
+K per-sample gradients before clipping (:mod:`client.multiplicity`), so the sensitivity stays C
+and the steps, q and σ (and so the ledger) are those of K = 1. Non-private training simply
+trains on the B·K rows. K = 1 runs exactly the code path without augmentation.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.augmentation import augment_copies
 from common.config import RunConfig
 from common.evaluation import dataset_of
 from common.models import build_model, select_device
@@ -205,6 +212,23 @@ def _first_batch(data: SiteData, size: int, device: torch.device) -> list[torch.
     return [t.to(device) for t in tensors]
 
 
+def site_grad_sample_mode(config: RunConfig, data: SiteData, *, model: nn.Module,
+                          mode_memo: Path | None = None,
+                          device: torch.device | None = None) -> str:
+    """The per-sample-gradient mode this site trains ``model`` with (:mod:`client.grad_sample`:
+    the requested one, or for ``auto`` the remembered or calibrated one; never ghost when
+    augmentation multiplicity needs per-sample gradients)."""
+    from client.grad_sample import ModeMemo, choose_mode
+
+    device = device or torch.device("cpu")
+    return choose_mode(
+        requested=config.privacy.grad_sample_mode, model=model,
+        build=partial(_calibration_model, config, device),
+        batch=partial(_first_batch, data, config.training.batch_size, device),
+        max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
+        device=device, per_sample=config.training.augmentation_multiplicity > 1)
+
+
 def _proximal_step(model: nn.Module, anchor: dict[str, torch.Tensor], rate: float) -> None:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -243,18 +267,15 @@ def train_local(
     criterion: nn.Module = nn.CrossEntropyLoss()
     mode = "none"
     engine = None
+    multiplicity = config.training.augmentation_multiplicity
     trained: nn.Module = model
     if config.privacy.enabled:
         from opacus import PrivacyEngine
 
-        from client.grad_sample import ModeMemo, choose_mode, make_private
+        from client.grad_sample import make_private
 
-        mode = choose_mode(
-            requested=config.privacy.grad_sample_mode, model=model,
-            build=partial(_calibration_model, config, device),
-            batch=partial(_first_batch, data, config.training.batch_size, device),
-            max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
-            device=device)
+        mode = site_grad_sample_mode(config, data, model=model, mode_memo=mode_memo,
+                                     device=device)
         with warnings.catch_warnings():  # "Secure RNG turned off": README, "randomness"
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=config.privacy.accountant)
@@ -267,6 +288,10 @@ def train_local(
             poisson_sampling=False)
         _stream_noise(optimizer, stream)
         _drop_non_finite_samples(optimizer)
+        if multiplicity > 1:
+            from client.multiplicity import average_copies
+
+            average_copies(optimizer, multiplicity=multiplicity)
     anchor = None
     if config.training.strategy == "fedprox" and config.training.proximal_mu > 0:
         anchor = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -277,6 +302,9 @@ def train_local(
             loader=loader, epochs=config.training.local_epochs, private=engine is not None,
             anchor=anchor, prox_rate=step_size(config) * config.training.proximal_mu,
             device=device, after_backward=after_backward,
+            augment=None if multiplicity == 1 else partial(
+                augment_copies, multiplicity=multiplicity,
+                log_mel=config.data.signal_features == "log_mel"),
         )
     recorded = [list(h) for h in engine.accountant.history] if engine else list(history)
     if engine is not None and steps != plan.steps:
@@ -306,12 +334,17 @@ def _run_epochs(
     prox_rate: float,
     device: torch.device,
     after_backward: AfterBackward | None,
+    augment: Callable[..., tuple[torch.Tensor, ...]] | None = None,
 ) -> tuple[list[float], int]:
-    """The step loop; returns the batch losses and the number of optimiser steps."""
+    """The step loop; returns the batch losses and the number of optimiser steps.
+    ``augment`` (augmentation multiplicity) turns a batch's tensors into their copies'."""
     losses: list[float] = []
     steps = 0
     for _ in range(epochs):
-        for image, tokens, signal, present, label in loader:
+        for batch_tensors in loader:
+            if augment is not None and len(batch_tensors[-1]):
+                batch_tensors = augment(*batch_tensors)
+            image, tokens, signal, present, label = batch_tensors
             optimizer.zero_grad(set_to_none=True)
             if label.numel() == 0:
                 if private:

@@ -101,6 +101,10 @@ class TrainingConfig(_Section):
     round_timeout_s: float = Field(600.0, gt=0.0)
     evaluate_every: int = Field(
         1, ge=1, le=100_000, description="evaluate every N rounds (and always the last)")
+    augmentation_multiplicity: int = Field(
+        1, ge=1, le=64, description="K randomly augmented copies of each sample (images: "
+        "shift; signals: time shift, gain); DP-SGD averages a sample's K gradients before "
+        "clipping (client/multiplicity.py); 1: off")
     seed: int = Field(0, ge=0)
 
 
@@ -157,6 +161,14 @@ class RunConfig(_Section):
         if self.model.encoders == "scattering" and self.data.image_size % SCATTERING_STRIDE:
             raise ValueError(f"model.encoders = 'scattering' needs data.image_size to be a "
                              f"multiple of {SCATTERING_STRIDE} (got {self.data.image_size})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_multiplicity(self) -> RunConfig:
+        if self.training.augmentation_multiplicity > 1 and self.privacy.grad_sample_mode == "ghost":
+            raise ValueError("training.augmentation_multiplicity > 1 needs per-sample gradients "
+                             "to average; ghost clipping keeps none: use grad_sample_mode "
+                             "'auto', 'hooks', 'ew' or 'functorch'")
         return self
 
     def to_json(self) -> str:

@@ -47,3 +47,39 @@ def test_a_tiny_federation_trains_with_dp_and_reports_every_round(tmp_path) -> N
     rows = federate(config, sites, tmp_path / "test", evaluation_noise=10.0)
     assert [r["round"] for r in rows] == [1, 2]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+
+
+def test_only_named_rows_run_and_the_others_are_kept(tmp_path, monkeypatch) -> None:
+    """``--recipe NAME``: just that row runs; stored rows of the others are reported as they
+    are, and a stored row whose config changed since (its fingerprint) is measured again."""
+    import json
+
+    import pytest
+
+    from benchmarks import recipe
+
+    ran: list[tuple[str, int]] = []
+
+    def fake_federate(config, site_dirs, test_dir, *, evaluation_noise):
+        ran.append((config.training.augmentation_multiplicity, config.training.seed))
+        return _rounds([0.6] * config.training.rounds)
+
+    monkeypatch.setattr(recipe, "federate", fake_federate)
+    monkeypatch.setattr("simulations.tasks.generate_task", lambda *a, **k: [])
+    stored = tmp_path / "recipe.jsonl"
+    kept = {"recipe": "batch 64", "seed": 0, "rounds": 24, "seconds": 1.0,
+            **summarise(_rounds([0.5] * 24))}
+    stale = {**kept, "recipe": "augmentation multiplicity 4 (on today's defaults)", "seed": 1,
+             "config": "not this config"}
+    stored.write_text(json.dumps(kept) + "\n" + json.dumps(stale) + "\n")
+    four = "augmentation multiplicity 4 (on today's defaults)"
+    rows = recipe.recipe_sweep(results=stored, only=(four,))
+    assert ran == [(4, 0), (4, 1), (4, 2)]
+    assert {(r["recipe"], r["seed"]) for r in rows} == {("batch 64", 0), (four, 0), (four, 1),
+                                                        (four, 2)}
+    assert len(stored.read_text().splitlines()) == 5  # nothing deleted, three appended
+    ran.clear()
+    recipe.recipe_sweep(results=stored, only=(four,))
+    assert ran == []  # all three reused now
+    with pytest.raises(ValueError, match="no recipe named"):
+        recipe.recipe_sweep(results=stored, only=("no such row",))
