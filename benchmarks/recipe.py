@@ -77,6 +77,11 @@ RECIPES = (
            {"training.augmentation_multiplicity": 4}, from_defaults=True),
     Recipe("augmentation multiplicity 8 (on today's defaults)",
            {"training.augmentation_multiplicity": 8}, from_defaults=True),
+    # fixed scattering features for the chest films (ghost clipping: what `auto` picks for its
+    # wide projection; the in-process federation keeps no calibration memo)
+    Recipe("scattering image features (on today's defaults)",
+           {"model.encoders": "scattering", "privacy.grad_sample_mode": "ghost"},
+           from_defaults=True),
     Recipe("after (today's defaults)", {}, from_defaults=True),
 )
 QUICK_RECIPES = ("before (the earlier defaults)", "after (today's defaults)")
