@@ -43,12 +43,14 @@ EPSILONS = (3.0, 8.0)
 PAPER = (("end-to-end CNN", 0.860), ("ScatterNet + linear", 0.897), ("ScatterNet + CNN", 0.890))
 TASK_CONFIG = {"data.num_classes": 10, "data.image_size": 28, "model.modalities": ["image"],
                "secure_aggregation.enabled": False}
-# The recipe on this task: large expected batches (DP favours them), fewer rounds of more
-# local work. Chosen on the hospitals' validation splits (see the section's text).
+# The recipe on this task: large expected batches (DP favours them), few rounds. Chosen on the
+# hospitals' validation splits at ε = 3 (the mean of their last-round accuracy), one run each:
+# batch 1024 / step 2 / 12 rounds 0.865, 24 rounds 0.855, step 4 0.850; batch 2048 / step 4
+# 0.869 (16 rounds 0.870, a third more time); batch 4096 / step 8 diverged (0.37).
 # Ghost clipping is what `auto` picks for this model (its wide projection); named here because
 # the in-process federation keeps no per-site memo of the calibration.
-RECIPE = {"model.encoders": "scattering", "training.batch_size": 1024,
-          "training.learning_rate": 2.0, "training.rounds": 12,
+RECIPE = {"model.encoders": "scattering", "training.batch_size": 2048,
+          "training.learning_rate": 4.0, "training.rounds": 12,
           "privacy.grad_sample_mode": "ghost"}
 ENCODERS = {"scattering": RECIPE, "trainable": {}}
 
