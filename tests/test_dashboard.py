@@ -108,8 +108,13 @@ def call(app: DashboardApp, path: str = "/", *, query: str = "", method: str = "
     headers = [(b"host", host.encode())]
     if cookie:
         headers.append((b"cookie", cookie.encode()))
-    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(),
-             "headers": headers, "server": ("127.0.0.1", 8050), "scheme": "http"}
+    return _exchange(app, {"type": "http", "method": method, "path": path,
+                           "query_string": query.encode(), "headers": headers,
+                           "server": ("127.0.0.1", 8050), "scheme": "http"})
+
+
+def _exchange(app: DashboardApp, scope: dict[str, Any]) -> tuple[int, dict, bytes]:
+    """Run one ASGI request with an empty body: (status, headers, body)."""
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -465,20 +470,10 @@ def test_the_token_is_accepted_only_as_given_and_leaves_the_address_bar() -> Non
 def call_with(app: DashboardApp, headers: list[tuple[bytes, bytes]], *, path: str = "/",
               query: str = "") -> tuple[int, dict, bytes]:
     """:func:`call` with more request headers."""
-    sent: list[dict[str, Any]] = []
-    scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
-             "headers": [(b"host", b"127.0.0.1:8050"), *headers],
-             "server": ("127.0.0.1", 8050), "scheme": "http"}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    return (sent[0]["status"], {k.decode(): v.decode() for k, v in sent[0]["headers"]},
-            sent[1]["body"])
+    return _exchange(app, {"type": "http", "method": "GET", "path": path,
+                           "query_string": query.encode(),
+                           "headers": [(b"host", b"127.0.0.1:8050"), *headers],
+                           "server": ("127.0.0.1", 8050), "scheme": "http"})
 
 
 def _held_open(port: int, seconds: float) -> bool:
