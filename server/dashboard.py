@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from common.config import ConfigError, RunConfig
 from common.dashboard_http import (
+    MAX_LINE_BYTES,
     DashboardApp,
     Listen,
     Response,
     Served,
     is_loopback,
-    json_lines,
     new_token,
     number,
     page,
@@ -38,7 +36,7 @@ from common.dashboard_http import (
     table,
 )
 from server.checkpoint import checkpoint_state
-from server.run_folder import RoundRecord, RunFolder
+from server.run_folder import RoundRecord, RunFolder, round_records
 
 # Metrics shown when a round record carries them (AUROC: tasks with a positive class).
 SCORE_METRICS = ("accuracy", "test_accuracy", "auroc", "test_auroc")
@@ -102,12 +100,7 @@ def read_rounds(folder: RunFolder) -> list[RoundRecord]:
         data = read_inside(folder.root, folder.metrics)
     except FileNotFoundError:
         return []
-    records = []
-    for value in json_lines(data.decode("utf-8")):
-        try:
-            records.append(RoundRecord.model_validate(value))
-        except ValidationError:
-            break
+    records = round_records(data.decode("utf-8"), max_line=MAX_LINE_BYTES)
     with _parsed_lock:
         _parsed.clear()  # one run folder per process: keep only the newest
         _parsed[folder.metrics] = (key, records)

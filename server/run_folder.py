@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 _CHECKPOINT_NAME = re.compile(r"^round-(\d{4,})\.safetensors$")
 
@@ -159,15 +159,24 @@ class RunFolder:
         """Every complete round record, in order; a torn or unreadable line ends the list."""
         if not self.metrics.is_file():
             return []
-        records = []
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                records.append(RoundRecord.model_validate(json.loads(line)))
-            except (json.JSONDecodeError, ValidationError):
-                break  # a torn last line from a crash: drop it and what follows
-        return records
+        return round_records(self.metrics.read_text(encoding="utf-8"))
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary.read_text(encoding="utf-8"))
+
+
+def round_records(text: str, *, max_line: int | None = None) -> list[RoundRecord]:
+    """The round records of ``metrics.jsonl``'s text, in order: a torn last line from a crash,
+    an unreadable one (or, with ``max_line``, one longer than that or nested past the parser's
+    depth) ends the list, and what follows it is dropped."""
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if max_line is not None and len(line) > max_line:
+            break
+        try:
+            records.append(RoundRecord.model_validate(json.loads(line)))
+        except (ValueError, RecursionError):  # JSONDecodeError, ValidationError
+            break
+    return records

@@ -589,8 +589,9 @@ def test_polling_parses_metrics_again_only_when_the_file_changed(
     folder = RunFolder(tmp_path)
     write_rounds(folder, [round_record(1)])
     parsed: list[str] = []
-    real = dashboard.json_lines
-    monkeypatch.setattr(dashboard, "json_lines", lambda text: parsed.append(text) or real(text))
+    real = dashboard.round_records
+    monkeypatch.setattr(dashboard, "round_records",
+                        lambda text, **limits: parsed.append(text) or real(text, **limits))
     app = RunDashboard(folder).app(None, loopback_only_hosts=True)
     for _ in range(20):  # a page polling, or a local user asking in a loop
         assert call(app, "/api/view")[0] == 200
