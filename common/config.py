@@ -66,7 +66,8 @@ class ModelConfig(_Section):
         return self
 
 
-SCATTERING_STRIDE = 4  # 2^J of common.scattering: image_size must be a multiple of it
+SCATTERING_SCALES = 2  # J of common.scattering; image_size must be a multiple of 2^J
+SCATTERING_STRIDE = 1 << SCATTERING_SCALES
 
 
 class TrainingConfig(_Section):

@@ -34,11 +34,13 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_write_bytes
+from common.config import SCATTERING_SCALES
 
 log = logging.getLogger(__name__)
-SCALES = 2  # J
+SCALES = SCATTERING_SCALES  # J (the config checks image sizes against 2^J)
 ORIENTATIONS = 8  # L
 SCATTERING_FORMAT = "1"  # bump when the coefficients computed change
+CACHE_PREFIX = "scattering-"  # the cache files in a site's feature folder
 BATCH = 256
 
 
@@ -158,21 +160,9 @@ def _at_resolution(spectrum: np.ndarray, resolution: int) -> np.ndarray:
     return spectrum[..., frequencies[:, None], frequencies[None, :]]
 
 
-def _subsample(spectrum, factor: int):
-    """The spectrum of the signal subsampled by ``factor``: the mean of its factor² blocks."""
-    if factor == 1:
-        return spectrum
-    size = spectrum.shape[-1] // factor
-    total = None
-    for row in range(factor):
-        for column in range(factor):
-            block = spectrum[..., row * size:(row + 1) * size, column * size:(column + 1) * size]
-            total = block.clone() if total is None else total.add_(block)
-    return total.div_(factor * factor)
-
-
 def _filtered_subsample(spectrum, spectrum_filter, factor: int):
-    """``_subsample(spectrum · filter, factor)`` without forming the full-size product."""
+    """The spectrum of (signal ⋆ filter) subsampled by ``factor``: the mean of the factor²
+    blocks of spectrum · filter, without forming the full-size product."""
     if factor == 1:
         return spectrum * spectrum_filter
     size = spectrum.shape[-1] // factor
@@ -205,7 +195,7 @@ def _cache_path(folder: Path, images: np.ndarray) -> Path:
     digest = hashlib.sha256()
     digest.update(f"{SCATTERING_FORMAT}|{SCALES}|{ORIENTATIONS}|{images.shape}|".encode())
     digest.update(np.ascontiguousarray(images, dtype=np.float32).tobytes())
-    return folder / f"scattering-{digest.hexdigest()[:32]}.npy"
+    return folder / f"{CACHE_PREFIX}{digest.hexdigest()[:32]}.npy"
 
 
 def scatter_site_images(images: np.ndarray, *, image_size: int,
@@ -228,7 +218,7 @@ def scatter_site_images(images: np.ndarray, *, image_size: int,
             buffer = io.BytesIO()
             np.save(buffer, coefficients, allow_pickle=False)
             path.parent.mkdir(parents=True, exist_ok=True)
-            for stale in path.parent.glob("scattering-*.npy"):
+            for stale in path.parent.glob(f"{CACHE_PREFIX}*.npy"):
                 stale.unlink(missing_ok=True)
             atomic_write_bytes(path, buffer.getvalue())
         except OSError as error:
