@@ -74,6 +74,14 @@ def test_each_picture_is_transformed_alone() -> None:
     changed[2] = 0.0
     np.testing.assert_allclose(scatter(changed, image_size=28)[[0, 1, 3, 4]],
                                together[[0, 1, 3, 4]], atol=1e-5)
+    # the same check catches a transform that shares anything between samples (weakened:
+    # coefficients centred on the batch mean, as a batch normalisation would)
+    def weakened(batch: np.ndarray) -> np.ndarray:
+        out = scatter(batch, image_size=28)
+        return out - out.mean(axis=0, keepdims=True)
+
+    assert not np.allclose(weakened(changed)[[0, 1, 3, 4]], weakened(pictures)[[0, 1, 3, 4]],
+                           atol=1e-5)
 
 
 def test_sizes_that_are_not_a_multiple_of_four_are_refused() -> None:
