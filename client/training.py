@@ -304,7 +304,8 @@ def train_local(
             device=device, after_backward=after_backward,
             augment=None if multiplicity == 1 else partial(
                 augment_copies, multiplicity=multiplicity,
-                log_mel=config.data.signal_features == "log_mel"),
+                log_mel=config.data.signal_features == "log_mel",
+                pixels=config.model.encoders == "trainable"),
         )
     recorded = [list(h) for h in engine.accountant.history] if engine else list(history)
     if engine is not None and steps != plan.steps:

@@ -15,7 +15,9 @@ What is augmented:
   additive offset there);
 - text tokens, the presence mask and the labels are copied unchanged, and so are frozen
   pretrained image feature vectors (B×features, ``model.encoders = "pretrained"``): the copies then
-  differ only in what is augmented, and K buys nothing for a model that sees no pixels or signal.
+  differ only in what is augmented, and K buys nothing for a model that sees no pixels or signal;
+  likewise an image's scattering coefficients (``model.encoders = "scattering"``: shifting
+  their quarter-size maps is not a shift of the picture).
 
 An absent modality is all zeros in its slot, and stays zeros (reflect padding and scaling of
 zeros are zeros). Randomness comes from torch's generator (seeded by the caller): augmentation
@@ -75,13 +77,15 @@ def augment_signals(signals: torch.Tensor, *, shift: float = SIGNAL_SHIFT,
 
 def augment_copies(image: torch.Tensor, tokens: torch.Tensor, signal: torch.Tensor,
                    present: torch.Tensor, label: torch.Tensor, *, multiplicity: int,
-                   log_mel: bool = False, flip: bool = False,
+                   log_mel: bool = False, flip: bool = False, pixels: bool = True,
                    ) -> tuple[torch.Tensor, ...]:
     """(image, tokens, signal, present, label) of B samples → the same of B·K rows, row
-    ``i·K + k`` copy k of sample i; ``multiplicity`` 1 returns the inputs themselves."""
+    ``i·K + k`` copy k of sample i; ``multiplicity`` 1 returns the inputs themselves.
+    ``pixels`` False: the image slot holds fixed features (scattering maps, pretrained
+    vectors), copied unchanged."""
     if multiplicity == 1:
         return image, tokens, signal, present, label
     image, tokens, signal, present, label = (t.repeat_interleave(multiplicity, dim=0)
                                              for t in (image, tokens, signal, present, label))
-    return (augment_images(image, flip=flip), tokens,
+    return (augment_images(image, flip=flip) if pixels else image, tokens,
             augment_signals(signal, scale=not log_mel), present, label)

@@ -199,3 +199,24 @@ def test_multiplicity_never_trains_with_ghost_clipping(small_config, monkeypatch
                                 batch=lambda: [], max_grad_norm=1.0,
                                 memo=grad_sample.ModeMemo(None), device=torch.device("cpu"),
                                 per_sample=True)
+
+
+def test_fixed_image_features_are_copied_not_shifted() -> None:
+    """Scattering maps are features, not a picture: with ``pixels=False`` each copy keeps
+    them exactly (the signal is still augmented)."""
+    import torch
+
+    from common.augmentation import augment_copies
+
+    torch.manual_seed(0)
+    maps = torch.rand(2, 81, 7, 7)
+    signal = torch.rand(2, 1, 100)
+    out = augment_copies(maps, torch.zeros(2, 4, dtype=torch.long), signal,
+                         torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 1]),
+                         multiplicity=3, pixels=False)
+    assert torch.equal(out[0], maps.repeat_interleave(3, dim=0))
+    assert not torch.equal(out[2], signal.repeat_interleave(3, dim=0))
+    shifted = augment_copies(maps, torch.zeros(2, 4, dtype=torch.long), signal,
+                             torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 1]),
+                             multiplicity=3)
+    assert not torch.equal(shifted[0], maps.repeat_interleave(3, dim=0))  # pixels: shifted
