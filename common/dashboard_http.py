@@ -304,12 +304,16 @@ def number(value: Any, digits: int = 3) -> str:
         return html.escape(str(value))
 
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8050
+
+
 @dataclass(frozen=True)
 class Listen:
     """Where to serve: address, port (0: any free one) and optional TLS files."""
 
-    host: str = "127.0.0.1"
-    port: int = 8050
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     tls_cert: Path | None = None
     tls_key: Path | None = None
 

@@ -30,6 +30,7 @@ from common.config import (
     parse_override_pairs,
     read_toml,
 )
+from common.dashboard_http import DEFAULT_HOST, DEFAULT_PORT
 from common.sitedata import SiteDataError
 from server.run_folder import RoundRecord, RunFolder, RunFolderError
 from simulations.scenarios import Scenario
@@ -277,9 +278,9 @@ def dashboard(
     folder: Annotated[Path, typer.Argument(help="a run folder (--out of simulate/server), or "
                                            "a site folder holding manifest.csv")],
     host: Annotated[str, typer.Option(help="address to listen on (loopback by default)")
-                    ] = "127.0.0.1",
+                    ] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(min=0, max=65535, help="port (0: any free one)")
-                    ] = 8050,
+                    ] = DEFAULT_PORT,
     state_dir: Annotated[Path | None, typer.Option(help="site view: the site's state folder, "
                                                    "if not SITE_DIR/.fedmm")] = None,
     policy_file: Annotated[Path | None, typer.Option("--policy", help="site view: the site "
@@ -362,8 +363,9 @@ def _dashboard_listen(address: str) -> Any:
 
     host, _, port = address.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        fail(f"--dashboard {address}: expected [HOST:]PORT, e.g. 8050 or 0.0.0.0:8050", 2)
-    return Listen(host=host.strip("[]") or "127.0.0.1", port=int(port))
+        fail(f"--dashboard {address}: expected [HOST:]PORT, e.g. {DEFAULT_PORT} or "
+             f"0.0.0.0:{DEFAULT_PORT}", 2)
+    return Listen(host=host.strip("[]") or DEFAULT_HOST, port=int(port))
 
 
 def _start_run_view(out: Path, listen: Any) -> Any:
