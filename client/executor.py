@@ -18,6 +18,10 @@ API and
 
 While a task runs a heartbeat keeps its token alive; should this process die, the SuperNode
 lets the token lapse and answers the server with an error, as for a crashed ClientApp.
+
+Between tasks it sleeps on the SuperNode's doorbell (:mod:`client.doorbell`), rung once per
+queued message, and asks for a task only then, or every ``POLL_FALLBACK_S`` should a ring be
+lost; without a bell (it could not be opened) it asks every ``POLL_IDLE_S``.
 """
 
 from __future__ import annotations
@@ -26,16 +30,16 @@ import contextlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.doorbell import Doorbell, bell_path, ring
+
 log = logging.getLogger("fedmm.client")
-POLL_BUSY_S = 0.1  # right after a task: the next message of a round follows within seconds
-POLL_IDLE_S = 0.5
-BUSY_FOR_S = 20.0
+POLL_IDLE_S = 0.5  # without a doorbell
+POLL_FALLBACK_S = 2.0  # with one: a lost ring costs at most this
 ACQUIRE_METHOD = "/flwr.proto.Runtime/AcquireTask"
 RUNTIME_BASE_URL = "http://fedmm-runtime"  # the host name is unused: the socket is the address
 
@@ -109,6 +113,7 @@ class Executor:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        ring(bell_path(self.socket_path))  # wakes the serving thread at once
         if self._thread is not None:
             self._thread.join(timeout=timeout)
 
@@ -118,19 +123,33 @@ class Executor:
             self._app = self.app_factory()  # imports torch and Opacus once, before any task
         except Exception as error:  # each task will report the same failure
             self.on_error(f"the ClientApp could not be loaded: {error}")
-        busy_until = 0.0
+        doorbell = self._open_doorbell()
         acquirer = None
-        while not self._stop.is_set():
-            try:
-                acquirer = acquirer or self._acquirer()
-                if self.serve_one(acquirer):
-                    busy_until = time.monotonic() + BUSY_FOR_S
-                    continue
-            except Exception as error:  # the SuperNode restarting, or a broken task
-                if not _is_connection_error(error):
-                    self.on_error(f"executor: {type(error).__name__}: {error}"[:500])
-                acquirer = None
-            self._stop.wait(POLL_BUSY_S if time.monotonic() < busy_until else POLL_IDLE_S)
+        try:
+            while not self._stop.is_set():
+                try:
+                    acquirer = acquirer or self._acquirer()
+                    if self.serve_one(acquirer):
+                        continue  # a round's next message may be queued already
+                except Exception as error:  # the SuperNode restarting, or a broken task
+                    if not _is_connection_error(error):
+                        self.on_error(f"executor: {type(error).__name__}: {error}"[:500])
+                    acquirer = None
+                if doorbell is not None:
+                    doorbell.wait(POLL_FALLBACK_S)
+                else:
+                    self._stop.wait(POLL_IDLE_S)
+        finally:
+            if doorbell is not None:
+                doorbell.close()
+
+    def _open_doorbell(self) -> Doorbell | None:
+        try:
+            return Doorbell(bell_path(self.socket_path))
+        except OSError as error:
+            log.warning("executor: no doorbell (%s); asking for tasks every %.1f s", error,
+                        POLL_IDLE_S)
+            return None
 
     def _acquirer(self):
         from flwr.supercore.interceptors import (

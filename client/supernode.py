@@ -19,8 +19,10 @@ fixed 3 s; after pulling one it waits for the reply in steps of 0.5 s before pus
 succession, so those sleeps were most of a round. The loop here gets a ``time`` module whose
 ``sleep`` backs off instead: 0.25 s after a message, doubling to 3 s (``--idle-poll S``: to
 ``S``), so a run's next message is picked up within a fraction of a second while an idle
-hospital still polls every 3 s; and the wait for a reply (a local check) is 0.05 s. A message's
-objects that have not arrived yet are retried sooner (:mod:`common.object_pulls`). Should that
+hospital still polls every 3 s; and the wait for a reply (a local check) is 0.05 s. Each
+message it queues rings the executor's doorbell (:mod:`client.doorbell`), which sleeps until
+then. A message's objects that have not arrived yet are retried sooner
+(:mod:`common.object_pulls`). Should that
 loop no longer look as expected, the SuperNode runs with Flower's poll and says so in its log.
 """
 
@@ -35,6 +37,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from client.doorbell import bell_path, ring
 from common.object_pulls import quick_object_retries
 
 # Each idle poll is a TLS request signed with the hospital's key that the SuperLink verifies:
@@ -75,9 +78,10 @@ def backoff_time(sleep: BackoffSleep) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{**functions, "sleep": sleep})
 
 
-def patch_polling(limit_s: float = IDLE_POLL_S) -> bool:
-    """Give the SuperNode loop :class:`BackoffSleep` (polls no slower than ``limit_s``); False
-    (and unpatched) if the loop no longer looks as expected."""
+def patch_polling(limit_s: float = IDLE_POLL_S, *, bell: Path | None = None) -> bool:
+    """Give the SuperNode loop :class:`BackoffSleep` (polls no slower than ``limit_s``) and,
+    with ``bell``, ring the executor's doorbell (:mod:`client.doorbell`) for each message it
+    queues; False (and unpatched) if the loop no longer looks as expected."""
     import flwr.supernode.start_client_internal as loop
 
     pull = getattr(loop, "_pull_and_store_message", None)
@@ -89,6 +93,8 @@ def patch_polling(limit_s: float = IDLE_POLL_S) -> bool:
         run_id = pull(*args, **kwargs)
         if run_id is not None:
             sleep.message_arrived()
+            if bell is not None:
+                ring(bell)
         return run_id
 
     loop.time = backoff_time(sleep)  # type: ignore[attr-defined]
@@ -172,7 +178,8 @@ def main() -> None:
         raise SystemExit("client.supernode: --runtime-socket PATH is required")
     patch_runtime_socket(socket_path)
     guard_bundle_config()
-    if not patch_polling(IDLE_POLL_S if limit is None else limit):
+    if not patch_polling(IDLE_POLL_S if limit is None else limit,
+                         bell=bell_path(socket_path)):
         logging.getLogger("fedmm").warning(
             "flower-supernode's poll loop changed; running it unpatched (3 s idle poll)")
     sys.argv = ["flower-supernode", *arguments]

@@ -31,20 +31,26 @@ def test_polls_back_off_after_a_message_and_local_waits_are_short(
     assert slept[-3:] == [0.25, 0.5, 0.5]
 
 
-def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import flwr.supernode.start_client_internal as loop
+
+    from client.doorbell import Doorbell
 
     monkeypatch.setattr(loop, "time", time)
     pulls = iter([None, 7])
     monkeypatch.setattr(loop, "_pull_and_store_message", lambda **kw: next(pulls))
     monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)  # restored afterwards
-    assert supernode.patch_polling()
+    bell = Doorbell(tmp_path / "bell")
+    assert supernode.patch_polling(bell=tmp_path / "bell")
     assert loop.pull_objects.quick_retries  # a message's late objects are retried sooner
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
     assert loop._pull_and_store_message() is None
+    assert not bell.wait(0)  # no message: the executor sleeps on
     loop.time.sleep(3)  # the idle wait in Flower's loop
     assert loop._pull_and_store_message() == 7  # a message: the next polls are quick
+    assert bell.wait(0)  # ...and the executor is woken for it
+    bell.close()
     loop.time.sleep(3)
     assert slept == [3, 0.25]
     assert loop.time.monotonic is time.monotonic
