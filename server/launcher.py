@@ -6,7 +6,8 @@
    this machine only, and nothing here depends on the consortium's certificate naming loopback.
 2. Opens the public port: :class:`server.gateway.Gateway` with the consortium's certificate,
    forwarding only Fleet API routes to the SuperLink.
-3. Registers exactly the allowed hospital public keys (``flwr supernode register``).
+3. Registers exactly the allowed hospital public keys (``flwr supernode register``'s
+   request, sent from this process).
 4. Submits the run (``flwr run`` of :data:`common.app_bundle.APP_DIR` with the run folder as run
    config); the ServerApp (:mod:`server.deployment`) writes metrics, checkpoints, report and
    model there.
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common import processes
 from common.app_bundle import APP_DIR
@@ -36,8 +37,8 @@ from server.gateway import Gateway, GatewayError, pem_of_openssh
 from server.run_folder import RoundRecord, RunFolder
 
 CONNECTION = "fedmm"
+T = TypeVar("T")
 STATUS_EVERY_S = 30.0
-REGISTRATION_WORKERS = 8
 FLWR_TIMEOUT_S = 300.0
 
 
@@ -160,17 +161,56 @@ class ServerLauncher:
             raise DeploymentError(f"flwr {args[0]} failed: {last_line}")
         return answer
 
+    def control(self):
+        """Flower's Control API client for this SuperLink (its loopback certificate), as the
+        ``flwr`` CLI builds one, in this process: each ``flwr`` process costs ~2 s of CPU, and
+        registering 20 hospitals that way took 20 of them."""
+        from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
+        from flwr.supercore.control import ControlHttpClient
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+        assert self.loopback is not None, "start the SuperLink first"
+        return ControlHttpClient.from_server_address(
+            server_address=self.local_address, insecure=False,
+            root_certificates=str(self.loopback.ca_cert), interceptors=[
+                CliClientHttpInterceptor(), RuntimeVersionHttpInterceptor(
+                    component_name="flwr CLI")])
+
+    def _call(self, what: str, call: Callable[[Any], T]) -> T:
+        """``call(client)`` on a fresh Control API client; a failure is a DeploymentError."""
+        import httpx
+
+        client = self.control()
+        try:
+            return call(client)
+        except DeploymentError:
+            raise
+        except httpx.HTTPStatusError as error:
+            detail = error.response.text.strip().splitlines()[-1:] or [""]
+            raise DeploymentError(f"{what} failed: the SuperLink answered "
+                                  f"{error.response.status_code} {detail[0][:200]}; see "
+                                  f"{self.logs / 'superlink.log'}") from None
+        except (httpx.HTTPError, OSError, ValueError) as error:
+            raise DeploymentError(f"{what} failed: {error}; see "
+                                  f"{self.logs / 'superlink.log'}") from None
+        finally:
+            client.close()
+
     def register_hospitals(self) -> list[str]:
-        """Register every allowed key with the SuperLink, several at a time (each is a ``flwr``
-        process; one after another, 20 hospitals took 40 s)."""
-        from concurrent.futures import ThreadPoolExecutor
+        """Register every allowed key with the SuperLink (``flwr supernode register``'s
+        request, in this process)."""
+        from flwr.proto.control_pb2 import RegisterNodeRequest
 
-        def register(key: Path) -> str:
-            answer = self._flwr("supernode", "register", str(Path(key).resolve()), CONNECTION)
-            return str(answer.get("node-id", ""))
+        def register(client: Any) -> list[str]:
+            ids = []
+            for key in self.settings.allowed:
+                answer = client.RegisterNode(RegisterNodeRequest(public_key=pem_of_openssh(key)))
+                if not answer.node_id:
+                    raise DeploymentError(f"the SuperLink did not register {key}")
+                ids.append(str(answer.node_id))
+            return ids
 
-        with ThreadPoolExecutor(max_workers=REGISTRATION_WORKERS) as pool:
-            return list(pool.map(register, self.settings.allowed))
+        return self._call("registering the hospitals' keys", register)
 
     def submit_run(self) -> str:
         overrides = self.flwr_home / "run_overrides.toml"
@@ -186,9 +226,24 @@ class ServerLauncher:
         return self.run_id
 
     def run_status(self) -> str:
-        answer = self._flwr("list", CONNECTION, "--run-id", str(self.run_id))
-        runs = answer.get("runs", [])
-        return str(runs[0].get("status", "unknown")) if runs else "unknown"
+        """The run's status as ``flwr list`` shows it (``finished:completed``, ...)."""
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        def status(client: Any) -> str:
+            import httpx
+
+            try:
+                runs = client.ListRuns(ListRunsRequest(run_id=int(self.run_id or 0))).run_dict
+            except httpx.HTTPStatusError as error:
+                if error.response.status_code == 404:  # no such run (any more)
+                    return "unknown"
+                raise
+            if not runs:
+                return "unknown"
+            state = next(iter(runs.values())).status
+            return f"{state.status}:{state.sub_status}" if state.sub_status else state.status
+
+        return self._call("asking for the run's status", status)
 
     # -- following the run -----------------------------------------------------------------
     def follow(self, on_round: Callable[[RoundRecord], None]) -> dict[str, Any]:

@@ -54,6 +54,43 @@ def test_a_flwr_call_that_hangs_is_named_not_a_traceback(tmp_path, monkeypatch) 
         raise subprocess.TimeoutExpired(command, kwargs["timeout"])
 
     monkeypatch.setattr(subprocess, "run", hanging_run)
-    with pytest.raises(DeploymentError, match=r"^flwr supernode register did not answer within "
+    with pytest.raises(DeploymentError, match=r"^flwr run app did not answer within "
                                               r"300 s \(is the machine overloaded\?\)"):
-        launcher(tmp_path)._flwr("supernode", "register", "key.pub")
+        launcher(tmp_path)._flwr("run", "app", "fedmm")
+
+
+def test_hospitals_are_registered_and_the_status_read_in_this_process(tmp_path) -> None:
+    """A real SuperLink: every allowed key registered once (no ``flwr`` process started), a
+    key registered twice is one line naming the step, an unknown run's status reads as such."""
+    import subprocess
+
+    init_keys(tmp_path / "keys", server_hosts=["localhost"], hospitals=["a", "b", "c"])
+    keys = sorted((tmp_path / "keys" / "hospitals").glob("*.pub"))
+    server = launcher(tmp_path, allowed=keys)
+    server.prepare_run_dir()
+    started: list = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(command, *args, **kwargs):
+        started.append(command)
+        return real_popen(command, *args, **kwargs)
+
+    server.start_superlink()
+    try:
+        subprocess.Popen = counting_popen  # type: ignore[misc]
+        try:
+            ids = server.register_hospitals()
+            server.run_id = "12345"
+            status = server.run_status()
+        finally:
+            subprocess.Popen = real_popen  # type: ignore[misc]
+        assert len(set(ids)) == 3 and all(i.isdigit() for i in ids)
+        assert status == "unknown" and started == []
+        twice = launcher(tmp_path, allowed=keys[:1])
+        twice.loopback, twice.local_address = server.loopback, server.local_address
+        with pytest.raises(DeploymentError, match=r"^registering the hospitals' keys failed: "
+                                                  r".*superlink\.log$") as error:
+            twice.register_hospitals()
+        assert "\n" not in str(error.value)
+    finally:
+        server.stop()
