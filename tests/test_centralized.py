@@ -67,3 +67,15 @@ def test_ratios_separate_federation_from_privacy() -> None:
     assert cost_ratios({"non_private": {"test_accuracy": 0.8}}, 0.6) == {"federation": 0.75}
     assert cost_ratios(references, None) == {"privacy": pytest.approx(0.8889, abs=1e-4)}
     assert cost_ratios({"non_private": {}}, 0.6) == {}
+
+
+def test_side_by_side_gives_what_one_after_the_other_gives(demo) -> None:
+    """The two references train at once in their own processes when there are two cores; the
+    figures are those of training them here one after the other."""
+    sites, test = demo
+    apart = train_centralized(config=_config(), site_dirs=sites, test_dir=test, cores=2)
+    here = train_centralized(config=_config(), site_dirs=sites, test_dir=test, cores=1)
+    for name in ("non_private", "dp"):
+        for key in ("examples", "epochs", "steps", "noise_multiplier", "epsilon"):
+            assert apart[name].get(key) == here[name].get(key), (name, key)
+        assert apart[name]["test_loss"] == pytest.approx(here[name]["test_loss"], rel=1e-3)
