@@ -413,35 +413,24 @@ def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
     assert "centralized DP-SGD (ε=" in output and "cost of federation under DP" in output
 
 
-def test_non_private_run_says_so(tmp_path: Path, ray: RayCluster) -> None:
-    generate_demo(tmp_path / "data", sites=2, samples_per_site=40, seed=2,
-                  scenario=Scenario.MISSING_MODALITY, test_samples=0)
-    config_path = _write_config(tmp_path, rounds=1)
-    code, output = run_cli(["simulate", "--data", str(tmp_path / "data"), "--config",
-                            str(config_path), "--no-dp", "--out", str(tmp_path / "run"),
-                            *ray.address], cwd=tmp_path)
-    assert code == 0, output
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["dp_enabled"] is False and summary["privacy"]["sites"] == {}
-    assert "DP was off" in output and "DP off" in output
-    assert "DP-SGD: OFF" in (tmp_path / "run" / "report" / "report.md").read_text()
-
-
 def test_secure_aggregation_gives_the_plaintext_model_within_the_quantisation_step(
         tmp_path: Path, ray: RayCluster) -> None:
+    """Two runs on the same sites, one securely aggregated, one not (both without DP, which
+    each run says plainly; DP's seeded noise would be the same in both)."""
     from common.secagg.encoding import RingEncoding
 
     generate_demo(tmp_path / "data", sites=3, samples_per_site=50, seed=3,
-                  scenario=Scenario.LABEL_SKEW, test_samples=0)
+                  scenario=Scenario.MISSING_MODALITY, test_samples=0)
     config_path = _write_config(tmp_path, rounds=1)
-    models = {}
+    models, outputs = {}, {}
     for name, flags in (("secure", []), ("plain", ["--no-secure-agg"])):
-        code, output = run_cli(["simulate", "--data", str(tmp_path / "data"), "--config",
-                                str(config_path), "--out", str(tmp_path / name), *flags,
-                                *ray.address], cwd=tmp_path)
-        assert code == 0, output
+        code, outputs[name] = run_cli(["simulate", "--data", str(tmp_path / "data"),
+                                       "--config", str(config_path), "--no-dp", "--out",
+                                       str(tmp_path / name), *flags, *ray.address],
+                                      cwd=tmp_path)
+        assert code == 0, outputs[name]
         models[name] = load_file(str(tmp_path / name / "model.safetensors"))
-    assert "the server sees each site's update" in output
+    assert "the server sees each site's update" in outputs["plain"]
     [record] = read_jsonl(tmp_path / "secure" / "metrics.jsonl")
     assert record["secure_aggregation"]["survivors"] == 3
     config = load_config(config_path).secure_aggregation
@@ -452,6 +441,11 @@ def test_secure_aggregation_gives_the_plaintext_model_within_the_quantisation_st
     assert 0 < gap <= step + 1e-6  # + float32 rounding of the weights
     plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert plain["secure_aggregation"] is False
+    # a non-private run says so, on screen, in its summary and in its report
+    summary = json.loads((tmp_path / "secure" / "summary.json").read_text())
+    assert summary["dp_enabled"] is False and summary["privacy"]["sites"] == {}
+    assert "DP was off" in outputs["secure"] and "DP off" in outputs["secure"]
+    assert "DP-SGD: OFF" in (tmp_path / "secure" / "report" / "report.md").read_text()
 
 
 def test_pretrained_encoders_on_real_pictures_run_offline_and_cache_features_per_site(
