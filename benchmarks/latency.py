@@ -86,7 +86,9 @@ def markdown(rows: list[dict], command: str) -> list[str]:
                      f"{r['training_seconds']} | {over} | {verdict} |")
     lines += ["", "Where it goes: each hospital's executor (`client/executor.py`) runs the "
               "installed ClientApp in the `fedmm client` process (no process start per "
-              "message; torch and Opacus imported once). Flower's SuperNode sleeps a fixed 3 s "
+              "message; torch and Opacus imported once); it sleeps on a doorbell the SuperNode "
+              "rings for each message it queues (`client/doorbell.py`), where it once asked "
+              "for a task ten times a second. Flower's SuperNode sleeps a fixed 3 s "
               "whenever it finds no message and waits for a reply in steps of 0.5 s; "
               "`client/supernode.py` makes the first poll after a message 0.25 s, doubling "
               "back to 3 s while idle, and the reply wait 0.05 s. The ServerApp asks for "

@@ -217,4 +217,7 @@ def loopback_load(*, quick: bool, command: str) -> list[str]:
         "before the changes named under \"Deployment latency\" are in this file's history "
         "(commit 78bc366). Each hospital's executor (`client/executor.py`) "
         "runs the installed ClientApp in the `fedmm client` process, which imported torch and "
-        "Opacus once: no process is started per message."]
+        "Opacus once: no process is started per message; between messages it sleeps on a "
+        "doorbell its SuperNode rings (`client/doorbell.py`). The server registers the "
+        "hospitals' keys through Flower's Control API from its own process (one `flwr` "
+        "process per key cost ~2 s of CPU each)."]

@@ -19,12 +19,12 @@ import select
 import socket
 from pathlib import Path
 
-BELL_NAME = "bell"  # shorter than the runtime socket's name: fits wherever that one does
+from common.site_state import RUNTIME_BELL_NAME
 
 
 def bell_path(runtime_socket: Path) -> Path:
     """Where the executor of the SuperNode serving ``runtime_socket`` listens."""
-    return Path(runtime_socket).with_name(BELL_NAME)
+    return Path(runtime_socket).with_name(RUNTIME_BELL_NAME)
 
 
 def ring(path: Path) -> None:

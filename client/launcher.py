@@ -166,7 +166,7 @@ def secure_state_folder(state: SiteState) -> tuple[Path, bytes, int]:
     atomic_write_bytes(state.superexec_secret, secret)  # 0600, O_EXCL|O_NOFOLLOW, renamed
     socket_path = state.runtime_socket
     if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:  # a deep state folder: a private
-        socket_path = Path(tempfile.mkdtemp(prefix="fedmm-")) / "api.sock"  # 0700 folder
+        socket_path = Path(tempfile.mkdtemp(prefix="fedmm-")) / socket_path.name  # 0700
     socket_path.unlink(missing_ok=True)
     return socket_path, secret, lock
 

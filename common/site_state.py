@@ -13,7 +13,8 @@ name inside it is defined here and nowhere else::
     node_config.toml         what the SuperNode hands the ClientApp (client/launcher.py)
     logs/supernode.log       Flower's SuperNode log
     flwr/                    the SuperNode's FLWR_HOME
-    runtime/                 0700: the SuperNode's runtime socket and SuperExec secret
+    runtime/                 0700: the SuperNode's runtime socket (api.sock), the
+                             executor's doorbell (bell) and the SuperExec secret
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STATE_DIR_NAME = ".fedmm"
+# next to the runtime socket, wherever that is (client/doorbell.py); shorter than its name
+RUNTIME_BELL_NAME = "bell"
 
 
 @dataclass(frozen=True)
