@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from client.grad_sample import MODES
 from client.training import plan_round, train_local
 from common import scattering
 from common.config import ConfigError, load_config
@@ -127,7 +128,9 @@ def test_a_scattering_model_trains_a_dp_sgd_round_on_a_site(demo_root: Path) -> 
     plan = plan_round(len(data), config)
     torch.manual_seed(0)
     result = train_local(config=config, global_weights=initial, data=data, plan=plan, history=[])
-    assert result.steps == plan.steps and result.grad_sample_mode == "hooks"
+    assert result.steps == plan.steps
+    # its 82,944-value projection is calibrated: whichever correct mode timed fastest here
+    assert result.grad_sample_mode in MODES
     moved = result.weights["encoders.image.project.weight"] - initial[
         "encoders.image.project.weight"]
     assert np.isfinite(moved).all() and np.abs(moved).max() > 0
