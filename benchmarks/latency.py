@@ -90,7 +90,7 @@ def markdown(rows: list[dict], command: str) -> list[str]:
               "rings for each message it queues (`client/doorbell.py`), where it once asked "
               "for a task ten times a second. Flower's SuperNode sleeps a fixed 3 s "
               "whenever it finds no message and waits for a reply in steps of 0.5 s; "
-              "`client/supernode.py` makes the first poll after a message 0.25 s, doubling "
+              "`client/supernode.py` makes the first poll after a message 0.05 s, doubling "
               "back to 3 s while idle, and the reply wait 0.05 s. The ServerApp asks for "
               "replies after 0.01 s, doubling to every 0.2 s, instead of Flower's 3 s "
               "(`server/replies.py`). Objects of a message not yet pushed are retried after "

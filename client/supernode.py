@@ -17,7 +17,7 @@ SuperNode does not start (it never falls back to TCP).
 fixed 3 s; after pulling one it waits for the reply in steps of 0.5 s before pushing it
 (``flwr/supernode/start_client_internal.py``). A secure round is five messages in quick
 succession, so those sleeps were most of a round. The loop here gets a ``time`` module whose
-``sleep`` backs off instead: 0.25 s after a message, doubling to 3 s (``--idle-poll S``: to
+``sleep`` backs off instead: 0.05 s after a message, doubling to 3 s (``--idle-poll S``: to
 ``S``), so a run's next message is picked up within a fraction of a second while an idle
 hospital still polls every 3 s; and the wait for a reply (a local check) is 0.05 s. Each
 message it queues rings the executor's doorbell (:mod:`client.doorbell`), which sleeps until
@@ -45,7 +45,7 @@ from common.object_pulls import quick_object_retries
 # all ran on one 2-core machine. So polls back off to Flower's 3 s between messages, and only
 # the few after a message are quick.
 IDLE_POLL_S = 3.0  # the slowest poll (Flower's)
-FIRST_POLL_S = 0.25  # the first poll after a message
+FIRST_POLL_S = 0.05  # the first poll after a message
 LOCAL_WAIT_S = 0.05  # the SuperNode's wait for a reply from its own executor
 
 

@@ -23,12 +23,15 @@ def test_polls_back_off_after_a_message_and_local_waits_are_short(
     for _ in range(6):
         sleep(3)
     sleep(0.5)  # the wait for the executor's reply
-    assert slept == [3, 3, 0.25, 0.5, 1.0, 2.0, 3, 3, supernode.LOCAL_WAIT_S]
-    capped = supernode.BackoffSleep(limit_s=0.5)
+    assert slept == [3, 3, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, supernode.LOCAL_WAIT_S]
+    for _ in range(2):
+        sleep(3)
+    assert slept[-2:] == [3, 3]  # back to Flower's idle poll
+    capped = supernode.BackoffSleep(limit_s=0.15)
     capped.message_arrived()
     for _ in range(3):
         capped(3)
-    assert slept[-3:] == [0.25, 0.5, 0.5]
+    assert slept[-3:] == [0.05, 0.1, 0.15]
 
 
 def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -52,7 +55,7 @@ def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert bell.wait(0)  # ...and the executor is woken for it
     bell.close()
     loop.time.sleep(3)
-    assert slept == [3, 0.25]
+    assert slept == [3, supernode.FIRST_POLL_S]
     assert loop.time.monotonic is time.monotonic
     assert not supernode.patch_polling()  # already replaced: left alone
 
