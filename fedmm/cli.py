@@ -295,7 +295,7 @@ def dashboard(
 ) -> None:
     """A live view in the browser, served from a folder and never writing to it.
 
-    A run folder: rounds (accuracy, loss, AUROC where present), each site's status per
+    A run folder: rounds (accuracy and loss, the test set's too), each site's status per
     round, ε per site, secure-aggregation survivors, seconds per round, the final report;
     open on loopback, behind a token anywhere else. A site folder: the privacy ledger against
     the site policy, the audit log, refusals, a data summary; always behind a token, and
@@ -754,8 +754,8 @@ def server(
                           ] = None,
     dashboard: Annotated[str | None, typer.Option(
         "--dashboard", metavar="[HOST:]PORT", help="also serve the live run view (fedmm "
-        "dashboard) of --out here; HOST defaults to 127.0.0.1, any other needs the token "
-        "printed")] = None,
+        f"dashboard) of --out here; HOST defaults to {DEFAULT_HOST}, any other needs the "
+        "token printed")] = None,
 ) -> None:
     """Run the central aggregation server: Flower's SuperLink with node authentication, the
     allowed hospitals registered, one run to completion.

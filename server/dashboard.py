@@ -36,11 +36,14 @@ from common.dashboard_http import (
     table,
 )
 from server.checkpoint import checkpoint_state
-from server.run_folder import RoundRecord, RunFolder, round_records
+from server.run_folder import (
+    LOSS_METRICS,
+    SCORE_METRICS,
+    RoundRecord,
+    RunFolder,
+    round_records,
+)
 
-# Metrics shown when a round record carries them (AUROC: tasks with a positive class).
-SCORE_METRICS = ("accuracy", "test_accuracy", "auroc", "test_auroc")
-LOSS_METRICS = ("loss", "test_loss")
 CHARTS = ("scores", "loss", "epsilon", "seconds")
 
 

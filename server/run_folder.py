@@ -54,6 +54,11 @@ class SiteRound(BaseModel):
     grad_sample_mode: str | None = None
 
 
+# RoundRecord's metric fields, as the live view and the TensorBoard export show them
+SCORE_METRICS = ("accuracy", "test_accuracy")
+LOSS_METRICS = ("loss", "test_loss")
+
+
 class RoundRecord(BaseModel):
     """What ``metrics.jsonl`` holds for one round."""
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.run_folder import RoundRecord, RunFolder
+from server.run_folder import LOSS_METRICS, SCORE_METRICS, RoundRecord, RunFolder
 
 EXTRA = "fedmm[tensorboard]"
-METRICS = ("accuracy", "loss", "test_accuracy", "test_loss", "auroc", "test_auroc")
 
 
 class ExportError(RuntimeError):
@@ -24,7 +23,7 @@ def scalars(record: RoundRecord) -> dict[str, float]:
     """One round's values, by TensorBoard tag."""
     values: dict[str, float] = {"round/seconds": record.seconds,
                                 "round/sites_ok": float(record.sites_ok)}
-    for name in METRICS:
+    for name in (*SCORE_METRICS, *LOSS_METRICS):
         value = getattr(record, name, None)
         if value is not None:
             values[f"metrics/{name}"] = float(value)
