@@ -247,6 +247,12 @@ for name, path in (("socket", state / "runtime" / "api.sock"),):
         report[name] = "connected"
     except OSError as error:
         report[name] = type(error).__name__
+try:  # ring the executor's doorbell (a datagram to its socket)
+    bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    bell.sendto(b"x", str(state / "runtime" / "bell"))
+    report["bell"] = "rang"
+except OSError as error:
+    report["bell"] = type(error).__name__
 for name in ("superexec.secret", "client.lock"):
     try:
         (state / "runtime" / name).read_bytes()

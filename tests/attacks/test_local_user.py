@@ -30,9 +30,43 @@ def test_another_account_reaches_nothing_of_the_runtime(deployment) -> None:
     report = deployment["local_user"]
     assert report["clientapp_processes_with_tokens"] == 0
     assert report["socket"] == "PermissionError"
+    assert report["bell"] == "PermissionError"  # the executor's doorbell
     assert report["superexec.secret"] == "PermissionError"
     assert report["plant"] == "PermissionError"
     assert report["ledger"] == "PermissionError"
+
+
+@needs_root
+def test_the_doorbell_rings_for_another_account_only_where_its_folder_is_open() -> None:
+    """The weakened variant of the doorbell probe above: the same ring, sent as ``nobody``,
+    reaches a bell whose folder and socket are open to everyone, and not one in a 0700
+    folder as ``runtime/`` is."""
+    from client.doorbell import Doorbell
+    from tests.deployment import as_nobody
+
+    root = world_traversable_root("fmbell")
+    ring = ("import socket, sys\n"
+            "try:\n"
+            "    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'x', sys.argv[1])\n"
+            "    print('rang')\n"
+            "except OSError as error:\n"
+            "    print(type(error).__name__)\n")
+    try:
+        for mode, heard in ((0o700, False), (0o777, True)):
+            folder = root / f"runtime-{mode:o}"
+            folder.mkdir()
+            folder.chmod(mode)
+            bell = Doorbell(folder / "bell")
+            try:
+                if heard:
+                    (folder / "bell").chmod(0o777)  # weakened: anyone may write to it
+                answer = as_nobody(root, ring, str(folder / "bell")).strip()
+                assert answer == ("rang" if heard else "PermissionError"), (mode, answer)
+                assert bell.wait(2 if heard else 0.2) is heard
+            finally:
+                bell.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
