@@ -112,14 +112,26 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def freeze(run: CliRun, marker: str) -> None:
+    """SIGSTOP a CLI and every process whose command line names ``marker``: nothing more
+    leaves it, and what it wrote can be read before it is killed."""
+    _signal_all(run, marker, signal.SIGSTOP)
+
+
 def kill_hard(run: CliRun, marker: str) -> None:
     """SIGKILL a CLI and every process whose command line names ``marker``."""
+    _signal_all(run, marker, signal.SIGKILL)
+    run.process.wait(timeout=30)
+    wait_until(lambda: not processes.pids_mentioning(marker), timeout=30,
+               what=f"every process naming {marker} to die")
+
+
+def _signal_all(run: CliRun, marker: str, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(run.process.pid, signal.SIGKILL)
+        os.killpg(run.process.pid, sig)
     for pid in processes.pids_mentioning(marker):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    run.process.wait(timeout=30)
+            os.kill(pid, sig)
 
 
 # -- attackers' tools ----------------------------------------------------------------------------
@@ -487,17 +499,19 @@ def readme_deployment() -> Iterator[dict[str, Any]]:
         result["guessed_token"] = runtime_request(
             state / "runtime" / "api.sock", "/v1/runtime/pull-task-input", token="ab" * 64)
 
-        def third_site_trains_in_round_two() -> bool:
-            """Its keys are shared and its round-2 steps reserved, not yet sent: DP-SGD is
-            running."""
+        def third_site_round_two() -> str:
+            """Its round-2 ledger entry: ``reserved`` once its keys are shared and DP-SGD runs,
+            ``sent`` once its masked update is on its way."""
             with contextlib.suppress(ValueError, OSError):
                 spend = PrivacyLedger(data / "site-03" / ".fedmm").spend("deploy-e2e")
-                return spend is not None and any(
-                    r["round"] == 2 and r["status"] == "reserved" for r in spend.rounds)
-            return False
+                for entry in spend.rounds if spend is not None else []:
+                    if entry["round"] == 2:
+                        return entry["status"]
+            return ""
 
-        wait_until(third_site_trains_in_round_two, timeout=300, what="round 2 training",
-                   interval=0.05)
+        wait_until(third_site_round_two, timeout=300, what="round 2 training", interval=0.05)
+        freeze(clients[3], str(data / "site-03"))  # then read what it had done, then kill
+        result["site_03_round_two_when_killed"] = third_site_round_two()
         kill_hard(clients[3], str(data / "site-03"))
         metrics = run_dir / "metrics.jsonl"
         wait_until(lambda: metrics.exists() and len(read_jsonl(metrics)) >= 2, timeout=300,

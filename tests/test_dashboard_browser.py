@@ -101,10 +101,17 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30) -> 
 
 
 def state_of(browser: Any) -> str:
-    from selenium.webdriver.common.by import By
+    """The run's state as the page shows it, read in one script: the page's own refresh may
+    replace the element between a lookup and a second call (a stale reference)."""
+    return browser.execute_script(
+        "const e = document.getElementById('state'); return e ? e.dataset.state || '' : '';")
 
-    found = browser.find_elements(By.ID, "state")
-    return found[0].get_attribute("data-state") if found else ""
+
+def text_of(browser: Any, selector: str) -> str:
+    """An element's visible text, or "" if the page has none, read in one script (no stale
+    reference when the page refreshes between a lookup and a read)."""
+    return browser.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", selector)
 
 
 def shown_rounds(browser: Any) -> dict[int, dict[str, str]]:
@@ -153,8 +160,7 @@ class RunWatch:
         self.dashboard = Dashboard(str(folder))
         self.driver, self.profile = open_chromium()
         self.driver.get(self.dashboard.url)
-        self.waiting_at_start = "waiting for the first round" in self.driver.find_element(
-            "id", "state").text
+        self.waiting_at_start = "waiting for the first round" in text_of(self.driver, "#state")
         self.while_running: list[tuple[dict, dict]] = []
         self.done: tuple[dict, dict] = ({}, {})
         self.report, self.charts, self.requests = "", 0, []
@@ -166,8 +172,7 @@ class RunWatch:
     def after(self) -> None:
         wait_until(lambda: state_of(self.driver) in ("done", "failed"), "the run ended", 60)
         self.done = (shown_rounds(self.driver), recorded_rounds(self.folder))
-        if found := self.driver.find_elements("id", "report"):
-            self.report = found[0].text
+        self.report = text_of(self.driver, "#report")
         wait_until(lambda: self.driver.execute_script(
             "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"),
             "its charts")

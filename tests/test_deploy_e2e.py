@@ -26,12 +26,20 @@ from tests.e2e import CliRun, read_jsonl, run_cli
 pytestmark = pytest.mark.slow
 
 
+def what_happened(deployment) -> str:
+    """The server's output before and after its restart, and where hospital 3 was killed: a
+    failure here says what the run did."""
+    return (f"first server:\n{deployment['first_output']}\nresumed server:\n"
+            f"{deployment['output']}\nsite-03's round 2 when it was killed: "
+            f"{deployment['site_03_round_two_when_killed']!r}")
+
+
 def test_the_run_completes_after_a_hospital_and_the_server_were_killed(deployment) -> None:
-    assert deployment["code"] == 0, deployment["output"]
+    assert deployment["code"] == 0, what_happened(deployment)
     out = deployment["run_dir"]
     records = read_jsonl(out / "metrics.jsonl")
-    assert [r["round"] for r in records] == [1, 2, 3]
-    assert all(r["aggregated"] for r in records)
+    assert [r["round"] for r in records] == [1, 2, 3], what_happened(deployment)
+    assert all(r["aggregated"] for r in records), what_happened(deployment)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
     assert summary["secure_aggregation"] is True and summary["dp_enabled"] is True
@@ -41,6 +49,7 @@ def test_the_run_completes_after_a_hospital_and_the_server_were_killed(deploymen
 
 
 def test_the_killed_hospital_dropped_out_of_round_two_securely(deployment) -> None:
+    assert deployment["site_03_round_two_when_killed"] == "reserved", what_happened(deployment)
     records = read_jsonl(deployment["run_dir"] / "metrics.jsonl")
     assert records[0]["secure_aggregation"]["survivors"] == 3
     second = records[1]
