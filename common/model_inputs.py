@@ -28,4 +28,5 @@ def load_model_inputs(site_dir: Path, config: RunConfig, state: SiteState | None
     data = load_site_cached(site_dir, config.data, state.cache_dir, limits=limits)
     if check_usable:
         data = require_usable(data, config.data)
-    return model_inputs(data, config.model, state.feature_dir)
+    return model_inputs(data, config.model, state.feature_dir,
+                        dicom_window=config.data.dicom_window)

@@ -7,9 +7,11 @@ processes that never train.
 Every reader checks what a file's header declares against the site's
 :class:`~common.read_limits.ReadLimits` before it decodes anything.
 
-- image: PNG/JPEG (grey or RGB) via Pillow, ``.npy`` (H×W, H×W×C or C×H×W), DICOM via the optional
-  ``pydicom`` extra; resized to ``image_size``², scaled to [0, 1] (8-bit: /255; 16-bit, CT numbers
-  and floats: per-image min-max), then standardised around 0.5 with scale 0.25 → about [-2, 2].
+- image: PNG/JPEG/TIFF (grey or RGB; 16-bit grey keeps every level; a TIFF's first page) via
+  Pillow, ``.npy`` (H×W, H×W×C or C×H×W), DICOM via the optional ``pydicom`` extra (one frame,
+  rescaled and windowed as :mod:`common.dicom` says); scaled to [0, 1] (8-bit: /255; 16-bit
+  and floats: per-image min-max; DICOM: its window), resized to ``image_size``², then
+  standardised around 0.5 with scale 0.25 → about [-2, 2].
 - text: lower-cased word pieces ``[a-z0-9]+`` hashed by CRC-32 into ``vocab_size - 1`` buckets
   (id 0 is padding); truncated / padded to ``max_text_tokens``. No vocabulary file, no download.
 - audio / biosignal: PCM WAV (8/16/24/32-bit integer, mono or first channel) resampled linearly to
@@ -35,7 +37,10 @@ import numpy as np
 from common.config import DataConfig
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".npy", ".dcm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".dcm"}
+_COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_EIGHT_BIT_MODES = ("L", "1", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
 SIGNAL_SUFFIXES = {".wav", ".npy"}
 N_MELS = 32
 LOG_MEL_FFT = 64
@@ -101,19 +106,23 @@ def _as_hwc(array: np.ndarray) -> np.ndarray:
 def read_image(path: Path, config: DataConfig, *,
                limits: ReadLimits = DEFAULT_READ_LIMITS) -> np.ndarray:
     """Read and preprocess one image file → float32 array C×S×S."""
-    return _resize_and_standardise(read_image_pixels(path, limits=limits), config)
+    return _resize_and_standardise(
+        read_image_pixels(path, limits=limits, window=config.dicom_window), config)
 
 
-def read_image_pixels(path: Path, *, limits: ReadLimits = DEFAULT_READ_LIMITS) -> np.ndarray:
-    """Read one image file → float32 array H×W×C (C = 1 or 3) scaled to [0, 1], unresized."""
+def read_image_pixels(path: Path, *, limits: ReadLimits = DEFAULT_READ_LIMITS,
+                      window: str = "file") -> np.ndarray:
+    """Read one image file → float32 array H×W×C (C = 1 or 3) scaled to [0, 1], unresized
+    (``window``: ``data.dicom_window``, for DICOM files)."""
     _check_size(path, limits)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
-        raise SampleError(f"image type '{suffix}' not supported; use PNG, JPEG, .npy or .dcm")
+        raise SampleError(f"image type '{suffix}' not supported; use PNG, JPEG, TIFF, .npy "
+                          "or .dcm")
+    if suffix == ".dcm":  # windowed to [0, 1] already
+        return _as_hwc(_read_dicom(path, window, limits))
     if suffix == ".npy":
         array = _load_npy(path, limits, "max_image_pixels", "image")
-    elif suffix == ".dcm":
-        array = _read_dicom(path, limits)
     else:
         array = _read_picture(path, limits)
     hwc = _as_hwc(array)
@@ -138,8 +147,10 @@ def _read_picture(path: Path, limits: ReadLimits) -> np.ndarray:
             _check_pixels((height, width, len(probe.getbands())), limits)
             probe.verify()
         with Image.open(path) as img:
-            img.load()
-            mode = "RGB" if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else "L"
+            img.load()  # a multi-page TIFF: its first page
+            if img.mode in _WIDE_GREY_MODES:  # 16-bit, 32-bit or float grey: every level kept
+                return np.asarray(img)
+            mode = "RGB" if img.mode in _COLOUR_MODES else "L"
             return np.asarray(img.convert(mode))
     except SampleError:
         raise
@@ -149,64 +160,64 @@ def _read_picture(path: Path, limits: ReadLimits) -> np.ndarray:
         raise SampleError(f"unreadable or truncated image ({error})") from None
 
 
-def _dicom_shape(path: Path, limits: ReadLimits) -> tuple[int, ...]:
-    """Frames × rows × columns × samples per pixel, from the header alone (a deflated file is
-    inflated only up to the file limit first: a few KB may otherwise inflate to gigabytes)."""
-    import pydicom
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    meta = pydicom.filereader.read_file_meta_info(path)
-    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        if "FileMetaInformationGroupLength" not in meta:
-            raise SampleError("deflated DICOM without a file meta group length; re-export it")
-        # preamble (128) + "DICM" (4) + the group length element (12) + the group it measures
-        _check_inflated_size(path, 144 + int(meta.FileMetaInformationGroupLength), limits)
-    header = pydicom.dcmread(path, stop_before_pixels=True)
-    if "Rows" not in header or "Columns" not in header:
-        raise SampleError("DICOM has no image (no Rows/Columns); is it a report or a waveform?")
-    return (int(header.get("NumberOfFrames", 1) or 1), int(header.Rows), int(header.Columns),
-            int(header.get("SamplesPerPixel", 1) or 1))
-
-
-def _check_inflated_size(path: Path, offset: int, limits: ReadLimits) -> None:
-    """The deflated dataset from ``offset`` on, inflated in bounded pieces and thrown away, is
-    within the file limit."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    total = 0
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        while (chunk := handle.read(1 << 20)) and not inflater.eof:
-            while chunk and not inflater.eof:  # past the end: trailing bytes, not data
-                total += len(inflater.decompress(chunk, 1 << 22))
-                chunk = inflater.unconsumed_tail
-                if total > limits.max_file_bytes:
-                    raise SampleError(over_limit("deflated DICOM inflates to over", total,
-                                                 limits, "max_file_bytes", "bytes"))
-
-
-def _read_dicom(path: Path, limits: ReadLimits) -> np.ndarray:
+def _read_dicom(path: Path, window: str, limits: ReadLimits) -> np.ndarray:
+    """One frame, in [0, 1], as :mod:`common.dicom` reads it."""
     try:
-        import pydicom
+        import pydicom  # noqa: F401
     except ImportError:
         raise SampleError("DICOM needs the optional extra: pip install 'fedmm[dicom]'") from None
+    from common import dicom
+
     with warnings.catch_warnings():  # a broken file's warnings: the row issue says it all
         warnings.simplefilter("ignore")
         try:
-            shape = _dicom_shape(path, limits)
-        except SampleError:
-            raise
+            header = dicom.read_header(path, limits)
+            reading = dicom.plan_reading(header, window)
+        except dicom.DicomError as error:
+            raise SampleError(str(error)) from None
         except Exception as error:  # pydicom raises many unrelated types for bad files
             raise SampleError(f"unreadable DICOM header ({type(error).__name__}: "
                               f"{error})") from None
-        _check_pixels(shape, limits)
+        _check_pixels((reading.rows, reading.columns, reading.samples), limits)
         try:
-            dataset = pydicom.dcmread(path)
-            pixels = np.asarray(dataset.pixel_array)
+            stored = dicom.decode_frame(path, reading)
         except Exception as error:  # pydicom raises many unrelated types for bad files
             raise SampleError(f"unreadable DICOM ({type(error).__name__}: {error})") from None
-    if pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4):
-        pixels = pixels[pixels.shape[0] // 2]  # a volume: take the middle slice
-    return pixels
+    if stored.shape[:2] != (reading.rows, reading.columns):
+        raise SampleError(f"DICOM frame decoded as {stored.shape}, its header says "
+                          f"{reading.rows}×{reading.columns}; re-export it")
+    try:
+        return dicom.to_unit(stored, header, reading)
+    except dicom.DicomError as error:
+        raise SampleError(str(error)) from None
+
+
+def describe_image(path: Path, window: str = "file", *,
+                   limits: ReadLimits = DEFAULT_READ_LIMITS) -> str:
+    """How :func:`read_image_pixels` reads this file, from its header alone (``fedmm
+    validate-data``); "" where the header cannot be read (the row's issue says why)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".dcm":
+            from common import dicom
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return dicom.plan_reading(dicom.read_header(path, limits), window).describe()
+        if suffix == ".npy":
+            _, dtype, _ = _npy_header(path)
+            return f".npy {dtype}: " + ("÷ 255" if dtype == np.uint8 else
+                                        "the image's own range (min-max)")
+        from PIL import Image
+
+        with Image.open(path) as img:
+            frames = getattr(img, "n_frames", 1)
+            how = ("÷ 255" if img.mode in _EIGHT_BIT_MODES
+                   else f"{img.mode}, the image's own range (min-max)")
+            return (f"{img.format} {img.mode}: {how}"
+                    + (f", page 1 of {frames}" if frames > 1 else ""))
+    except Exception:  # a description only: reading the row says what is wrong
+        return ""
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:

@@ -29,7 +29,7 @@ from common.sitedata import (
     read_manifest,
 )
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"  # 4: DICOM windowed, 16-bit grey kept at full depth
 
 
 def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow],

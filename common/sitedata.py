@@ -25,6 +25,7 @@ import numpy as np
 from common.config import MODALITIES, DataConfig
 from common.preprocess import (
     SampleError,
+    describe_image,
     read_image,
     read_signal,
     read_text,
@@ -274,6 +275,17 @@ def load_site(site_dir: Path, config: DataConfig, rows: list[ManifestRow] | None
         rows=usable_rows,
         limits=limits,
     )
+
+
+def image_readings(data: SiteData, config: DataConfig) -> dict[str, int]:
+    """How the usable rows' images were read (:func:`common.preprocess.describe_image`, from
+    each file's header), most common first, with how many files each: ``fedmm validate-data``
+    shows it, so that a site sees which window, frame and scaling its scans got."""
+    readings = Counter(
+        describe_image(resolve_inside(data.site_dir, row.image), config.dicom_window,
+                       limits=data.limits) or "not described"
+        for row in data.rows if row.image)
+    return dict(readings.most_common())
 
 
 def require_usable(data: SiteData, config: DataConfig) -> SiteData:

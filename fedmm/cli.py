@@ -161,12 +161,13 @@ def validate_data(
                                                      "SITE_DIR/policy.toml")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
 ) -> None:
-    """Check a site folder: rows, label counts, modality coverage and every bad row with its
-    reason, each file read under the site policy's read_limits, as training reads it. Exit 0
-    when usable for training, 1 when not."""
+    """Check a site folder: rows, label counts, modality coverage, how the images were read
+    (DICOM window, frame, rescale; 16-bit or 8-bit) and every bad row with its reason, each
+    file read under the site policy's read_limits, as training reads it. Exit 0 when usable
+    for training, 1 when not."""
     from client.policy import load_policy
     from client.site import policy_path_of
-    from common.sitedata import load_site
+    from common.sitedata import image_readings, load_site
 
     config = build_config(config_file, {})
     try:
@@ -177,11 +178,12 @@ def validate_data(
     except SiteDataError as error:
         fail(str(error))
     usable = len(data) >= config.data.min_usable_rows
+    readings = image_readings(data, config.data)
     if as_json:
         console.print_json(json.dumps({
             "site": str(site_dir), "rows": data.total_rows, "usable_rows": len(data),
             "usable": usable, "labels": data.label_counts(),
-            "modalities": data.modality_coverage(),
+            "modalities": data.modality_coverage(), "images_read_as": readings,
             "issues": [issue.__dict__ for issue in data.issues]}))
     else:
         console.print(f"[bold]{site_dir}[/]: {data.total_rows} rows, {len(data)} usable, "
@@ -190,6 +192,10 @@ def validate_data(
                                              data.label_counts().items()))
         console.print("modalities present: " + ", ".join(
             f"{m} {n}/{len(data)}" for m, n in data.modality_coverage().items()))
+        if readings:
+            console.print("images read as:")
+            for reading, files in readings.items():
+                console.print(f"  {files} × {reading}", highlight=False, markup=False)
         for issue in data.issues:
             console.print(f"  [yellow]bad[/] {issue}", highlight=False)
         verdict = "[green]usable[/]" if usable else (

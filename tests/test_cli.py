@@ -222,3 +222,45 @@ def test_privacy_shows_each_model_and_the_total(site_copy: Path) -> None:
     data = json.loads(runner.invoke(app, ["privacy", str(site_copy), "--json"]).output)
     assert data["total"]["models"] == 2
     assert data["total"]["epsilon"] > max(m["epsilon"] for m in data["models"])
+
+
+def test_validate_says_how_clinical_images_were_read(tmp_path: Path) -> None:
+    """A site of real DICOM files (pydicom's: CT in HU, MR with its own window, a 15-frame RT
+    dose grid, an RGB ultrasound frame) and 16-bit PNG scans: validate-data says how each kind
+    was read; a CT window preset makes the non-CT grey files bad rows that say why."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_dicom import pydicom_file
+
+    site = tmp_path / "site"
+    (site / "images").mkdir(parents=True)
+    files = ["CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "ExplVR_BigEnd.dcm"]
+    for name in files:
+        shutil.copy(pydicom_file(name), site / "images" / name)
+    levels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16
+    Image.fromarray(levels).save(site / "images" / "scan16.png")
+    files.append("scan16.png")
+    rows = [f"p{i},{i % 4},images/{files[i % len(files)]},," for i in range(15)]
+    (site / "manifest.csv").write_text("sample_id,label,image,text,audio\n" + "\n".join(rows)
+                                       + "\n")
+    result = runner.invoke(app, ["validate-data", str(site)])
+    assert result.exit_code == 0, result.output
+    assert "15 rows, 15 usable, 0 bad" in result.output
+    for line in ("3 × DICOM CT MONOCHROME2: HU = 1·stored − 1024, the image's own range",
+                 "3 × DICOM MR MONOCHROME2: window 600/1600 (the file's)",
+                 "3 × DICOM RTDOSE MONOCHROME2: frame 7 of 15 (the middle one), the image's "
+                 "own range (min-max)",
+                 "3 × DICOM US RGB: colour, scaled by bit depth",
+                 "3 × PNG I;16: I;16, the image's own range (min-max)"):
+        assert line in result.output, result.output
+    config = tmp_path / "run.toml"
+    config.write_text('[data]\ndicom_window = "lung"\n')
+    result = runner.invoke(app, ["validate-data", str(site), "--config", str(config), "--json"])
+    report = json.loads(result.output)
+    assert report["usable_rows"] == 9 and report["images_read_as"][
+        "DICOM CT MONOCHROME2: HU = 1·stored − 1024, window -600/1500 (preset lung)"] == 3
+    reasons = {issue["reason"] for issue in report["issues"]}
+    assert reasons == {f"window preset 'lung' (data.dicom_window) is for CT numbers; this file "
+                       f"is {modality}. Use \"file\" or \"min_max\" for a site with other images"
+                       for modality in ("MR", "RTDOSE")}

@@ -8,7 +8,9 @@ from PIL import Image
 from common.config import DataConfig
 from common.preprocess import (
     SampleError,
+    describe_image,
     read_image,
+    read_image_pixels,
     read_signal,
     read_text,
     resolve_inside,
@@ -128,14 +130,29 @@ def test_paths_may_not_leave_the_site(tmp_path: Path) -> None:
 
 
 def test_real_dicom_ct_and_mr_slices() -> None:
-    """pydicom ships small real CT and MR files; they must load like any other image."""
-    from pydicom.data import get_testdata_file
+    """pydicom ships small real CT and MR files; they must load like any other image (how
+    each is windowed: tests/test_dicom.py)."""
+    from tests.test_dicom import pydicom_file
 
     for name in ("CT_small.dcm", "MR_small.dcm"):
-        image = read_image(Path(get_testdata_file(name)), CONFIG)
+        image = read_image(pydicom_file(name), DataConfig(dicom_window="min_max"))
         assert image.shape == (1, 32, 32)
         assert image.min() < -1.5  # min-max scaled to [0, 1], standardised, then resized
         assert image.max() > 1.0
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_sixteen_bit_grey_keeps_every_level(tmp_path: Path, suffix: str) -> None:
+    """A 16-bit scan's levels all count (min-max over its own range); converting it to 8-bit
+    grey first would have clipped everything above 255 to white."""
+    levels = np.linspace(0, 60_000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(levels).save(tmp_path / f"scan{suffix}")
+    pixels = read_image_pixels(tmp_path / f"scan{suffix}")
+    assert pixels.shape == (64, 64, 1)
+    np.testing.assert_allclose(pixels[:, :, 0], levels / 60_000, atol=1e-6)
+    assert "÷ 255" not in describe_image(tmp_path / f"scan{suffix}")
+    Image.fromarray((levels // 256).astype(np.uint8)).save(tmp_path / "eight.png")
+    assert describe_image(tmp_path / "eight.png") == "PNG L: ÷ 255"
 
 
 def test_unreadable_dicom_is_named(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def build_bombs(site: Path) -> list[Bomb]:
     add("wav-garbage", "audio", "not a PCM WAV file",
         lambda p: p.write_bytes(b"RIFF\xff\xff\xff\xffWAVEjunkjunkjunk" * 4), ".wav")
     # DICOM
-    add("dicom-deflate-67m", "image", "image 1×8192×8192×1 = 67.1 M pixel values > limit 40 M",
+    add("dicom-deflate-67m", "image", "image 8192×8192×1 = 67.1 M pixel values > limit 40 M",
         lambda p: _dicom(p, rows=8192, columns=8192, deflated=True), ".dcm")
     add("dicom-deflate-frames", "image", "deflated DICOM inflates to over",
         lambda p: _dicom(p, rows=8192, columns=8192, deflated=True, frames=3), ".dcm")
