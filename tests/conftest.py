@@ -1,9 +1,12 @@
-"""Shared fixtures: small demo sites written once per session, and a small run config."""
+"""Shared fixtures: small demo sites written once per session, and a small run config; the
+order the tests run in: the unit tests first, with the README's main job beside them, then the
+end-to-end tests on a machine of their own."""
 
 from __future__ import annotations
 
 import gzip
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,58 @@ from common.config import RunConfig
 from simulations.demo_data import generate_demo
 from simulations.fashion_mnist import FILES
 from simulations.scenarios import Scenario
+from tests.e2e import MainJob
+
+MAIN_JOB_TEST = "test_default_simulation_beats_chance_and_reports"
+_MAIN_JOB = pytest.StashKey[MainJob]()
+
+
+DEADLINE_FIXTURES = {"deployment", "weakened"}  # real deployments: round timeouts, kills
+
+
+def needs_a_quiet_machine(item: pytest.Item) -> bool:
+    """Tests on deadlines (round timeouts, a kill mid-round, "stops within 10 s"): they run
+    last, alone, after the main job has ended."""
+    return (item.get_closest_marker("deadlines") is not None
+            or bool(DEADLINE_FIXTURES & set(getattr(item, "fixturenames", ()))))
+
+
+def run_order(item: pytest.Item) -> int:
+    """0: unit tests; 1: other end-to-end tests (no deadline: a busier machine only makes them
+    slower); 2: tests on deadlines."""
+    if needs_a_quiet_machine(item):
+        return 2
+    return int(item.get_closest_marker("slow") is not None)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what does not run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit tests first, then the end-to-end tests without deadlines, then those on deadlines
+    (each group in file order). When the README's main job is among the tests and others run
+    before the deadline group, it starts now, niced, in the core pytest leaves idle (it runs on
+    one); the first test on deadlines waits for it to end."""
+    items.sort(key=run_order)
+    if (not config.option.collectonly and any(item.name == MAIN_JOB_TEST for item in items)
+            and not all(needs_a_quiet_machine(item) for item in items)):
+        folder = Path(tempfile.mkdtemp(prefix="fmmainjob", dir="/tmp"))
+        config.stash[_MAIN_JOB] = MainJob(folder, background=True)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if needs_a_quiet_machine(item) and (job := item.config.stash.get(_MAIN_JOB, None)):
+        job.result()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if job := config.stash.get(_MAIN_JOB, None):
+        job.stop()
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def main_job(request: pytest.FixtureRequest, tmp_path: Path) -> MainJob:
+    """The README's main job: the one started beside the unit tests, or one started now."""
+    return request.config.stash.get(_MAIN_JOB, None) or MainJob(tmp_path, background=False)
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,34 @@ class CliRun:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
+class MainJob:
+    """The README's main job (``make demo``: ``fedmm simulate --centralized``, defaults) in a
+    folder of its own. Started at low priority while the unit tests run (tests/conftest.py), it
+    uses the core they leave idle; :meth:`result` waits for it."""
+
+    ARGS = ("simulate", "--out", "demo", "--centralized")
+
+    def __init__(self, folder: Path, *, background: bool) -> None:
+        self.folder = folder
+        self.run = CliRun(list(self.ARGS), cwd=folder,
+                          prefix=["nice", "-n", "10"] if background else None)
+        self._result: tuple[int, str] | None = None
+
+    @property
+    def out(self) -> Path:
+        return self.folder / "demo"
+
+    def result(self, timeout: float = 900) -> tuple[int, str]:
+        """Its exit code and output, once it has ended."""
+        if self._result is None:
+            code = self.run.wait(timeout)
+            self._result = (code, self.run.output())
+        return self._result
+
+    def stop(self) -> None:
+        self.run.stop()
+
+
 class RayCluster:
     """One local Ray cluster (``ray start --head``) that simulations join with ``--ray-address``:
     each ``fedmm simulate`` then skips starting Ray (about 14 s of a 2-core machine). Its

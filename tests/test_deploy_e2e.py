@@ -23,7 +23,7 @@ from common.processes import free_port, pids_mentioning
 from tests.deployment import RUN_CONFIG, audit, wait_until
 from tests.e2e import CliRun, read_jsonl, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deadlines]
 
 
 def what_happened(deployment) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.loopback import run_loopback
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deadlines]
 
 
 def test_twenty_hospitals_complete_every_round_within_the_round_timeout(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from common.sitedata import load_site, split_train_validation
 from server.checkpoint import list_checkpoints, load_checkpoint
 from simulations.demo_data import DEMO_POLICY, generate_demo
 from simulations.scenarios import Scenario
-from tests.e2e import CliRun, RayCluster, read_jsonl, run_cli
+from tests.e2e import CliRun, MainJob, RayCluster, read_jsonl, run_cli
 from tests.test_dashboard_browser import CHROMEDRIVER, RunWatch
 
 pytestmark = pytest.mark.slow
@@ -334,6 +334,7 @@ def _wait_for(condition, run: CliRun, what: str, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.deadlines  # "within 10 s"
 def test_ctrl_c_and_sigterm_stop_everything_at_once_and_resume_ends_with_the_same_model(
         tmp_path: Path, reference_run: dict[str, Path]) -> None:
     """Ctrl-C mid-round, SIGTERM halfway through writing a checkpoint, then --resume: each stop
@@ -388,16 +389,17 @@ def test_ctrl_c_and_sigterm_stop_everything_at_once_and_resume_ends_with_the_sam
     assert "Traceback" not in output, output
 
 
-def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
-    """The README's main job, as is, with the centralized references beside it."""
-    code, output = run_cli(["simulate", "--out", str(tmp_path / "demo"), "--centralized"],
-                           cwd=tmp_path)
+def test_default_simulation_beats_chance_and_reports(main_job: MainJob) -> None:
+    """The README's main job, as is, with the centralized references beside it (started
+    beside the unit tests when they run too: tests/conftest.py)."""
+    code, output = main_job.result()
     assert code == 0, output
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    out = main_job.out
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 24 and summary["dp_enabled"]
     assert summary["final_metrics"]["test_accuracy"] > 0.45  # 4 balanced classes: chance 0.25
     assert all(0 < s["epsilon"] <= 8.0 + 1e-6 for s in summary["privacy"]["sites"].values())
-    reference = json.loads((tmp_path / "demo" / "centralized.json").read_text())
+    reference = json.loads((out / "centralized.json").read_text())
     plain, dp = reference["non_private"], reference["dp"]
     assert plain["test_accuracy"] > summary["final_metrics"]["test_accuracy"]
     assert plain["test_accuracy"] >= dp["test_accuracy"] > 0.45
@@ -408,7 +410,7 @@ def test_default_simulation_beats_chance_and_reports(tmp_path: Path) -> None:
     assert ratios["privacy"] == pytest.approx(dp["test_accuracy"] / plain["test_accuracy"],
                                               abs=1e-4)
     assert summary["centralized"] == reference  # the summary carries them too
-    report = (tmp_path / "demo" / "report" / "report.md").read_text()
+    report = (out / "report" / "report.md").read_text()
     assert "## Centralized references" in report and "cost of privacy" in report
     assert "centralized DP-SGD (ε=" in output and "cost of federation under DP" in output
 
