@@ -38,11 +38,26 @@ class DataConfig(_Section):
     signal_length: int = Field(1000, ge=64, le=1_000_000, description="samples after resampling")
     signal_sample_rate: int = Field(200, ge=1, le=192_000, description="Hz after resampling")
     signal_features: Literal["raw", "log_mel"] = "raw"
+    signal_channels: int = Field(1, ge=1, le=64, description="channels of each recording the "
+                                 "model gets (12 for a 12-lead ECG)")
+    signal_leads: tuple[str, ...] = Field(
+        (), description="the channels by name, in the model's order (e.g. the 12 ECG leads); "
+        "as many as signal_channels (common.biosignals)")
     dicom_window: Literal["file", "min_max", "brain", "soft_tissue", "mediastinum", "liver",
                           "lung", "bone"] = Field(
         "file", description="DICOM grey levels shown: the file's own window (else its range), "
         "the image's range, or a CT preset in Hounsfield units (common.dicom)")
     min_usable_rows: int = Field(10, ge=1, description="a site with fewer usable rows stops")
+
+    @model_validator(mode="after")
+    def _check_leads(self) -> DataConfig:
+        if self.signal_leads and len(self.signal_leads) != self.signal_channels:
+            raise ValueError(f"signal_leads names {len(self.signal_leads)} leads; "
+                             f"signal_channels is {self.signal_channels}: give as many names "
+                             "as channels, or none")
+        if len({lead.strip().lower() for lead in self.signal_leads}) != len(self.signal_leads):
+            raise ValueError("signal_leads names a lead twice")
+        return self
 
 
 class ModelConfig(_Section):

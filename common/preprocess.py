@@ -14,11 +14,13 @@ Every reader checks what a file's header declares against the site's
   standardised around 0.5 with scale 0.25 → about [-2, 2].
 - text: lower-cased word pieces ``[a-z0-9]+`` hashed by CRC-32 into ``vocab_size - 1`` buckets
   (id 0 is padding); truncated / padded to ``max_text_tokens``. No vocabulary file, no download.
-- audio / biosignal: PCM WAV (8/16/24/32-bit integer, mono or first channel) resampled linearly to
-  ``signal_sample_rate``, or ``.npy`` 1-D (taken to be at ``signal_sample_rate`` already); centre-
-  cropped (a WAV is cropped to the frames the crop needs *before* it is read and resampled) or
-  zero-padded to ``signal_length``; standardised per sample (z-score). Optionally a
-  log-mel spectrogram (``signal_features = "log_mel"``).
+- audio / biosignal: ``signal_channels`` channels (chosen as :mod:`common.biosignals` says)
+  of a PCM WAV (8/16/24/32-bit integer) or a DICOM waveform (a 12-lead ECG), each resampled
+  linearly to ``signal_sample_rate``, or of a ``.npy`` (samples, or channels × samples, taken
+  to be at ``signal_sample_rate`` already); centre-cropped (a WAV is cropped to the frames the
+  crop needs *before* it is read and resampled) or zero-padded to ``signal_length``; each
+  channel standardised alone (z-score). Optionally a log-mel spectrogram per channel
+  (``signal_features = "log_mel"``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.biosignals import SignalError, channel_indices, read_dicom_waveform
 from common.config import DataConfig
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
 
@@ -41,7 +44,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".dcm"}
 _COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _EIGHT_BIT_MODES = ("L", "1", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
-SIGNAL_SUFFIXES = {".wav", ".npy"}
+SIGNAL_SUFFIXES = {".wav", ".npy", ".dcm"}
 N_MELS = 32
 LOG_MEL_FFT = 64
 LOG_MEL_HOP = 16
@@ -321,7 +324,7 @@ def _wav_header(handle: wave.Wave_read, limits: ReadLimits) -> _WavHeader:
 
 
 def _decode_pcm(frames: bytes, header: _WavHeader) -> np.ndarray:
-    """Interleaved PCM → the first channel as float64 in [-1, 1]."""
+    """Interleaved PCM → channels × frames, float64 in [-1, 1]."""
     width = header.width
     if width == 3:
         raw = np.frombuffer(frames, dtype=np.uint8)
@@ -335,27 +338,28 @@ def _decode_pcm(frames: bytes, header: _WavHeader) -> np.ndarray:
         samples = samples.astype(np.float64)
         samples = (samples - 128) / 128 if width == 1 else samples / np.iinfo(dtype).max
     channels = header.channels
-    if channels > 1:
-        samples = samples[: len(samples) // channels * channels].reshape(-1, channels)[:, 0]
-    return samples
+    return samples[: len(samples) // channels * channels].reshape(-1, channels).T
 
 
 def _read_wav(path: Path, config: DataConfig, limits: ReadLimits) -> np.ndarray:
-    """The first channel at ``signal_sample_rate``, centre-cropped to ``signal_length``: only the
-    frames the crop needs are read and resampled (the same numbers as resampling it all)."""
+    """The run's channels (:mod:`common.biosignals`) at ``signal_sample_rate``, centre-cropped
+    to ``signal_length``: only the frames the crop needs are read and resampled (the same
+    numbers as resampling it all)."""
     try:
         with wave.open(str(path), "rb") as handle:
             header = _wav_header(handle, limits)
+            chosen = channel_indices(header.channels, (), channels=config.signal_channels,
+                                     leads=config.signal_leads)
             window = _source_window(header.frames, header.rate, config)
             handle.setpos(window.start)
             frames = handle.readframes(window.stop - window.start)
     except (wave.Error, EOFError, OSError) as error:
         raise SampleError(f"not a PCM WAV file ({error})") from None
     samples = _decode_pcm(frames, header)
-    if samples.size < window.stop - window.start:
+    if samples.shape[1] < window.stop - window.start:
         raise SampleError(f"WAV file is truncated: its header declares {header.frames:,} "
                           f"frames, the file holds fewer")
-    return _resample(samples, header.rate, config, header.frames, window.start)
+    return _resample(samples[chosen], header.rate, config, header.frames, window.start)
 
 
 def _target_count(frames: int, rate: int, target_rate: int) -> int:
@@ -376,50 +380,74 @@ def _source_window(frames: int, rate: int, config: DataConfig) -> range:
     return range(max(0, low), min(frames, high + 1))
 
 
-def _resample(samples: np.ndarray, rate: int, config: DataConfig, frames: int,
+def _resample(samples: np.ndarray, rate: float, config: DataConfig, frames: int,
               offset: int) -> np.ndarray:
-    """Frames ``offset ..`` of a ``frames``-long recording at ``rate``, linearly resampled to
-    ``signal_sample_rate`` and centre-cropped to ``signal_length`` (or shorter, padded later)."""
+    """Frames ``offset ..`` (channels × frames) of a ``frames``-long recording at ``rate``,
+    each channel linearly resampled to ``signal_sample_rate`` and centre-cropped to
+    ``signal_length`` (or shorter, padded later)."""
     target = config.signal_sample_rate
     count = _target_count(frames, rate, target)
     first = max(0, (count - config.signal_length) // 2)
     keep = np.arange(first, min(count, first + config.signal_length))
     if rate == target:
-        return samples[keep - offset]
-    source_times = (offset + np.arange(samples.size)) / rate
-    return np.interp(keep / target, source_times, samples)
+        return samples[:, keep - offset]
+    source_times = (offset + np.arange(samples.shape[1])) / rate
+    return np.stack([np.interp(keep / target, source_times, channel) for channel in samples])
 
 
 def _fit_length(samples: np.ndarray, length: int) -> np.ndarray:
-    if samples.size >= length:
-        start = (samples.size - length) // 2
-        return samples[start : start + length]
-    return np.pad(samples, (0, length - samples.size))
+    """Channels × n → channels × ``length``: centre-cropped or zero-padded at the end."""
+    size = samples.shape[1]
+    if size >= length:
+        start = (size - length) // 2
+        return samples[:, start : start + length]
+    return np.pad(samples, ((0, 0), (0, length - size)))
 
 
 def read_signal(path: Path, config: DataConfig, *,
                 limits: ReadLimits = DEFAULT_READ_LIMITS) -> np.ndarray:
-    """Read and preprocess one signal → float32 array 1×L (raw) or N_MELS×frames (log-mel)."""
+    """Read and preprocess one recording → float32 :func:`signal_shape`: C×L (raw) or
+    C·N_MELS×frames (log-mel), C = ``signal_channels``, each channel standardised alone."""
     _check_size(path, limits)
     suffix = path.suffix.lower()
     if suffix not in SIGNAL_SUFFIXES:
-        raise SampleError(f"signal type '{suffix}' not supported; use PCM .wav or 1-D .npy")
-    if suffix == ".npy":
-        array = _load_npy(path, limits, "max_signal_samples", "signal")
-        if array.ndim != 1:
-            raise SampleError(f"signal .npy has shape {array.shape}; expected a 1-D array")
-        samples = array.astype(np.float64)
-    else:
-        samples = _read_wav(path, config, limits)
+        raise SampleError(f"signal type '{suffix}' not supported; use PCM .wav, .npy (samples, "
+                          "or channels × samples) or a DICOM waveform .dcm")
+    try:
+        samples = _read_recording(path, suffix, config, limits)
+    except SignalError as error:
+        raise SampleError(str(error)) from None
     if not np.all(np.isfinite(samples)):
         bad = int(np.size(samples) - np.isfinite(samples).sum())
         raise SampleError(f"signal has {bad} NaN or infinite values; clean or drop this recording")
     fitted = _fit_length(samples, config.signal_length)
-    std = float(fitted.std())
-    standardised = (fitted - fitted.mean()) / (std if std > 1e-8 else 1.0)
+    std = fitted.std(axis=1, keepdims=True)
+    standardised = (fitted - fitted.mean(axis=1, keepdims=True)) / np.where(std > 1e-8, std, 1.0)
     if config.signal_features == "log_mel":
-        return log_mel(standardised, config.signal_sample_rate)
-    return standardised.astype(np.float32)[None, :]
+        return np.concatenate([log_mel(channel, config.signal_sample_rate)
+                               for channel in standardised])
+    return standardised.astype(np.float32)
+
+
+def _read_recording(path: Path, suffix: str, config: DataConfig,
+                    limits: ReadLimits) -> np.ndarray:
+    """The run's channels of one file at ``signal_sample_rate``, channels × samples."""
+    if suffix == ".wav":
+        return _read_wav(path, config, limits)
+    if suffix == ".dcm":
+        recording = read_dicom_waveform(path, limits)
+        chosen = channel_indices(len(recording.samples), recording.leads,
+                                 channels=config.signal_channels, leads=config.signal_leads)
+        return _resample(recording.samples[chosen], recording.rate, config,
+                         recording.samples.shape[1], 0)
+    array = _load_npy(path, limits, "max_signal_samples", "signal")  # at the signal rate
+    if array.ndim not in (1, 2):
+        raise SampleError(f"signal .npy has shape {array.shape}; expected samples (1-D) or "
+                          "channels × samples (2-D)")
+    array = array.reshape(1, -1) if array.ndim == 1 else array
+    chosen = channel_indices(len(array), (), channels=config.signal_channels,
+                             leads=config.signal_leads)
+    return array[chosen].astype(np.float64)
 
 
 def mel_filterbank(n_fft: int, sample_rate: int, n_mels: int = N_MELS) -> np.ndarray:
@@ -443,10 +471,11 @@ def mel_filterbank(n_fft: int, sample_rate: int, n_mels: int = N_MELS) -> np.nda
 
 
 def signal_shape(config: DataConfig) -> tuple[int, int]:
-    """The array one signal becomes: 1×L (raw) or N_MELS×frames (log-mel)."""
+    """The array one recording becomes: C×L (raw) or C·N_MELS×frames (log-mel), C =
+    ``signal_channels``."""
     if config.signal_features == "log_mel":
-        return N_MELS, config.signal_length // LOG_MEL_HOP + 1
-    return 1, config.signal_length
+        return config.signal_channels * N_MELS, config.signal_length // LOG_MEL_HOP + 1
+    return config.signal_channels, config.signal_length
 
 
 def log_mel(samples: np.ndarray, sample_rate: int, n_fft: int = LOG_MEL_FFT,

@@ -1,6 +1,7 @@
 """Site folder format: ``manifest.csv`` plus the files it names, read and validated in one pass.
 
-``manifest.csv`` has exactly the columns ``sample_id,label,image,text,audio``, one row a sample.
+``manifest.csv`` has exactly the columns ``sample_id,label,image,text,audio``, one row a sample
+(``signal`` may stand for ``audio``: any biosignal).
 An empty cell means that modality is missing for that sample; a row must have at least one.
 Paths are relative to the site folder and may not leave it. ``label`` is an integer class in
 ``[0, num_classes)``.
@@ -37,6 +38,7 @@ from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
 MANIFEST_NAME = "manifest.csv"
 SPLIT_SEED = 20_240_101  # train/validation split of every site, fixed across rounds and runs
 COLUMNS: tuple[str, ...] = ("sample_id", "label", *MODALITIES)
+COLUMN_ALIASES = {"signal": "audio"}  # any biosignal, not only sound
 
 
 class SiteDataError(ValueError):
@@ -142,7 +144,7 @@ def read_manifest(site_dir: Path, limits: ReadLimits = DEFAULT_READ_LIMITS
     except csv.Error:
         delimiter = ","
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = [name.strip() for name in next(reader, [])]
+    header = [COLUMN_ALIASES.get(name.strip(), name.strip()) for name in next(reader, [])]
     if tuple(header) != COLUMNS:
         raise SiteDataError(
             f"{path}: columns are {','.join(header) or '(none)'}; "

@@ -106,9 +106,12 @@ def test_bad_signals_are_named(tmp_path: Path) -> None:
     np.save(tmp_path / "nan.npy", np.array([0.0, np.nan, 1.0]))
     with pytest.raises(SampleError, match="1 NaN or infinite"):
         read_signal(tmp_path / "nan.npy", CONFIG)
-    np.save(tmp_path / "two.npy", np.zeros((3, 3)))
-    with pytest.raises(SampleError, match="expected a 1-D array"):
-        read_signal(tmp_path / "two.npy", CONFIG)
+    np.save(tmp_path / "cube.npy", np.zeros((3, 3, 3)))
+    with pytest.raises(SampleError, match=r"expected samples \(1-D\) or channels × samples"):
+        read_signal(tmp_path / "cube.npy", CONFIG)
+    np.save(tmp_path / "two.npy", np.zeros((2, 300)))
+    with pytest.raises(SampleError, match=r"recording has 2 channels; data\.signal_channels = 3"):
+        read_signal(tmp_path / "two.npy", DataConfig(signal_channels=3))
     (tmp_path / "bad.wav").write_bytes(b"RIFF0000WAVEfmt garbage")
     with pytest.raises(SampleError, match="not a PCM WAV"):
         read_signal(tmp_path / "bad.wav", CONFIG)

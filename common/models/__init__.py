@@ -25,7 +25,7 @@ from common.models.encoders import (
     SignalEncoder,
 )
 from common.models.fusion import FUSION_HEADS
-from common.preprocess import N_MELS
+from common.preprocess import signal_shape
 from common.scattering import output_shape
 
 
@@ -38,8 +38,7 @@ def _encoder(modality: str, data: DataConfig, model: ModelConfig) -> nn.Module:
     if modality == "image":
         return ImageEncoder(channels=data.image_channels, embed_dim=model.embed_dim)
     if modality == "audio":
-        channels = N_MELS if data.signal_features == "log_mel" else 1
-        return SignalEncoder(channels=channels, embed_dim=model.embed_dim)
+        return SignalEncoder(channels=signal_shape(data)[0], embed_dim=model.embed_dim)
     if model.text_encoder == "gru":
         return GRUTextEncoder(vocab_size=data.vocab_size, embed_dim=model.embed_dim)
     return AttentionTextEncoder(

@@ -1,0 +1,140 @@
+"""Multichannel biosignals: which channels of a recording the model gets, and the 12-lead ECG
+as DICOM waveform.
+
+**Channels.** ``data.signal_channels`` (C, default 1) channels go to the signal encoder, in
+one order for every site:
+
+- with ``data.signal_leads`` (C names, e.g. ``["I", "II", "V1", ...]``) a file that names its
+  channels (DICOM waveform) gives exactly those, found by name (:func:`lead_key`: ``"Lead I
+  (Einthoven)"``, ``"lead i"`` and ``"I"`` are one lead), whatever order it stores them in;
+  a file that names none (WAV, ``.npy``) must hold exactly C channels, taken in its order;
+- without names, the first C channels of any file.
+
+A recording with fewer channels than needed, or without a named lead, is that row's error.
+
+**DICOM waveform** (an ECG exported by the cart or the PACS): the first multiplex group
+labelled ``RHYTHM``, else the first group; its channel sensitivity applied by pydicom
+(``waveform_array``); its sampling frequency from the file. Channels, samples and rate are
+checked against the site's read limits from the header before the data is decoded.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.read_limits import ReadLimits, over_limit
+
+
+class SignalError(ValueError):
+    """This recording cannot give the channels the run needs; the message says why."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """Channels × samples at ``rate`` Hz, with the channels' names where the file has them."""
+
+    samples: np.ndarray  # float64, channels × samples
+    rate: float
+    leads: tuple[str, ...] = ()
+
+
+def lead_key(name: str) -> str:
+    """A lead's name as compared: no "Lead " prefix, no parenthesised note, no case or
+    spaces (``"Lead I (Einthoven)"`` → ``"i"``, ``"aVR"`` → ``"avr"``)."""
+    name = re.sub(r"\(.*?\)", "", name)
+    name = re.sub(r"^\s*lead\b", "", name.strip(), flags=re.IGNORECASE)
+    return re.sub(r"\s+", "", name).lower()
+
+
+def channel_indices(available: int, names: tuple[str, ...], *, channels: int,
+                    leads: tuple[str, ...]) -> list[int]:
+    """Which of a recording's ``available`` channels (called ``names``, or unnamed) the run's
+    ``channels`` / ``leads`` take, in the run's order."""
+    if leads and names:
+        keys = [lead_key(n) for n in names]
+        missing = [lead for lead in leads if lead_key(lead) not in keys]
+        if missing:
+            raise SignalError(f"lead{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                              f"(data.signal_leads) not in this recording, which has "
+                              f"{', '.join(names)}")
+        return [keys.index(lead_key(lead)) for lead in leads]
+    if leads and available != len(leads):
+        raise SignalError(f"recording has {available} unnamed channel"
+                          f"{'s' if available != 1 else ''}; data.signal_leads names "
+                          f"{len(leads)}: an unnamed recording must hold exactly those, in "
+                          "that order")
+    if available < channels:
+        raise SignalError(f"recording has {available} channel{'s' if available != 1 else ''}; "
+                          f"data.signal_channels = {channels}")
+    return list(range(channels))
+
+
+def _waveform_group(dataset: Any) -> tuple[int, Any]:
+    groups = list(dataset.get("WaveformSequence", []) or [])
+    if not groups:
+        raise SignalError("DICOM has no waveform (no WaveformSequence); is it an image?")
+    for index, group in enumerate(groups):
+        if str(group.get("MultiplexGroupLabel", "")).upper() == "RHYTHM":
+            return index, group
+    return 0, groups[0]
+
+
+def _channel_name(channel: Any, number: int) -> str:
+    source = channel.get("ChannelSourceSequence")
+    if source and "CodeMeaning" in source[0]:
+        return str(source[0].CodeMeaning)
+    return str(channel.get("ChannelLabel", "") or f"channel {number + 1}")
+
+
+def read_dicom_waveform(path: Path, limits: ReadLimits) -> Recording:
+    """The file's rhythm group (else its first), checked against ``limits`` before decoding."""
+    try:
+        import pydicom
+    except ImportError:
+        raise SignalError("DICOM needs the optional extra: pip install 'fedmm[dicom]'") from None
+    with warnings.catch_warnings():  # a broken file's warnings: the row issue says it all
+        warnings.simplefilter("ignore")
+        try:
+            dataset = pydicom.dcmread(path, defer_size="64 KB")  # the data read on demand
+            index, group = _waveform_group(dataset)
+            channels = int(group.NumberOfWaveformChannels)
+            samples = int(group.NumberOfWaveformSamples)
+            rate = float(group.SamplingFrequency)
+            names = tuple(_channel_name(c, i) for i, c in
+                          enumerate(group.get("ChannelDefinitionSequence", []) or []))
+        except SignalError:
+            raise
+        except Exception as error:  # pydicom raises many unrelated types for bad files
+            raise SignalError(f"unreadable DICOM waveform header ({type(error).__name__}: "
+                              f"{error})") from None
+        if not limits.min_signal_rate_hz <= rate <= limits.max_signal_rate_hz:
+            raise SignalError(f"DICOM waveform rate {rate:g} Hz outside "
+                              f"{limits.min_signal_rate_hz}..{limits.max_signal_rate_hz} Hz "
+                              "(read_limits.min_signal_rate_hz/max_signal_rate_hz in the site "
+                              "policy)")
+        if not 1 <= channels <= limits.max_signal_channels:
+            raise SignalError(over_limit("DICOM waveform channels", channels, limits,
+                                         "max_signal_channels"))
+        if samples * channels > limits.max_signal_samples:
+            raise SignalError(over_limit(f"DICOM waveform {samples:,} samples × {channels} "
+                                         "channels =", samples * channels, limits,
+                                         "max_signal_samples", "samples"))
+        if samples == 0:
+            raise SignalError("DICOM waveform has no samples")
+        if len(names) != channels:
+            names = ()
+        try:
+            data = np.asarray(dataset.waveform_array(index), dtype=np.float64)
+        except Exception as error:  # pydicom raises many unrelated types for bad files
+            raise SignalError(f"unreadable DICOM waveform ({type(error).__name__}: "
+                              f"{error})") from None
+    if data.shape != (samples, channels):
+        raise SignalError(f"DICOM waveform decoded as {data.shape}, its header says "
+                          f"{samples} × {channels}; re-export it")
+    return Recording(data.T, rate, names)

@@ -1,0 +1,152 @@
+"""Multichannel biosignals (common/biosignals.py, common/preprocess.read_signal): pydicom's real
+12-lead ECG (DICOM waveform, 10 s at 1000 Hz) by lead name, multichannel WAV and 2-D ``.npy``,
+each channel checked against reading it alone; the limits checked before decoding; a site
+whose manifest names the column ``signal``."""
+
+from __future__ import annotations
+
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.biosignals import SignalError, channel_indices, lead_key
+from common.config import DataConfig, ModelConfig
+from common.preprocess import SampleError, log_mel, read_signal
+from common.read_limits import ReadLimits
+
+pydicom = pytest.importorskip("pydicom")
+ECG = Path(pydicom.__file__).parent / "data" / "test_files" / "waveform_ecg.dcm"
+LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+ECG_CONFIG = DataConfig(signal_channels=12, signal_leads=LEADS, signal_sample_rate=500,
+                        signal_length=5000)
+
+
+def by_hand(channel: np.ndarray, rate: float, config: DataConfig) -> np.ndarray:
+    """One channel resampled linearly, centre-cropped or padded, standardised."""
+    count = round(channel.size / rate * config.signal_sample_rate)
+    times = np.arange(count) / config.signal_sample_rate
+    resampled = np.interp(times, np.arange(channel.size) / rate, channel)
+    start = max(0, (count - config.signal_length) // 2)
+    resampled = resampled[start:start + config.signal_length]
+    resampled = np.pad(resampled, (0, config.signal_length - resampled.size))
+    return (resampled - resampled.mean()) / resampled.std()
+
+
+def test_lead_names_compare_as_clinicians_write_them() -> None:
+    assert lead_key("Lead I (Einthoven)") == lead_key("I") == lead_key(" lead i ") == "i"
+    assert lead_key("aVR") == lead_key("Lead AVR") and lead_key("V1") != lead_key("V10")
+
+
+def test_channels_are_chosen_by_name_or_by_position() -> None:
+    names = ("Lead II", "Lead I (Einthoven)", "Lead V1")
+    assert channel_indices(3, names, channels=2, leads=("I", "II")) == [1, 0]
+    with pytest.raises(SignalError, match=r"leads V5, V6 \(data.signal_leads\) not in this "
+                                          r"recording, which has Lead II, Lead I"):
+        channel_indices(3, names, channels=3, leads=("I", "V5", "V6"))
+    assert channel_indices(4, (), channels=2, leads=()) == [0, 1]
+    with pytest.raises(SignalError, match=r"recording has 3 unnamed channels; data\.signal_leads "
+                                          r"names 2"):
+        channel_indices(3, (), channels=2, leads=("I", "II"))
+    with pytest.raises(SignalError, match=r"recording has 1 channel; data\.signal_channels = 12"):
+        channel_indices(1, (), channels=12, leads=())
+
+
+def test_the_real_12_lead_ecg_is_read_lead_by_lead() -> None:
+    raw = pydicom.dcmread(ECG).waveform_array(0)  # 10,000 samples × 12 leads at 1000 Hz
+    signal = read_signal(ECG, ECG_CONFIG)
+    assert signal.shape == (12, 5000) and signal.dtype == np.float32
+    for k in range(12):
+        np.testing.assert_allclose(signal[k], by_hand(raw[:, k], 1000.0, ECG_CONFIG),
+                                   atol=1e-5)
+    backwards = read_signal(ECG, ECG_CONFIG.model_copy(
+        update={"signal_leads": LEADS[::-1]}))
+    np.testing.assert_array_equal(backwards, signal[::-1])
+    three = read_signal(ECG, DataConfig(signal_channels=3, signal_leads=("V6", "II", "aVF"),
+                                        signal_sample_rate=500, signal_length=5000))
+    np.testing.assert_array_equal(three, signal[[11, 1, 5]])
+
+
+def test_log_mel_is_per_channel() -> None:
+    config = ECG_CONFIG.model_copy(update={"signal_features": "log_mel"})
+    features = read_signal(ECG, config)
+    raw = read_signal(ECG, ECG_CONFIG).astype(np.float64)
+    assert features.shape == (12 * 32, 5000 // 16 + 1)
+    np.testing.assert_allclose(features[32:64], log_mel(raw[1], 500), atol=1e-4)
+
+
+def test_the_waveforms_limits_hold_before_it_is_decoded() -> None:
+    with pytest.raises(SampleError, match=r"DICOM waveform channels 12 > limit 11 "
+                                          r"\(read_limits.max_signal_channels"):
+        read_signal(ECG, ECG_CONFIG, limits=ReadLimits(max_signal_channels=11))
+    with pytest.raises(SampleError, match=r"DICOM waveform 10,000 samples × 12 channels = "
+                                          r"120,000 samples > limit 100,000"):
+        read_signal(ECG, ECG_CONFIG, limits=ReadLimits(max_signal_samples=100_000))
+    with pytest.raises(SampleError, match=r"DICOM waveform rate 1000 Hz outside 1\.\.999 Hz"):
+        read_signal(ECG, ECG_CONFIG, limits=ReadLimits(max_signal_rate_hz=999))
+    image = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    with pytest.raises(SampleError, match="DICOM has no waveform"):
+        read_signal(image, DataConfig())
+
+
+def _wav(path: Path, channels: np.ndarray, rate: int) -> None:
+    """channels × frames in [-1, 1] → 16-bit PCM."""
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(len(channels))
+        handle.setsampwidth(2)
+        handle.setframerate(rate)
+        handle.writeframes((channels.T * 32_000).astype("<i2").tobytes())
+
+
+def test_multichannel_wav_and_npy_give_what_each_channel_alone_gives(tmp_path: Path) -> None:
+    times = np.arange(8_000) / 4_000
+    channels = np.stack([np.sin(2 * np.pi * f * times) * (0.2 + 0.2 * k)
+                         for k, f in enumerate((3.0, 7.0, 11.0))])
+    _wav(tmp_path / "three.wav", channels, 4_000)
+    config = DataConfig(signal_channels=2, signal_sample_rate=200, signal_length=300)
+    both = read_signal(tmp_path / "three.wav", config)
+    assert both.shape == (2, 300)
+    for k in range(2):
+        _wav(tmp_path / f"alone{k}.wav", channels[k:k + 1], 4_000)
+        alone = read_signal(tmp_path / f"alone{k}.wav", DataConfig(
+            signal_sample_rate=200, signal_length=300))
+        np.testing.assert_array_equal(both[k], alone[0])
+    np.save(tmp_path / "two.npy", channels[:2])
+    from_npy = read_signal(tmp_path / "two.npy", DataConfig(signal_channels=2,
+                                                            signal_sample_rate=4_000,
+                                                            signal_length=300))
+    for k in range(2):
+        np.save(tmp_path / f"one{k}.npy", channels[k])
+        np.testing.assert_array_equal(from_npy[k], read_signal(
+            tmp_path / f"one{k}.npy", DataConfig(signal_sample_rate=4_000,
+                                                 signal_length=300))[0])
+
+
+def test_the_config_names_as_many_leads_as_channels() -> None:
+    with pytest.raises(ValueError, match="signal_leads names 2 leads; signal_channels is 3"):
+        DataConfig(signal_channels=3, signal_leads=("I", "II"))
+    with pytest.raises(ValueError, match="names a lead twice"):
+        DataConfig(signal_channels=2, signal_leads=("V1", "v1"))
+
+
+def test_a_site_of_ecgs_under_a_signal_column_trains_a_12_channel_encoder(tmp_path: Path
+                                                                          ) -> None:
+    import torch
+
+    from common.models import build_model
+    from common.sitedata import load_site
+
+    site = tmp_path / "site"
+    (site / "ecg").mkdir(parents=True)
+    shutil.copy(ECG, site / "ecg" / "a.dcm")
+    rows = [f"p{i},{i % 2},,sinus rhythm,ecg/a.dcm" for i in range(10)]
+    (site / "manifest.csv").write_text("sample_id,label,image,text,signal\n"
+                                       + "\n".join(rows) + "\n")
+    data = load_site(site, ECG_CONFIG)
+    assert len(data) == 10 and data.signals.shape == (10, 12, 5000)
+    model = build_model(data=ECG_CONFIG, model=ModelConfig(modalities=("text", "audio")))
+    logits = model(torch.from_numpy(data.images[:2]), torch.from_numpy(data.tokens[:2]),
+                   torch.from_numpy(data.signals[:2]), torch.from_numpy(data.masks[:2]))
+    assert logits.shape == (2, ECG_CONFIG.num_classes)
