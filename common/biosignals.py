@@ -14,8 +14,10 @@ A recording with fewer channels than needed, or without a named lead, is that ro
 
 **DICOM waveform** (an ECG exported by the cart or the PACS): the first multiplex group
 labelled ``RHYTHM``, else the first group; its channel sensitivity applied by pydicom
-(``waveform_array``); its sampling frequency from the file. Channels, samples and rate are
-checked against the site's read limits from the header before the data is decoded.
+(``waveform_array``); its sampling frequency from the file. **EDF, EDF+ and BDF** (sleep
+labs, Holter and EEG exports) through the optional ``pyedflib``: only the chosen channels are
+read, in physical units. In both, channels, samples and rate are checked against the site's
+read limits from the header before the data is decoded.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ class Recording:
 
 
 def lead_key(name: str) -> str:
-    """A lead's name as compared: no "Lead " prefix, no parenthesised note, no case or
-    spaces (``"Lead I (Einthoven)"`` → ``"i"``, ``"aVR"`` → ``"avr"``)."""
+    """A lead's name as compared: no "Lead " or "ECG " prefix, no parenthesised note, no case
+    or spaces (``"Lead I (Einthoven)"``, ``"ECG I"`` → ``"i"``; ``"aVR"`` → ``"avr"``)."""
     name = re.sub(r"\(.*?\)", "", name)
-    name = re.sub(r"^\s*lead\b", "", name.strip(), flags=re.IGNORECASE)
+    name = re.sub(r"^\s*(lead|ecg)\b", "", name.strip(), flags=re.IGNORECASE)
     return re.sub(r"\s+", "", name).lower()
 
 
@@ -92,8 +94,10 @@ def _channel_name(channel: Any, number: int) -> str:
     return str(channel.get("ChannelLabel", "") or f"channel {number + 1}")
 
 
-def read_dicom_waveform(path: Path, limits: ReadLimits) -> Recording:
-    """The file's rhythm group (else its first), checked against ``limits`` before decoding."""
+def read_dicom_waveform(path: Path, limits: ReadLimits, *, channels: int,
+                        leads: tuple[str, ...]) -> Recording:
+    """The run's channels of the file's rhythm group (else its first), in the run's order;
+    the header checked against ``limits`` before anything is decoded."""
     try:
         import pydicom
     except ImportError:
@@ -103,7 +107,7 @@ def read_dicom_waveform(path: Path, limits: ReadLimits) -> Recording:
         try:
             dataset = pydicom.dcmread(path, defer_size="64 KB")  # the data read on demand
             index, group = _waveform_group(dataset)
-            channels = int(group.NumberOfWaveformChannels)
+            count = int(group.NumberOfWaveformChannels)
             samples = int(group.NumberOfWaveformSamples)
             rate = float(group.SamplingFrequency)
             names = tuple(_channel_name(c, i) for i, c in
@@ -118,23 +122,73 @@ def read_dicom_waveform(path: Path, limits: ReadLimits) -> Recording:
                               f"{limits.min_signal_rate_hz}..{limits.max_signal_rate_hz} Hz "
                               "(read_limits.min_signal_rate_hz/max_signal_rate_hz in the site "
                               "policy)")
-        if not 1 <= channels <= limits.max_signal_channels:
-            raise SignalError(over_limit("DICOM waveform channels", channels, limits,
+        if not 1 <= count <= limits.max_signal_channels:
+            raise SignalError(over_limit("DICOM waveform channels", count, limits,
                                          "max_signal_channels"))
-        if samples * channels > limits.max_signal_samples:
-            raise SignalError(over_limit(f"DICOM waveform {samples:,} samples × {channels} "
-                                         "channels =", samples * channels, limits,
+        if samples * count > limits.max_signal_samples:
+            raise SignalError(over_limit(f"DICOM waveform {samples:,} samples × {count} "
+                                         "channels =", samples * count, limits,
                                          "max_signal_samples", "samples"))
         if samples == 0:
             raise SignalError("DICOM waveform has no samples")
-        if len(names) != channels:
+        if len(names) != count:
             names = ()
+        chosen = channel_indices(count, names, channels=channels, leads=leads)
         try:
             data = np.asarray(dataset.waveform_array(index), dtype=np.float64)
         except Exception as error:  # pydicom raises many unrelated types for bad files
             raise SignalError(f"unreadable DICOM waveform ({type(error).__name__}: "
                               f"{error})") from None
-    if data.shape != (samples, channels):
+    if data.shape != (samples, count):
         raise SignalError(f"DICOM waveform decoded as {data.shape}, its header says "
-                          f"{samples} × {channels}; re-export it")
-    return Recording(data.T, rate, names)
+                          f"{samples} × {count}; re-export it")
+    return Recording(data.T[chosen], rate, tuple(names[i] for i in chosen) if names else ())
+
+
+def read_edf(path: Path, limits: ReadLimits, *, channels: int,
+             leads: tuple[str, ...]) -> Recording:
+    """The run's channels of an EDF/EDF+/BDF file (optional extra ``pyedflib``), in the run's
+    order, in physical units; only those channels are read, after the header's channel count,
+    rates and samples are checked against ``limits``. The chosen channels must share one
+    rate (EDF lets each channel have its own)."""
+    try:
+        import pyedflib
+    except ImportError:
+        raise SignalError("EDF/BDF needs the optional extra: pip install 'fedmm[edf]'") from None
+    try:
+        reader = pyedflib.EdfReader(str(path))
+    except Exception as error:  # edflib's reasons arrive as OSError text
+        raise SignalError(f"unreadable EDF/BDF ({str(error).strip() or type(error).__name__})"
+                          ) from None
+    try:
+        count = int(reader.signals_in_file)
+        if not 1 <= count <= limits.max_signal_channels:
+            raise SignalError(over_limit("EDF channels", count, limits, "max_signal_channels"))
+        names = tuple(str(label).strip() for label in reader.getSignalLabels())
+        chosen = channel_indices(count, names, channels=channels, leads=leads)
+        rates = sorted({float(reader.getSampleFrequency(i)) for i in chosen})
+        if len(rates) > 1:
+            shown = ", ".join(f"{r:g}" for r in rates)
+            raise SignalError(f"the chosen EDF channels are sampled at {shown} Hz; export them "
+                              "at one rate")
+        rate = rates[0]
+        if not limits.min_signal_rate_hz <= rate <= limits.max_signal_rate_hz:
+            raise SignalError(f"EDF rate {rate:g} Hz outside {limits.min_signal_rate_hz}.."
+                              f"{limits.max_signal_rate_hz} Hz (read_limits.min_signal_rate_hz/"
+                              "max_signal_rate_hz in the site policy)")
+        samples = [int(n) for n in np.asarray(reader.getNSamples())[chosen]]
+        if sum(samples) > limits.max_signal_samples:
+            raise SignalError(over_limit(f"EDF {max(samples):,} samples × {len(chosen)} "
+                                         "channels =", sum(samples), limits,
+                                         "max_signal_samples", "samples"))
+        if min(samples) == 0:
+            raise SignalError("EDF channel has no samples")
+        data = np.stack([np.asarray(reader.readSignal(i), dtype=np.float64)[:min(samples)]
+                         for i in chosen])
+    except SignalError:
+        raise
+    except Exception as error:  # edflib and numpy errors of a broken file
+        raise SignalError(f"unreadable EDF/BDF ({type(error).__name__}: {error})") from None
+    finally:
+        reader.close()
+    return Recording(data, rate, tuple(names[i] for i in chosen))

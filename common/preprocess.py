@@ -15,7 +15,8 @@ Every reader checks what a file's header declares against the site's
 - text: lower-cased word pieces ``[a-z0-9]+`` hashed by CRC-32 into ``vocab_size - 1`` buckets
   (id 0 is padding); truncated / padded to ``max_text_tokens``. No vocabulary file, no download.
 - audio / biosignal: ``signal_channels`` channels (chosen as :mod:`common.biosignals` says)
-  of a PCM WAV (8/16/24/32-bit integer) or a DICOM waveform (a 12-lead ECG), each resampled
+  of a PCM WAV (8/16/24/32-bit integer), a DICOM waveform (a 12-lead ECG) or an EDF/BDF
+  recording (optional ``pyedflib``), each resampled
   linearly to ``signal_sample_rate``, or of a ``.npy`` (samples, or channels × samples, taken
   to be at ``signal_sample_rate`` already); centre-cropped (a WAV is cropped to the frames the
   crop needs *before* it is read and resampled) or zero-padded to ``signal_length``; each
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.biosignals import SignalError, channel_indices, read_dicom_waveform
+from common.biosignals import SignalError, channel_indices, read_dicom_waveform, read_edf
 from common.config import DataConfig
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
 
@@ -44,7 +45,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".dcm"}
 _COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _EIGHT_BIT_MODES = ("L", "1", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
-SIGNAL_SUFFIXES = {".wav", ".npy", ".dcm"}
+SIGNAL_SUFFIXES = {".wav", ".npy", ".dcm", ".edf", ".bdf"}
 N_MELS = 32
 LOG_MEL_FFT = 64
 LOG_MEL_HOP = 16
@@ -412,7 +413,7 @@ def read_signal(path: Path, config: DataConfig, *,
     suffix = path.suffix.lower()
     if suffix not in SIGNAL_SUFFIXES:
         raise SampleError(f"signal type '{suffix}' not supported; use PCM .wav, .npy (samples, "
-                          "or channels × samples) or a DICOM waveform .dcm")
+                          "or channels × samples), a DICOM waveform .dcm or EDF/BDF")
     try:
         samples = _read_recording(path, suffix, config, limits)
     except SignalError as error:
@@ -434,11 +435,11 @@ def _read_recording(path: Path, suffix: str, config: DataConfig,
     """The run's channels of one file at ``signal_sample_rate``, channels × samples."""
     if suffix == ".wav":
         return _read_wav(path, config, limits)
-    if suffix == ".dcm":
-        recording = read_dicom_waveform(path, limits)
-        chosen = channel_indices(len(recording.samples), recording.leads,
-                                 channels=config.signal_channels, leads=config.signal_leads)
-        return _resample(recording.samples[chosen], recording.rate, config,
+    if suffix in (".dcm", ".edf", ".bdf"):
+        reader = read_dicom_waveform if suffix == ".dcm" else read_edf
+        recording = reader(path, limits, channels=config.signal_channels,
+                           leads=config.signal_leads)
+        return _resample(recording.samples, recording.rate, config,
                          recording.samples.shape[1], 0)
     array = _load_npy(path, limits, "max_signal_samples", "signal")  # at the signal rate
     if array.ndim not in (1, 2):

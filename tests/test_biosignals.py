@@ -150,3 +150,77 @@ def test_a_site_of_ecgs_under_a_signal_column_trains_a_12_channel_encoder(tmp_pa
     logits = model(torch.from_numpy(data.images[:2]), torch.from_numpy(data.tokens[:2]),
                    torch.from_numpy(data.signals[:2]), torch.from_numpy(data.masks[:2]))
     assert logits.shape == (2, ECG_CONFIG.num_classes)
+
+
+def test_bad_waveform_files_are_their_rows_issues(tmp_path: Path) -> None:
+    """Truncated data, a header that lies about its samples, a rate out of bounds: each a
+    reason, never a crash."""
+
+    data = ECG.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SampleError, match="DICOM waveform"):
+        read_signal(tmp_path / "cut.dcm", ECG_CONFIG)
+    dataset = pydicom.dcmread(ECG)
+    dataset.WaveformSequence[0].NumberOfWaveformSamples = 20_000  # the data holds 10,000
+    dataset.save_as(tmp_path / "lying.dcm")
+    with pytest.raises(SampleError, match=r"unreadable DICOM waveform|decoded as"):
+        read_signal(tmp_path / "lying.dcm", ECG_CONFIG)
+    dataset = pydicom.dcmread(ECG)
+    dataset.WaveformSequence[0].SamplingFrequency = 0
+    dataset.save_as(tmp_path / "no-rate.dcm")
+    with pytest.raises(SampleError, match=r"DICOM waveform rate 0 Hz outside 1\.\.1000000 Hz"):
+        read_signal(tmp_path / "no-rate.dcm", ECG_CONFIG)
+
+
+def _edf_from_the_ecg(path: Path, *, order: list[int], rates: list[float] | None = None) -> None:
+    """pydicom's ECG written as EDF with pyedflib (16-bit samples, labels "ECG <lead>"), its
+    leads stored in ``order``."""
+    pyedflib = pytest.importorskip("pyedflib")
+    raw = pydicom.dcmread(ECG).waveform_array(0)
+    headers, signals = [], []
+    for position, k in enumerate(order):
+        rate = (rates or [1000.0] * len(order))[position]
+        channel = raw[:, k] if rate == 1000.0 else raw[::2, k]
+        headers.append({"label": f"ECG {LEADS[k]}", "dimension": "uV", "sample_frequency": rate,
+                        "physical_min": -5000.0, "physical_max": 5000.0,
+                        "digital_min": -32768, "digital_max": 32767})
+        signals.append(np.ascontiguousarray(channel))
+    with pyedflib.EdfWriter(str(path), len(order), file_type=pyedflib.FILETYPE_EDFPLUS) as out:
+        out.setSignalHeaders(headers)
+        out.writeSamples(signals)
+
+
+def test_an_edf_recording_gives_the_same_leads_as_the_dicom_it_came_from(tmp_path: Path
+                                                                         ) -> None:
+    """The ECG as EDF+ with its leads stored backwards: by name, every lead reads as from the
+    DICOM, to within EDF's 16-bit step (10,000 µV / 65,535)."""
+    _edf_from_the_ecg(tmp_path / "ecg.edf", order=list(range(12))[::-1])
+    from_edf = read_signal(tmp_path / "ecg.edf", ECG_CONFIG)
+    from_dicom = read_signal(ECG, ECG_CONFIG)
+    assert from_edf.shape == (12, 5000)
+    raw = pydicom.dcmread(ECG).waveform_array(0)
+    for k in range(12):
+        step = 10_000 / 65_535 / raw[:, k].std()  # one 16-bit step, standardised
+        assert np.max(np.abs(from_edf[k] - from_dicom[k])) <= 2 * step, LEADS[k]
+
+
+def test_bad_edf_files_are_their_rows_issues(tmp_path: Path) -> None:
+    _edf_from_the_ecg(tmp_path / "mixed.edf", order=[0, 1], rates=[1000.0, 500.0])
+    with pytest.raises(SampleError, match="the chosen EDF channels are sampled at 500, 1000 Hz"):
+        read_signal(tmp_path / "mixed.edf", DataConfig(signal_channels=2))
+    _edf_from_the_ecg(tmp_path / "two.edf", order=[0, 1])
+    with pytest.raises(SampleError, match=r"lead V1 \(data\.signal_leads\) not in this "
+                                          r"recording, which has ECG I, ECG II"):
+        read_signal(tmp_path / "two.edf", DataConfig(signal_channels=2,
+                                                     signal_leads=("I", "V1")))
+    with pytest.raises(SampleError, match=r"EDF 10,000 samples × 2 channels = 20,000 samples "
+                                          r"> limit 1,000"):
+        read_signal(tmp_path / "two.edf", DataConfig(signal_channels=2),
+                    limits=ReadLimits(max_signal_samples=1_000))
+    data = (tmp_path / "two.edf").read_bytes()
+    (tmp_path / "cut.edf").write_bytes(data[: len(data) // 3])
+    with pytest.raises(SampleError, match="unreadable EDF/BDF"):
+        read_signal(tmp_path / "cut.edf", DataConfig(signal_channels=2))
+    (tmp_path / "junk.edf").write_bytes(b"0       " + b"x" * 500)
+    with pytest.raises(SampleError, match="unreadable EDF/BDF"):
+        read_signal(tmp_path / "junk.edf", DataConfig())

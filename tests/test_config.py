@@ -65,3 +65,20 @@ def test_override_pairs_need_equals_sign() -> None:
 def test_override_into_scalar_is_an_error() -> None:
     with pytest.raises(ConfigError, match="is not a section"):
         apply_overrides({"model_id": "x"}, {"model_id.deep": "1"})
+
+
+def test_the_readmes_configuration_block_is_the_defaults() -> None:
+    """README "Configuration" shows the defaults: every key it shows is one, with its value."""
+    import tomllib
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    block = section.split("```toml", 1)[1].split("```", 1)[0]
+    shown = tomllib.loads(block)
+    defaults = RunConfig().model_dump(mode="json")
+    for key, value in shown.items():
+        if isinstance(value, dict):
+            for name, setting in value.items():
+                assert defaults[key][name] == setting, f"{key}.{name}"
+        else:
+            assert defaults[key] == value, key
