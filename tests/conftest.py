@@ -32,21 +32,27 @@ def needs_a_quiet_machine(item: pytest.Item) -> bool:
             or bool(DEADLINE_FIXTURES & set(getattr(item, "fixturenames", ()))))
 
 
-def run_order(item: pytest.Item) -> int:
-    """0: unit tests; 1: other end-to-end tests (no deadline: a busier machine only makes them
-    slower); 2: tests on deadlines."""
-    if needs_a_quiet_machine(item):
-        return 2
-    return int(item.get_closest_marker("slow") is not None)
+def run_order(items: list[pytest.Item]) -> dict[str, int]:
+    """Per file: 0, unit tests; 1, end-to-end tests without deadlines (a busier machine only
+    makes them slower); 2, files with a test on deadlines (a file stays in one piece: its
+    module fixtures, such as a reference run, are set up once)."""
+    order: dict[str, int] = {}
+    for item in items:
+        group = 2 if needs_a_quiet_machine(item) else int(
+            item.get_closest_marker("slow") is not None)
+        order[item.module.__name__] = max(order.get(item.module.__name__, 0), group)
+    return order
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what does not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Unit tests first, then the end-to-end tests without deadlines, then those on deadlines
-    (each group in file order). When the README's main job is among the tests and others run
-    before the deadline group, it starts now, niced, in the core pytest leaves idle (it runs on
-    one); the first test on deadlines waits for it to end."""
-    items.sort(key=run_order)
+    """Unit tests first, then the end-to-end tests without deadlines, then the files with tests
+    on deadlines (each group in file order). When the README's main job is among the tests and
+    others run before the deadline group, it starts now, at the lowest priority, in the CPU
+    time pytest leaves idle (it runs on one core); the first test on deadlines waits for it to
+    end."""
+    order = run_order(items)
+    items.sort(key=lambda item: order[item.module.__name__])
     if (not config.option.collectonly and any(item.name == MAIN_JOB_TEST for item in items)
             and not all(needs_a_quiet_machine(item) for item in items)):
         folder = Path(tempfile.mkdtemp(prefix="fmmainjob", dir="/tmp"))

@@ -63,15 +63,15 @@ class CliRun:
 
 class MainJob:
     """The README's main job (``make demo``: ``fedmm simulate --centralized``, defaults) in a
-    folder of its own. Started at low priority while the unit tests run (tests/conftest.py), it
-    uses the core they leave idle; :meth:`result` waits for it."""
+    folder of its own. Started at the lowest priority while the unit tests run
+    (tests/conftest.py), it uses the CPU time they leave idle; :meth:`result` waits for it."""
 
     ARGS = ("simulate", "--out", "demo", "--centralized")
 
     def __init__(self, folder: Path, *, background: bool) -> None:
         self.folder = folder
         self.run = CliRun(list(self.ARGS), cwd=folder,
-                          prefix=["nice", "-n", "10"] if background else None)
+                          prefix=["nice", "-n", "19"] if background else None)
         self._result: tuple[int, str] | None = None
 
     @property
