@@ -297,3 +297,39 @@ def config_toml(config) -> str:
             lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()
                       if value is not None and not isinstance(value, dict)]
     return "\n".join(lines) + "\n"
+
+
+def test_the_readmes_study_folder_loads_as_written(tmp_path: Path) -> None:
+    """README "Bringing your hospital's data": its manifest and [data] keys, typed as written,
+    with pydicom's MR and CT slices standing in for the chest films and its ECG (as DICOM and
+    as EDF+) for the patients' ECGs."""
+    import tomllib
+
+    from PIL import Image
+
+    from common.sitedata import load_site
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Bringing your hospital's data", 1)[1]
+    blocks = section.split("```")
+    folder, config_block = blocks[1], blocks[3]  # the folder, then the [data] keys
+    manifest = "\n".join(line.strip() for line in folder.splitlines()[2:] if line.strip())
+    data = DataConfig(**tomllib.loads(config_block.removeprefix("toml"))["data"])
+    site = tmp_path / "study"
+    for sub in ("cxr", "reports", "ecg"):
+        (site / sub).mkdir(parents=True)
+    (site / "manifest.csv").write_text(manifest + "\n")
+    films = Path(pydicom.__file__).parent / "data" / "test_files"
+    shutil.copy(films / "MR_small.dcm", site / "cxr" / "p0001.dcm")
+    shutil.copy(films / "CT_small.dcm", site / "cxr" / "p0002.dcm")
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save(
+        site / "cxr" / "p0003.png")
+    for patient in ("p0001", "p0002"):
+        (site / "reports" / f"{patient}.txt").write_text("heart size normal, lungs clear")
+    shutil.copy(ECG, site / "ecg" / "p0001.dcm")
+    _edf_from_the_ecg(site / "ecg" / "p0002.edf", order=list(range(12)))
+    loaded = load_site(site, data)
+    assert not loaded.issues, loaded.issues
+    assert loaded.images.shape == (3, 1, 128, 128) and loaded.signals.shape == (3, 12, 5000)
+    assert loaded.masks.tolist() == [[True, True, True], [True, True, True],
+                                     [True, True, False]]
