@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from common.dicom import import_pydicom
 from common.read_limits import ReadLimits, over_limit
 
 
@@ -98,10 +99,7 @@ def read_dicom_waveform(path: Path, limits: ReadLimits, *, channels: int,
                         leads: tuple[str, ...]) -> Recording:
     """The run's channels of the file's rhythm group (else its first), in the run's order;
     the header checked against ``limits`` before anything is decoded."""
-    try:
-        import pydicom
-    except ImportError:
-        raise SignalError("DICOM needs the optional extra: pip install 'fedmm[dicom]'") from None
+    pydicom = import_pydicom()
     with warnings.catch_warnings():  # a broken file's warnings: the row issue says it all
         warnings.simplefilter("ignore")
         try:

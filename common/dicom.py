@@ -51,6 +51,15 @@ class DicomError(ValueError):
     """This file cannot be read as configured; the message says why."""
 
 
+def import_pydicom() -> Any:
+    """pydicom (the optional extra ``dicom``), or a :class:`DicomError` saying how to get it."""
+    try:
+        import pydicom
+    except ImportError:
+        raise DicomError("DICOM needs the optional extra: pip install 'fedmm[dicom]'") from None
+    return pydicom
+
+
 @dataclass(frozen=True)
 class DicomReading:
     """How one file is read, from its header alone."""
@@ -203,7 +212,7 @@ def to_unit(stored: np.ndarray, header: Any, reading: DicomReading) -> np.ndarra
 def read_header(path: Path, limits: ReadLimits) -> Any:
     """The header without pixels (a deflated file is first inflated, up to the file limit,
     in bounded pieces: a few KB may otherwise inflate to gigabytes)."""
-    import pydicom
+    pydicom = import_pydicom()
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     meta = pydicom.filereader.read_file_meta_info(path)

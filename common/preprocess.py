@@ -39,6 +39,7 @@ import numpy as np
 
 from common.biosignals import SignalError, channel_indices, read_dicom_waveform, read_edf
 from common.config import DataConfig
+from common.dicom import DicomError
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".dcm"}
@@ -166,10 +167,6 @@ def _read_picture(path: Path, limits: ReadLimits) -> np.ndarray:
 
 def _read_dicom(path: Path, window: str, limits: ReadLimits) -> np.ndarray:
     """One frame, in [0, 1], as :mod:`common.dicom` reads it."""
-    try:
-        import pydicom  # noqa: F401
-    except ImportError:
-        raise SampleError("DICOM needs the optional extra: pip install 'fedmm[dicom]'") from None
     from common import dicom
 
     with warnings.catch_warnings():  # a broken file's warnings: the row issue says it all
@@ -416,7 +413,7 @@ def read_signal(path: Path, config: DataConfig, *,
                           "or channels × samples), a DICOM waveform .dcm or EDF/BDF")
     try:
         samples = _read_recording(path, suffix, config, limits)
-    except SignalError as error:
+    except (SignalError, DicomError) as error:
         raise SampleError(str(error)) from None
     if not np.all(np.isfinite(samples)):
         bad = int(np.size(samples) - np.isfinite(samples).sum())
