@@ -5,6 +5,7 @@ end-to-end tests on a machine of their own."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.e2e import MainJob
 
 MAIN_JOB_TEST = "test_default_simulation_beats_chance_and_reports"
 _MAIN_JOB = pytest.StashKey[MainJob]()
+_THREADS = pytest.StashKey[tuple[int, "str | None"]]()
 
 
 DEADLINE_FIXTURES = {"deployment", "weakened"}  # real deployments: round timeouts, kills
@@ -57,11 +59,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             and not all(needs_a_quiet_machine(item) for item in items)):
         folder = Path(tempfile.mkdtemp(prefix="fmmainjob", dir="/tmp"))
         config.stash[_MAIN_JOB] = MainJob(folder, background=True)
+        config.stash[_THREADS] = _one_thread_each()
+
+
+def _one_thread_each() -> tuple[int, str | None]:
+    """torch in this process, and what the tests start, on one thread while the main job runs:
+    an OpenMP team of two waits at every barrier for its thread the main job preempted (unit
+    tests ran up to 8× slower beside it, even at nice 19). Returns what to restore."""
+    import torch
+
+    saved = (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    return saved
+
+
+def _restore_threads(saved: tuple[int, str | None]) -> None:
+    import torch
+
+    threads, variable = saved
+    torch.set_num_threads(threads)
+    if variable is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = variable
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if needs_a_quiet_machine(item) and (job := item.config.stash.get(_MAIN_JOB, None)):
         job.result()
+        if (saved := item.config.stash.get(_THREADS, None)) is not None:
+            _restore_threads(saved)
+            del item.config.stash[_THREADS]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
