@@ -22,7 +22,6 @@ read limits from the header before the data is decoded.
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from common.dicom import import_pydicom
+from common.config import lead_key
+from common.dicom import DicomError, read_dataset
 from common.read_limits import ReadLimits, over_limit
 
 
@@ -45,14 +45,6 @@ class Recording:
     samples: np.ndarray  # float64, channels × samples
     rate: float
     leads: tuple[str, ...] = ()
-
-
-def lead_key(name: str) -> str:
-    """A lead's name as compared: no "Lead " or "ECG " prefix, no parenthesised note, no case
-    or spaces (``"Lead I (Einthoven)"``, ``"ECG I"`` → ``"i"``; ``"aVR"`` → ``"avr"``)."""
-    name = re.sub(r"\(.*?\)", "", name)
-    name = re.sub(r"^\s*(lead|ecg)\b", "", name.strip(), flags=re.IGNORECASE)
-    return re.sub(r"\s+", "", name).lower()
 
 
 def channel_indices(available: int, names: tuple[str, ...], *, channels: int,
@@ -99,18 +91,19 @@ def read_dicom_waveform(path: Path, limits: ReadLimits, *, channels: int,
                         leads: tuple[str, ...]) -> Recording:
     """The run's channels of the file's rhythm group (else its first), in the run's order;
     the header checked against ``limits`` before anything is decoded."""
-    pydicom = import_pydicom()
     with warnings.catch_warnings():  # a broken file's warnings: the row issue says it all
         warnings.simplefilter("ignore")
         try:
-            dataset = pydicom.dcmread(path, defer_size="64 KB")  # the data read on demand
+            dataset = read_dataset(path, limits, defer_size="64 KB")  # data read on demand
             index, group = _waveform_group(dataset)
             count = int(group.NumberOfWaveformChannels)
             samples = int(group.NumberOfWaveformSamples)
             rate = float(group.SamplingFrequency)
             names = tuple(_channel_name(c, i) for i, c in
                           enumerate(group.get("ChannelDefinitionSequence", []) or []))
-        except SignalError:
+        except (SignalError, DicomError):
+            raise
+        except MemoryError:  # the row's issue says so (common.sitedata)
             raise
         except Exception as error:  # pydicom raises many unrelated types for bad files
             raise SignalError(f"unreadable DICOM waveform header ({type(error).__name__}: "
@@ -134,6 +127,8 @@ def read_dicom_waveform(path: Path, limits: ReadLimits, *, channels: int,
         chosen = channel_indices(count, names, channels=channels, leads=leads)
         try:
             data = np.asarray(dataset.waveform_array(index), dtype=np.float64)
+        except MemoryError:  # the row's issue says so (common.sitedata)
+            raise
         except Exception as error:  # pydicom raises many unrelated types for bad files
             raise SignalError(f"unreadable DICOM waveform ({type(error).__name__}: "
                               f"{error})") from None
@@ -155,6 +150,8 @@ def read_edf(path: Path, limits: ReadLimits, *, channels: int,
         raise SignalError("EDF/BDF needs the optional extra: pip install 'fedmm[edf]'") from None
     try:
         reader = pyedflib.EdfReader(str(path))
+    except MemoryError:  # the row's issue says so (common.sitedata)
+        raise
     except Exception as error:  # edflib's reasons arrive as OSError text
         raise SignalError(f"unreadable EDF/BDF ({str(error).strip() or type(error).__name__})"
                           ) from None
@@ -184,6 +181,8 @@ def read_edf(path: Path, limits: ReadLimits, *, channels: int,
         data = np.stack([np.asarray(reader.readSignal(i), dtype=np.float64)[:min(samples)]
                          for i in chosen])
     except SignalError:
+        raise
+    except MemoryError:  # the row's issue says so (common.sitedata)
         raise
     except Exception as error:  # edflib and numpy errors of a broken file
         raise SignalError(f"unreadable EDF/BDF ({type(error).__name__}: {error})") from None

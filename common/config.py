@@ -10,6 +10,7 @@ allowed. Inside the system the validated model is passed around as plain data
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,28 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# CT window presets, centre and width in Hounsfield units (the usual radiology ones), for
+# data.dicom_window; common.dicom applies them.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "soft_tissue": (40.0, 400.0),
+    "mediastinum": (50.0, 350.0),
+    "liver": (30.0, 150.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+}
+DicomWindow = Literal[("file", "min_max", *CT_WINDOWS)]  # type: ignore[valid-type]
+
+
+def lead_key(name: str) -> str:
+    """A biosignal lead's name as compared: no "Lead " or "ECG " prefix, no parenthesised
+    note, no case or spaces (``"Lead I (Einthoven)"``, ``"ECG I"`` → ``"i"``; ``"aVR"`` →
+    ``"avr"``)."""
+    name = re.sub(r"\(.*?\)", "", name)
+    name = re.sub(r"^\s*(lead|ecg)\b", "", name.strip(), flags=re.IGNORECASE)
+    return re.sub(r"\s+", "", name).lower()
 
 
 class DataConfig(_Section):
@@ -43,8 +66,7 @@ class DataConfig(_Section):
     signal_leads: tuple[str, ...] = Field(
         (), description="the channels by name, in the model's order (e.g. the 12 ECG leads); "
         "as many as signal_channels (common.biosignals)")
-    dicom_window: Literal["file", "min_max", "brain", "soft_tissue", "mediastinum", "liver",
-                          "lung", "bone"] = Field(
+    dicom_window: DicomWindow = Field(
         "file", description="DICOM grey levels shown: the file's own window (else its range), "
         "the image's range, or a CT preset in Hounsfield units (common.dicom)")
     min_usable_rows: int = Field(10, ge=1, description="a site with fewer usable rows stops")
@@ -55,7 +77,7 @@ class DataConfig(_Section):
             raise ValueError(f"signal_leads names {len(self.signal_leads)} leads; "
                              f"signal_channels is {self.signal_channels}: give as many names "
                              "as channels, or none")
-        if len({lead.strip().lower() for lead in self.signal_leads}) != len(self.signal_leads):
+        if len({lead_key(lead) for lead in self.signal_leads}) != len(self.signal_leads):
             raise ValueError("signal_leads names a lead twice")
         return self
 

@@ -34,17 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from common.config import CT_WINDOWS
 from common.read_limits import ReadLimits, over_limit
-
-# Centre and width in Hounsfield units (the usual radiology presets).
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "soft_tissue": (40.0, 400.0),
-    "mediastinum": (50.0, 350.0),
-    "liver": (30.0, 150.0),
-    "lung": (-600.0, 1500.0),
-    "bone": (400.0, 1800.0),
-}
 
 
 class DicomError(ValueError):
@@ -210,8 +201,21 @@ def to_unit(stored: np.ndarray, header: Any, reading: DicomReading) -> np.ndarra
 
 
 def read_header(path: Path, limits: ReadLimits) -> Any:
-    """The header without pixels (a deflated file is first inflated, up to the file limit,
-    in bounded pieces: a few KB may otherwise inflate to gigabytes)."""
+    """The header without pixels, once :func:`check_inflated` has passed."""
+    return read_dataset(path, limits, stop_before_pixels=True)
+
+
+def read_dataset(path: Path, limits: ReadLimits, **options: Any) -> Any:
+    """``pydicom.dcmread(path, **options)`` once :func:`check_inflated` has passed: every
+    DICOM this project reads (images, waveforms) goes through here."""
+    pydicom = import_pydicom()
+    check_inflated(path, limits)
+    return pydicom.dcmread(path, **options)
+
+
+def check_inflated(path: Path, limits: ReadLimits) -> None:
+    """A deflated file is inflated first, up to the file limit, in bounded pieces and thrown
+    away (pydicom inflates it whole in memory: a few KB may inflate to gigabytes)."""
     pydicom = import_pydicom()
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
@@ -221,7 +225,6 @@ def read_header(path: Path, limits: ReadLimits) -> Any:
             raise DicomError("deflated DICOM without a file meta group length; re-export it")
         # preamble (128) + "DICM" (4) + the group length element (12) + the group it measures
         _check_inflated_size(path, 144 + int(meta.FileMetaInformationGroupLength), limits)
-    return pydicom.dcmread(path, stop_before_pixels=True)
 
 
 def _check_inflated_size(path: Path, offset: int, limits: ReadLimits) -> None:

@@ -176,12 +176,16 @@ def _read_dicom(path: Path, window: str, limits: ReadLimits) -> np.ndarray:
             reading = dicom.plan_reading(header, window)
         except dicom.DicomError as error:
             raise SampleError(str(error)) from None
+        except MemoryError:  # the row's issue says so (common.sitedata)
+            raise
         except Exception as error:  # pydicom raises many unrelated types for bad files
             raise SampleError(f"unreadable DICOM header ({type(error).__name__}: "
                               f"{error})") from None
         _check_pixels((reading.rows, reading.columns, reading.samples), limits)
         try:
             stored = dicom.decode_frame(path, reading)
+        except MemoryError:  # the row's issue says so (common.sitedata)
+            raise
         except Exception as error:  # pydicom raises many unrelated types for bad files
             raise SampleError(f"unreadable DICOM ({type(error).__name__}: {error})") from None
     if stored.shape[:2] != (reading.rows, reading.columns):

@@ -4,7 +4,8 @@ Each builder writes its file under ``site/bombs/`` and returns the manifest row 
 with what the reader must say about it. The bombs are the ones found by hand: a WAV declaring 0 Hz,
 a WAV of a million frames at 1 Hz (resampling it whole needs gigabytes), a 131 KB deflated DICOM
 that decodes to 67 M pixels (and one of three such frames), a ``.npy`` whose header declares 10¹⁰
-values, a 100 MB note; the rest are truncated and malformed variants of every format the loader
+values, a 100 MB note; a 0.5 MB deflated ECG waveform inflating to 480 MB (pydicom inflates a
+deflated file whole); the rest are truncated and malformed variants of every format the loader
 reads.
 """
 
@@ -65,6 +66,38 @@ def _dicom(path: Path, *, rows: int, columns: int, deflated: bool, frames: int =
     dataset.save_as(path, enforce_file_format=True)
 
 
+def _waveform(path: Path, *, samples: int, channels: int, deflated: bool,
+              declared: int | None = None) -> None:
+    """A 16-bit DICOM waveform (12-lead ECG storage) of zeros; ``declared``: the sample count
+    its header claims, when that is a lie."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        TwelveLeadECGWaveformStorage,
+        generate_uid,
+    )
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = TwelveLeadECGWaveformStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else \
+        ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = (meta.MediaStorageSOPClassUID,
+                                                   meta.MediaStorageSOPInstanceUID)
+    group = Dataset()
+    group.MultiplexGroupLabel = "RHYTHM"
+    group.NumberOfWaveformChannels = channels
+    group.NumberOfWaveformSamples = declared or samples
+    group.SamplingFrequency = 500
+    group.WaveformBitsAllocated, group.WaveformSampleInterpretation = 16, "SS"
+    group.WaveformData = bytes(samples * channels * 2)
+    dataset.WaveformSequence = [group]
+    dataset.save_as(path, enforce_file_format=True)
+
+
 def _npy_header_only(path: Path, shape: tuple[int, ...]) -> None:
     with path.open("wb") as handle:
         np.lib.format.write_array_header_1_0(
@@ -114,6 +147,18 @@ def build_bombs(site: Path) -> list[Bomb]:
         path.write_bytes(path.read_bytes()[:-3000])
 
     add("dicom-truncated", "image", "unreadable DICOM", truncated_dicom, ".dcm")
+    # biosignals: DICOM waveform, EDF
+    add("ecg-deflate-480mb", "audio", "deflated DICOM inflates to over",  # ~0.5 MB on disk
+        lambda p: _waveform(p, samples=20_000_000, channels=12, deflated=True), ".dcm")
+    add("ecg-declares-billions", "audio", "DICOM waveform 1,000,000,000 samples × 12 channels "
+        "= 12,000 M samples > limit 32 M samples",
+        lambda p: _waveform(p, samples=100, channels=12, deflated=False,
+                            declared=1_000_000_000), ".dcm")
+    add("ecg-lying-header", "audio", "DICOM waveform",
+        lambda p: _waveform(p, samples=100, channels=12, deflated=False, declared=5_000),
+        ".dcm")
+    add("edf-garbage", "audio", "unreadable EDF/BDF",
+        lambda p: p.write_bytes(b"0       " + b"\xff" * 2000), ".edf")
     # .npy
     add("npy-declares-1e10", "image", "image array 100000×100000 = 10,000 M values > limit 40 M",
         lambda p: _npy_header_only(p, (100_000, 100_000)), ".npy")
