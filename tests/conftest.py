@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def run_order(items: list[pytest.Item]) -> dict[str, int]:
             item.get_closest_marker("slow") is not None)
         order[item.module.__name__] = max(order.get(item.module.__name__, 0), group)
     return order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches what the tests start however pytest was started: a shell starts a
+    background job with SIGINT ignored, its children inherit that, and the Ctrl-C tests would
+    see their command shrug the signal off (a Python handler is reset to the default on exec,
+    an ignored signal stays ignored)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what does not run
