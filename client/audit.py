@@ -37,6 +37,7 @@ moves the sum by up to K·C).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -45,9 +46,10 @@ from torch import nn
 
 from client.training import plan_round, site_grad_sample_mode, train_local
 from common.audit import AuditResult, audit_scores
-from common.config import RunConfig
+from common.config import DataConfig, RunConfig
 from common.evaluation import dataset_of
 from common.models import build_model
+from common.models.losses import row_losses, training_loss
 from common.privacy import epsilon_for_history
 from common.serialization import Weights, load_weights, model_weights
 from common.sitedata import SiteData
@@ -77,7 +79,8 @@ def _flat(weights: Weights, names: list[str]) -> np.ndarray:
     return np.concatenate([np.asarray(weights[n], dtype=np.float64).ravel() for n in names])
 
 
-def data_activity(model: nn.Module, data: SiteData, *, batch_size: int = 128) -> np.ndarray:
+def data_activity(model: nn.Module, data: SiteData, *, batch_size: int = 128,
+                  data_config: DataConfig | None = None) -> np.ndarray:
     """Σᵢ |gᵢ| per trainable coordinate (flat), gᵢ sample i's per-sample gradient as Opacus
     computes it (hooks), at ``model``'s weights without modality dropout."""
     from opacus import GradSampleModule
@@ -88,8 +91,8 @@ def data_activity(model: nn.Module, data: SiteData, *, batch_size: int = 128) ->
     loader = torch.utils.data.DataLoader(dataset_of(data), batch_size=batch_size)
     for image, tokens, signal, present, label in loader:
         wrapped.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(wrapped(image, tokens, signal, present), label,
-                                    reduction="sum").backward()
+        row_losses(wrapped(image, tokens, signal, present), label,
+                   data_config or DataConfig()).sum().backward()
         total += torch.cat([p.grad_sample.reshape(len(label), -1).abs().sum(dim=0)
                             if p.grad_sample is not None else torch.zeros(p.numel())
                             for p in parameters]).double()
@@ -188,10 +191,11 @@ def ghost_matches_hooks(config: RunConfig, data: SiteData, weights: Weights) -> 
         return gradient
 
     worst = 0.0
+    loss = partial(training_loss, config.data)
     for clip in (config.privacy.max_grad_norm, config.privacy.max_grad_norm / 100):
         worst = max(worst, relative_error(
-            without_padding(private_gradient(build, "ghost", batch, clip)),
-            without_padding(private_gradient(build, "hooks", batch, clip))))
+            without_padding(private_gradient(build, "ghost", batch, clip, loss=loss)),
+            without_padding(private_gradient(build, "hooks", batch, clip, loss=loss))))
     return worst
 
 
@@ -224,7 +228,8 @@ def run_canary_audit(*, config: RunConfig, data: SiteData, canaries: int = 1000,
                                   accountant=config.privacy.accountant)
     rng = np.random.default_rng(seed)
     names = [n for n, _ in trainable(model)]
-    coordinates, unmoved = canary_coordinates(data_activity(model, data), canaries, rng)
+    coordinates, unmoved = canary_coordinates(
+        data_activity(model, data, data_config=config.data), canaries, rng)
     included = rng.random(canaries) < 0.5
     inserter = _CanaryInserter(
         sizes=[p.numel() for _, p in trainable(model)], coordinates=coordinates,

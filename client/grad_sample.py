@@ -93,15 +93,19 @@ def make_private(engine: Any, *, mode: str, module: nn.Module, optimizer: torch.
     return private, optimizer, criterion, loader
 
 
+Loss = Callable[[], nn.Module]  # a fresh training criterion (common.models.losses)
+
+
 def reference_gradient(model: nn.Module, batch: Sequence[torch.Tensor],
-                       max_grad_norm: float) -> list[torch.Tensor]:
+                       max_grad_norm: float, *, loss: Loss = nn.CrossEntropyLoss
+                       ) -> list[torch.Tensor]:
     """(1/B) Σᵢ gᵢ·min(1, C/‖gᵢ‖), each gᵢ from a forward and backward pass of sample i alone."""
+    criterion = loss()
     *inputs, labels = batch
     total = [torch.zeros_like(p) for p in model.parameters()]
     for i in range(len(labels)):
         model.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(*(x[i:i + 1] for x in inputs)), labels[i:i + 1])
-        loss.backward()
+        criterion(model(*(x[i:i + 1] for x in inputs)), labels[i:i + 1]).backward()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p)
                  for p in model.parameters()]
         norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))
@@ -123,7 +127,8 @@ class _PrivateStep:
     noiseless DP-SGD step up to the update and returns its gradient and seconds."""
 
     def __init__(self, build: Callable[[], nn.Module], mode: str,
-                 batch: Sequence[torch.Tensor], max_grad_norm: float) -> None:
+                 batch: Sequence[torch.Tensor], max_grad_norm: float, *,
+                 loss: Loss = nn.CrossEntropyLoss) -> None:
         from opacus import PrivacyEngine
 
         self.model = build()
@@ -133,7 +138,7 @@ class _PrivateStep:
         self.private, self.optimizer, self.criterion, loader = make_private(
             PrivacyEngine(), mode=mode, module=self.model,
             optimizer=torch.optim.SGD(self.model.parameters(), lr=0.0), data_loader=loader,
-            criterion=nn.CrossEntropyLoss(), noise_multiplier=0.0, max_grad_norm=max_grad_norm,
+            criterion=loss(), noise_multiplier=0.0, max_grad_norm=max_grad_norm,
             poisson_sampling=False)
         *self.inputs, self.labels = next(iter(loader))
 
@@ -148,16 +153,17 @@ class _PrivateStep:
 
 
 def private_gradient(build: Callable[[], nn.Module], mode: str, batch: Sequence[torch.Tensor],
-                     max_grad_norm: float) -> list[torch.Tensor]:
+                     max_grad_norm: float, *, loss: Loss = nn.CrossEntropyLoss
+                     ) -> list[torch.Tensor]:
     """The noiseless DP-SGD gradient ``mode`` computes for ``batch``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _PrivateStep(build, mode, batch, max_grad_norm).run()[0]
+        return _PrivateStep(build, mode, batch, max_grad_norm, loss=loss).run()[0]
 
 
 def calibrate(*, build: Callable[[], nn.Module], batch: Sequence[torch.Tensor],
               max_grad_norm: float, modes: Sequence[str] = MODES,
-              steps: int = TIMED_STEPS) -> Calibration:
+              steps: int = TIMED_STEPS, loss: Loss = nn.CrossEntropyLoss) -> Calibration:
     """Check every mode against :func:`reference_gradient`, then time the correct ones.
 
     ``build()`` returns a fresh model with the same weights each call, in a deterministic
@@ -170,16 +176,17 @@ def calibrate(*, build: Callable[[], nn.Module], batch: Sequence[torch.Tensor],
     rejected: dict[str, str] = {}
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = reference_gradient(build().train(), check, max_grad_norm)
+        expected = reference_gradient(build().train(), check, max_grad_norm, loss=loss)
         timed: dict[str, _PrivateStep] = {}
         for mode in modes:
             try:
                 error = relative_error(
-                    _PrivateStep(build, mode, check, max_grad_norm).run()[0], expected)
+                    _PrivateStep(build, mode, check, max_grad_norm, loss=loss).run()[0],
+                    expected)
                 if error > 1e-3:
                     rejected[mode] = f"gradient differs from the reference (rel. error {error:.1e})"
                     continue
-                timed[mode] = _PrivateStep(build, mode, batch, max_grad_norm)
+                timed[mode] = _PrivateStep(build, mode, batch, max_grad_norm, loss=loss)
                 timed[mode].run()  # warm-up, untimed
             except Exception as failure:  # any failure rules the mode out
                 rejected[mode] = f"{type(failure).__name__}: {str(failure)[:120]}"
@@ -243,7 +250,8 @@ def signature(model: nn.Module, batch_size: int, device: torch.device) -> str:
 
 def choose_mode(*, requested: str, model: nn.Module, build: Callable[[], nn.Module],
                 batch: Callable[[], Sequence[torch.Tensor]], max_grad_norm: float,
-                memo: ModeMemo, device: torch.device, per_sample: bool = False) -> str:
+                memo: ModeMemo, device: torch.device, per_sample: bool = False,
+                loss: Loss = nn.CrossEntropyLoss) -> str:
     """``requested`` itself, or (``auto``) the remembered or freshly calibrated mode for
     ``model``; ``build`` and ``batch`` are called only when calibration is needed.
     ``per_sample``: the training needs per-sample gradients (augmentation multiplicity), so
@@ -256,11 +264,14 @@ def choose_mode(*, requested: str, model: nn.Module, build: Callable[[], nn.Modu
     if not needs_calibration(model):
         return REFERENCE_MODE
     sample = batch()
-    key = signature(model, len(sample[-1]), device) + ("|per-sample" if per_sample else "")
+    criterion = type(loss()).__name__  # a mode is remembered per loss (cross-entropy: no tag)
+    key = (signature(model, len(sample[-1]), device) + ("|per-sample" if per_sample else "")
+           + ("" if criterion == "CrossEntropyLoss" else f"|{criterion}"))
     remembered = memo.get(key)
     if remembered is not None:
         return remembered
     calibration = calibrate(build=build, batch=sample, max_grad_norm=max_grad_norm,
-                            modes=tuple(m for m in MODES if not (per_sample and m == "ghost")))
+                            modes=tuple(m for m in MODES if not (per_sample and m == "ghost")),
+                            loss=loss)
     memo.put(key, calibration)
     return calibration.mode

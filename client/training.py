@@ -40,6 +40,7 @@ from common.augmentation import augment_copies
 from common.config import RunConfig
 from common.evaluation import dataset_of
 from common.models import build_model, select_device
+from common.models.losses import training_loss
 from common.privacy import noise_for_budget
 from common.randomness import RandomStream
 from common.serialization import Weights, load_weights, model_weights
@@ -226,7 +227,8 @@ def site_grad_sample_mode(config: RunConfig, data: SiteData, *, model: nn.Module
         build=partial(_calibration_model, config, device),
         batch=partial(_first_batch, data, config.training.batch_size, device),
         max_grad_norm=config.privacy.max_grad_norm, memo=ModeMemo(mode_memo),
-        device=device, per_sample=config.training.augmentation_multiplicity > 1)
+        device=device, per_sample=config.training.augmentation_multiplicity > 1,
+        loss=partial(training_loss, config.data))
 
 
 def _proximal_step(model: nn.Module, anchor: dict[str, torch.Tensor], rate: float) -> None:
@@ -264,7 +266,7 @@ def train_local(
     loader = torch.utils.data.DataLoader(
         dataset_of(data), batch_size=config.training.batch_size, shuffle=True
     )
-    criterion: nn.Module = nn.CrossEntropyLoss()
+    criterion: nn.Module = training_loss(config.data)
     mode = "none"
     engine = None
     multiplicity = config.training.augmentation_multiplicity

@@ -39,6 +39,8 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "bone": (400.0, 1800.0),
 }
 DicomWindow = Literal[("file", "min_max", *CT_WINDOWS)]  # type: ignore[valid-type]
+LabelKind = Literal["multiclass", "multilabel", "binary"]
+FINDING_SEPARATOR = ";"  # between a multi-label row's findings in the manifest's label cell
 
 
 def lead_key(name: str) -> str:
@@ -53,7 +55,15 @@ def lead_key(name: str) -> str:
 class DataConfig(_Section):
     """Fixed preprocessing applied to every site's files."""
 
-    num_classes: int = Field(4, ge=2, le=1000)
+    num_classes: int = Field(4, ge=2, le=1000, description="classes, or findings when "
+                             "labels is multilabel (the model's outputs)")
+    labels: LabelKind = Field(
+        "multiclass", description="multiclass: one class a row; binary: two (AUROC reported); "
+        "multilabel: any number of findings a row, ';'-separated, binary cross-entropy "
+        "(common.findings)")
+    label_names: tuple[str, ...] = Field(
+        (), description="the classes or findings by name, in index order; the label cell may "
+        "then use names")
     image_size: int = Field(32, ge=8, le=512, description="images are resized to a square")
     image_channels: Literal[1, 3] = 1
     max_text_tokens: int = Field(48, ge=4, le=1024)
@@ -79,6 +89,23 @@ class DataConfig(_Section):
                              "as channels, or none")
         if len({lead_key(lead) for lead in self.signal_leads}) != len(self.signal_leads):
             raise ValueError("signal_leads names a lead twice")
+        return self
+
+    @model_validator(mode="after")
+    def _check_labels(self) -> DataConfig:
+        if self.labels == "binary" and self.num_classes != 2:
+            raise ValueError(f"labels = \"binary\" needs num_classes = 2 (got "
+                             f"{self.num_classes})")
+        names = self.label_names
+        if names and len(names) != self.num_classes:
+            raise ValueError(f"label_names names {len(names)} labels; num_classes is "
+                             f"{self.num_classes}: give as many names as classes, or none")
+        if len({name.strip().lower() for name in names}) != len(names):
+            raise ValueError("label_names names a label twice")
+        bad = [n for n in names if not n.strip() or FINDING_SEPARATOR in n or "," in n
+               or n.strip().lstrip("-").isdigit()]
+        if bad:
+            raise ValueError(f"label_names: {bad[0]!r} is empty, a number or holds ';' or ','")
         return self
 
 

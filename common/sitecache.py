@@ -29,7 +29,7 @@ from common.sitedata import (
     read_manifest,
 )
 
-CACHE_VERSION = "4"  # 4: DICOM windowed, 16-bit grey kept at full depth
+CACHE_VERSION = "5"  # 5: multi-label rows (float32 findings); 4: DICOM windowed, 16-bit grey
 
 
 def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow],

@@ -3,8 +3,9 @@
 ``manifest.csv`` has exactly the columns ``sample_id,label,image,text,audio``, one row a sample
 (``signal`` may stand for ``audio``: any biosignal).
 An empty cell means that modality is missing for that sample; a row must have at least one.
-Paths are relative to the site folder and may not leave it. ``label`` is an integer class in
-``[0, num_classes)``.
+Paths are relative to the site folder and may not leave it. ``label`` is a class in
+``[0, num_classes)`` or, with ``data.labels = "multilabel"``, the row's findings separated by
+``;`` (indices or ``data.label_names``; :mod:`common.findings`).
 
 :func:`load_site` reads every row, keeps the usable ones as arrays and lists each bad row with the
 reason (:class:`RowIssue`). Whatever goes wrong reading one row (a file over the site's
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common.config import MODALITIES, DataConfig
+from common.findings import LabelError, label_counts, parse_label, stack_labels
 from common.preprocess import (
     SampleError,
     describe_image,
@@ -93,7 +95,8 @@ class SiteData:
         return len(self.sample_ids)
 
     def label_counts(self) -> dict[int, int]:
-        return dict(sorted(Counter(int(x) for x in self.labels).items()))
+        """Rows per class, or (multi-label) rows with each finding."""
+        return label_counts(self.labels)
 
     def modality_coverage(self) -> dict[str, int]:
         return {m: int(self.masks[:, i].sum()) for i, m in enumerate(MODALITIES)}
@@ -169,16 +172,6 @@ def _append_row(rows: list[ManifestRow], line: int, cells: list[str]) -> None:
         rows.append(ManifestRow(line, *values, problem=problem))
 
 
-def _parse_label(text: str, num_classes: int) -> int:
-    try:
-        label = int(text)
-    except ValueError:
-        raise SampleError(f"label '{text}' is not an integer class") from None
-    if not 0 <= label < num_classes:
-        raise SampleError(f"label {label} outside 0..{num_classes - 1}")
-    return label
-
-
 def _blank_arrays(config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = np.zeros((config.image_channels, config.image_size, config.image_size), np.float32)
     tokens = np.zeros(config.max_text_tokens, np.int64)
@@ -243,8 +236,8 @@ def load_site(site_dir: Path, config: DataConfig, rows: list[ManifestRow] | None
             continue
         seen.add(row.sample_id)
         try:
-            label = _parse_label(row.label, config.num_classes)
-        except SampleError as error:
+            label = parse_label(row.label, config)
+        except LabelError as error:
             issues.append(RowIssue(row.line, row.sample_id, "label", str(error)))
             continue
         present = [bool(row.cell(m)) for m in MODALITIES]
@@ -267,7 +260,7 @@ def load_site(site_dir: Path, config: DataConfig, rows: list[ManifestRow] | None
     return SiteData(
         site_dir=site_dir,
         sample_ids=ids,
-        labels=np.asarray(labels, dtype=np.int64).reshape(count),
+        labels=stack_labels(labels, config),
         images=np.stack(images) if count else blank_image[None][:0],
         tokens=np.stack(tokens) if count else blank_tokens[None][:0],
         signals=np.stack(signals) if count else blank_signal[None][:0],

@@ -167,6 +167,7 @@ def validate_data(
     for training, 1 when not."""
     from client.policy import load_policy
     from client.site import policy_path_of
+    from common.findings import label_name
     from common.sitedata import image_readings, load_site
 
     config = build_config(config_file, {})
@@ -188,8 +189,9 @@ def validate_data(
     else:
         console.print(f"[bold]{site_dir}[/]: {data.total_rows} rows, {len(data)} usable, "
                       f"{len(data.issues)} bad")
-        console.print("labels: " + ", ".join(f"{k}: {v}" for k, v in
-                                             data.label_counts().items()))
+        kind = "findings (rows with each)" if config.data.labels == "multilabel" else "labels"
+        console.print(f"{kind}: " + ", ".join(f"{label_name(k, config.data)}: {v}" for k, v in
+                                               data.label_counts().items()), highlight=False)
         console.print("modalities present: " + ", ".join(
             f"{m} {n}/{len(data)}" for m, n in data.modality_coverage().items()))
         if readings:
@@ -416,6 +418,9 @@ class RoundDisplay:
         validation = "val (DP)" if record.evaluation_private else "val"
         for value, label in ((record.accuracy, f"{validation} acc"),
                              (record.test_accuracy, "test acc"),
+                             (record.test_auroc, "test AUROC"),
+                             (record.test_macro_auroc, "test macro AUROC"),
+                             (record.test_macro_f1, "test macro F1"),
                              (record.loss, f"{validation} loss")):
             if value is not None:
                 parts.append(f"{label} {value:.3f}")
@@ -886,7 +891,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     final = summary["final_metrics"]
     console.print(
         f"[bold green]done[/]: {summary['rounds_completed']} rounds; "
-        + ", ".join(f"{k} {v:.3f}" for k, v in final.items() if not isinstance(v, bool)),
+        + ", ".join(f"{k} {v:.3f}" for k, v in final.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)),
         highlight=False)
     if not summary["dp_enabled"]:
         console.print("[red]DP was off: no privacy guarantee for any site's patients[/]")

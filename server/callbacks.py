@@ -102,7 +102,9 @@ class FinalOutputs(Callback):
 
 def build_summary(state: RunState) -> dict[str, Any]:
     final: dict[str, Any] = {}
-    for name in ("accuracy", "loss", "evaluation_private", "test_accuracy", "test_loss"):
+    for name in ("accuracy", "loss", "evaluation_private", "test_accuracy", "test_loss",
+                 "test_auroc", "test_macro_auroc", "test_macro_f1", "test_auroc_by_finding",
+                 "test_f1_by_finding"):
         value = next((getattr(r, name) for r in reversed(state.rounds)
                       if getattr(r, name) is not None), None)
         if value is not None:
@@ -113,6 +115,8 @@ def build_summary(state: RunState) -> dict[str, Any]:
         "final_metrics": final,
         "secure_aggregation": state.config.secure_aggregation.enabled,
         "strategy": state.config.training.strategy,
+        "labels": state.config.data.labels,
+        "label_names": list(state.config.data.label_names),
         "dp_enabled": privacy.enabled,
         "stop_reason": state.stop_reason,
         "privacy": {"delta": privacy.delta, "accountant": privacy.accountant,

@@ -345,10 +345,9 @@ class Federation:
                          reply.code, reply.reason)
         result.update(combine_evaluations(reports))
         if test_data is not None and len(test_data):
-            from common.evaluation import evaluate_weights
+            from common.evaluation import evaluate_weights, held_out_figures
 
-            metrics = evaluate_weights(self.config, released, test_data)
-            result["test_loss"], result["test_accuracy"] = metrics["loss"], metrics["accuracy"]
+            result.update(held_out_figures(evaluate_weights(self.config, released, test_data)))
         return result
 
 

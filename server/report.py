@@ -65,10 +65,12 @@ def write_report(folder: RunFolder, rounds: list[RoundRecord], summary: dict[str
         f"DP-SGD: {'on' if summary['dp_enabled'] else 'OFF (no privacy guarantee)'}",
         "- final metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                           summary["final_metrics"].items()
-                                          if not isinstance(v, bool))
+                                          if isinstance(v, int | float)
+                                          and not isinstance(v, bool))
         + (" (sites' validation figures are DP releases: noisy, ε charged at the sites)"
            if summary["final_metrics"].get("evaluation_private") else ""),
         f"- model: `{summary['model']['path']}` ({summary['model']['parameters']:,} parameters)",
+        *label_lines(summary),
         "", "## Privacy per site",
         f"(ε at δ = {privacy['delta']:g}, {privacy['accountant'].upper()} accountant, over every "
         "DP-SGD step and evaluation release the site made for this model, earlier runs "
@@ -89,17 +91,54 @@ def write_report(folder: RunFolder, rounds: list[RoundRecord], summary: dict[str
         examples = "-" if last.num_examples is None else last.num_examples
         skipped = "-" if last.skipped_rows is None else last.skipped_rows
         lines.append(f"| {site} | {status} | {examples} | {skipped} |")
-    lines += ["", "## Rounds", "", "| round | accuracy | loss | test acc | ε max | sites ok | s |",
-              "|---|---|---|---|---|---|---|"]
-    def fmt(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
+    extra = [(name, heading) for name, heading in EXTRA_TEST_COLUMNS
+             if any(getattr(r, name) is not None for r in rounds)]
+    lines += ["", "## Rounds", "",
+              "| round | accuracy | loss | test acc | "
+              + "".join(f"{heading} | " for _, heading in extra) + "ε max | sites ok | s |",
+              "|---|---|---|---|" + "---|" * len(extra) + "---|---|---|"]
 
     for r in rounds:
         lines.append(f"| {r.round} | {fmt(r.accuracy)} | {fmt(r.loss)} | "
-                     f"{fmt(r.test_accuracy)} | {fmt(r.epsilon_max)} | {r.sites_ok} | "
-                     f"{r.seconds:.1f} |")
+                     f"{fmt(r.test_accuracy)} | "
+                     + "".join(f"{fmt(getattr(r, name))} | " for name, _ in extra)
+                     + f"{fmt(r.epsilon_max)} | {r.sites_ok} | {r.seconds:.1f} |")
+    lines += finding_lines(rounds, summary)
     lines += ["", "![accuracy](accuracy.png) ![loss](loss.png) ![epsilon](epsilon.png)", ""]
     atomic_write_text(folder.report, "\n".join(lines))
+
+
+# held-out test figures shown as columns when a run has them (two classes; findings)
+EXTRA_TEST_COLUMNS = (("test_auroc", "test AUROC"), ("test_macro_auroc", "test macro AUROC"),
+                      ("test_macro_f1", "test macro F1"))
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def label_lines(summary: dict[str, Any]) -> list[str]:
+    """What "accuracy" means when a patient may have several findings."""
+    if summary.get("labels") != "multilabel":
+        return []
+    return ["- labels: multi-label findings; accuracy is exact match (every finding of a "
+            "patient right at σ(z) > 0.5), loss the binary cross-entropy averaged over "
+            "findings; per-finding AUROC and F1 are the held-out test's (below)"]
+
+
+def finding_lines(rounds: list[RoundRecord], summary: dict[str, Any]) -> list[str]:
+    """Multi-label runs: each finding's test AUROC and F1 in the last round evaluated."""
+    last = next((r for r in reversed(rounds) if r.test_auroc_by_finding is not None), None)
+    if last is None:
+        return []
+    names = summary.get("label_names") or []
+    lines = ["", f"## Findings (held-out test, round {last.round})", "",
+             "| finding | AUROC | F1 |", "|---|---|---|"]
+    for k, (auc, f1) in enumerate(zip(last.test_auroc_by_finding, last.test_f1_by_finding or [],
+                                      strict=False)):
+        name = f"{k} ({names[k]})" if k < len(names) else str(k)
+        lines.append(f"| {name} | {fmt(auc)} | {fmt(f1)} |")
+    return lines
 
 
 def reference_lines(references: dict[str, Any]) -> list[str]:

@@ -55,7 +55,7 @@ class SiteRound(BaseModel):
 
 
 # RoundRecord's metric fields, as the live view and the TensorBoard export show them
-SCORE_METRICS = ("accuracy", "test_accuracy")
+SCORE_METRICS = ("accuracy", "test_accuracy", "test_auroc", "test_macro_auroc", "test_macro_f1")
 LOSS_METRICS = ("loss", "test_loss")
 
 
@@ -76,6 +76,11 @@ class RoundRecord(BaseModel):
     evaluation_private: bool | None = None  # DP-released: noisy, ε charged at the sites
     test_loss: float | None = None
     test_accuracy: float | None = None
+    test_auroc: float | None = None  # two classes
+    test_macro_auroc: float | None = None  # multi-label findings (common.evaluation)
+    test_macro_f1: float | None = None
+    test_auroc_by_finding: list[float | None] | None = None
+    test_f1_by_finding: list[float | None] | None = None
     seconds: float = 0.0
 
     def to_line(self) -> str:

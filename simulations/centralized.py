@@ -66,7 +66,7 @@ def train_pooled(*, config: RunConfig, data: SiteData, test: SiteData | None,
     import torch
 
     from client.training import plan_round, train_local
-    from common.evaluation import evaluate_weights
+    from common.evaluation import evaluate_weights, held_out_figures
     from common.models import build_model
     from common.privacy import epsilon_for_history
     from common.randomness import RandomStream
@@ -88,8 +88,7 @@ def train_pooled(*, config: RunConfig, data: SiteData, test: SiteData | None,
             delta=privacy.delta, epsilon=epsilon_for_history(
                 result.history, delta=privacy.delta, accountant=privacy.accountant))
     if test is not None and len(test):
-        metrics = evaluate_weights(config, result.weights, test)
-        summary.update(test_accuracy=metrics["accuracy"], test_loss=metrics["loss"])
+        summary.update(held_out_figures(evaluate_weights(config, result.weights, test)))
     return summary
 
 

@@ -331,5 +331,6 @@ def test_the_readmes_study_folder_loads_as_written(tmp_path: Path) -> None:
     loaded = load_site(site, data)
     assert not loaded.issues, loaded.issues
     assert loaded.images.shape == (3, 1, 128, 128) and loaded.signals.shape == (3, 12, 5000)
+    assert loaded.labels.tolist() == [[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]]  # findings
     assert loaded.masks.tolist() == [[True, True, True], [True, True, True],
                                      [True, True, False]]
