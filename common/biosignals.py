@@ -16,8 +16,13 @@ A recording with fewer channels than needed, or without a named lead, is that ro
 labelled ``RHYTHM``, else the first group; its channel sensitivity applied by pydicom
 (``waveform_array``); its sampling frequency from the file. **EDF, EDF+ and BDF** (sleep
 labs, Holter and EEG exports) through the optional ``pyedflib``: only the chosen channels are
-read, in physical units. In both, channels, samples and rate are checked against the site's
-read limits from the header before the data is decoded.
+read, in physical units. **WFDB** (PhysioNet's format: PTB-XL, MIMIC-IV-ECG) through the
+optional ``wfdb``: the manifest names the ``.hea`` header; the data files it names must sit
+beside it (a name, not a path; inside the site folder once links are resolved) and stay
+under the file limit; single-segment records only; only the chosen channels are read, in
+physical units (a sample the record marks invalid is NaN: the row's "NaN or infinite" issue).
+In all three, channels, samples and rate are checked against the site's read limits from the
+header before the data is decoded.
 """
 
 from __future__ import annotations
@@ -189,3 +194,90 @@ def read_edf(path: Path, limits: ReadLimits, *, channels: int,
     finally:
         reader.close()
     return Recording(data, rate, tuple(names[i] for i in chosen))
+
+
+def read_wfdb(path: Path, limits: ReadLimits, *, channels: int,
+              leads: tuple[str, ...]) -> Recording:
+    """The run's channels of the WFDB record whose header is ``path`` (optional extra
+    ``wfdb``), in the run's order and physical units; the header's channels, rate, length
+    and data files are checked against ``limits`` before any sample is read."""
+    try:
+        import wfdb
+    except ImportError:
+        raise SignalError("WFDB needs the optional extra: pip install 'fedmm[wfdb]'") from None
+    record_name = str(path.with_suffix(""))
+    try:
+        header = wfdb.rdheader(record_name)
+    except MemoryError:  # the row's issue says so (common.sitedata)
+        raise
+    except Exception as error:  # wfdb's parse errors of a broken header
+        raise SignalError(f"unreadable WFDB header ({type(error).__name__}: {error})") from None
+    if getattr(header, "seg_name", None) is not None or not hasattr(header, "sig_name"):
+        raise SignalError("multi-segment WFDB record: not supported; export it as one segment")
+    count = int(header.n_sig or 0)
+    if not 1 <= count <= limits.max_signal_channels:
+        raise SignalError(over_limit("WFDB channels", count, limits, "max_signal_channels"))
+    _check_wfdb_files(path, [str(name) for name in header.file_name or []], limits)
+    names = tuple(str(name).strip() for name in header.sig_name)
+    chosen = channel_indices(count, names, channels=channels, leads=leads)
+    rate = float(header.fs or 0)
+    if not limits.min_signal_rate_hz <= rate <= limits.max_signal_rate_hz:
+        raise SignalError(f"WFDB rate {rate:g} Hz outside {limits.min_signal_rate_hz}.."
+                          f"{limits.max_signal_rate_hz} Hz (read_limits.min_signal_rate_hz/"
+                          "max_signal_rate_hz in the site policy)")
+    length = int(header.sig_len or 0)
+    if length <= 0:
+        raise SignalError("WFDB record has no samples")
+    if length * len(chosen) > limits.max_signal_samples:
+        raise SignalError(over_limit(f"WFDB {length:,} samples × {len(chosen)} channels =",
+                                     length * len(chosen), limits, "max_signal_samples",
+                                     "samples"))
+    try:
+        record = wfdb.rdrecord(record_name, channels=list(chosen), physical=True)
+        data = np.asarray(record.p_signal, dtype=np.float64).T
+    except MemoryError:  # the row's issue says so (common.sitedata)
+        raise
+    except Exception as error:  # a data file shorter or other than the header says
+        raise SignalError(f"unreadable WFDB data ({type(error).__name__}: {error})") from None
+    if data.shape != (len(chosen), length):
+        raise SignalError(f"WFDB data gave {data.shape[1]} samples × {data.shape[0]} channels; "
+                          f"the header says {length} × {len(chosen)}")
+    return Recording(data, rate, tuple(names[i] for i in chosen))
+
+
+def _check_wfdb_files(header: Path, files: list[str], limits: ReadLimits) -> None:
+    """Every data file the header names: a plain name, beside the header once links are
+    resolved, present and under the file limit (a header may name anything)."""
+    folder = header.resolve().parent
+    for name in sorted(set(files)):
+        target = (header.parent / name)
+        if Path(name).name != name or name in (".", "..") or target.resolve().parent != folder:
+            raise SignalError(f"WFDB header names data file '{name}' outside its folder; "
+                              "data files must sit beside the header")
+        if not target.is_file():
+            raise SignalError(f"WFDB data file '{name}' not found beside the header")
+        size = target.stat().st_size
+        if size > limits.max_file_bytes:
+            raise SignalError(over_limit(f"WFDB data file '{name}' is", size, limits,
+                                         "max_file_bytes", "bytes"))
+
+
+def wfdb_data_files(header: Path, *, max_bytes: int = 1 << 16) -> list[str]:
+    """The data files a WFDB header names (the first field of each signal line), read as
+    text without the ``wfdb`` package; [] for a header that cannot be read. The site cache
+    keys a record on them (a changed ``.dat`` is a changed recording)."""
+    try:
+        with header.open("rb") as handle:
+            text = handle.read(max_bytes).decode("latin-1")
+    except OSError:
+        return []
+    lines = [line.split() for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines or len(lines[0]) < 2 or "/" in lines[0][0]:
+        return []
+    try:
+        signals = int(lines[0][1])
+    except ValueError:
+        return []
+    return sorted({fields[0] for fields in lines[1:1 + signals]})
+

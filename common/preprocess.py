@@ -37,7 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common.biosignals import SignalError, channel_indices, read_dicom_waveform, read_edf
+from common.biosignals import (
+    SignalError,
+    channel_indices,
+    read_dicom_waveform,
+    read_edf,
+    read_wfdb,
+)
 from common.config import DataConfig
 from common.dicom import DicomError
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
@@ -46,7 +52,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".dcm"}
 _COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _EIGHT_BIT_MODES = ("L", "1", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
-SIGNAL_SUFFIXES = {".wav", ".npy", ".dcm", ".edf", ".bdf"}
+SIGNAL_SUFFIXES = {".wav", ".npy", ".dcm", ".edf", ".bdf", ".hea"}
+# the readers of recordings that carry their own rate and channel names (common.biosignals)
+RECORDING_READERS = {".dcm": read_dicom_waveform, ".edf": read_edf, ".bdf": read_edf,
+                     ".hea": read_wfdb}
 N_MELS = 32
 LOG_MEL_FFT = 64
 LOG_MEL_HOP = 16
@@ -414,7 +423,8 @@ def read_signal(path: Path, config: DataConfig, *,
     suffix = path.suffix.lower()
     if suffix not in SIGNAL_SUFFIXES:
         raise SampleError(f"signal type '{suffix}' not supported; use PCM .wav, .npy (samples, "
-                          "or channels × samples), a DICOM waveform .dcm or EDF/BDF")
+                          "or channels × samples), a DICOM waveform .dcm, EDF/BDF or a WFDB "
+                          ".hea header")
     try:
         samples = _read_recording(path, suffix, config, limits)
     except (SignalError, DicomError) as error:
@@ -436,10 +446,9 @@ def _read_recording(path: Path, suffix: str, config: DataConfig,
     """The run's channels of one file at ``signal_sample_rate``, channels × samples."""
     if suffix == ".wav":
         return _read_wav(path, config, limits)
-    if suffix in (".dcm", ".edf", ".bdf"):
-        reader = read_dicom_waveform if suffix == ".dcm" else read_edf
-        recording = reader(path, limits, channels=config.signal_channels,
-                           leads=config.signal_leads)
+    if suffix in RECORDING_READERS:
+        recording = RECORDING_READERS[suffix](path, limits, channels=config.signal_channels,
+                                              leads=config.signal_leads)
         return _resample(recording.samples, recording.rate, config,
                          recording.samples.shape[1], 0)
     array = _load_npy(path, limits, "max_signal_samples", "signal")  # at the signal rate

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_write_bytes
+from common.biosignals import wfdb_data_files
 from common.config import MODALITIES, DataConfig
 from common.preprocess import note_is_a_file
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits
@@ -51,6 +52,13 @@ def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow],
                 hasher.update(f"{cell}:{stat.st_size}:{stat.st_mtime_ns}".encode())
             except OSError:
                 hasher.update(f"{cell}:missing".encode())
+            if modality == "audio" and cell.lower().endswith(".hea"):  # and its data files
+                for name in wfdb_data_files(root / cell):
+                    try:
+                        stat = (root / cell).parent.joinpath(name).stat()
+                        hasher.update(f"+{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+                    except OSError:
+                        hasher.update(f"+{name}:missing".encode())
     return hasher.hexdigest()
 
 

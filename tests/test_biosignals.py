@@ -226,11 +226,86 @@ def test_bad_edf_files_are_their_rows_issues(tmp_path: Path) -> None:
         read_signal(tmp_path / "junk.edf", DataConfig())
 
 
-def test_two_ecg_hospitals_train_a_private_securely_aggregated_round(tmp_path: Path) -> None:
-    """One hospital's ECGs as DICOM waveforms, the other's as EDF+ (leads stored backwards),
-    each with its notes: validated, then one round of real DP-SGD (Opacus) at both, masked and
-    summed by secure aggregation (real X25519, AES-GCM, Shamir) through the real ClientApp,
-    with the 12-lead model."""
+def _wfdb_from_the_ecg(folder: Path, name: str, *, order: list[int]) -> Path:
+    """pydicom's ECG written as a WFDB record with ``wfdb.wrsamp`` (format 16, in mV, leads
+    stored in ``order``); returns its ``.hea`` header."""
+    wfdb = pytest.importorskip("wfdb")
+    raw = pydicom.dcmread(ECG).waveform_array(0)  # µV
+    signal = np.ascontiguousarray(raw[:, order] / 1000.0)
+    wfdb.wrsamp(name, fs=1000, units=["mV"] * len(order), sig_name=[LEADS[k] for k in order],
+                p_signal=signal, fmt=["16"] * len(order), write_dir=str(folder))
+    return folder / f"{name}.hea"
+
+
+def test_a_wfdb_record_gives_the_same_leads_as_the_dicom_it_came_from(tmp_path: Path) -> None:
+    """The ECG as a WFDB record (PTB-XL's format) with its leads stored backwards: by name,
+    every lead reads as from the DICOM, to within the record's 16-bit step."""
+    header = _wfdb_from_the_ecg(tmp_path, "ecg", order=list(range(12))[::-1])
+    from_wfdb = read_signal(header, ECG_CONFIG)
+    from_dicom = read_signal(ECG, ECG_CONFIG)
+    assert from_wfdb.shape == (12, 5000)
+    raw = pydicom.dcmread(ECG).waveform_array(0)
+    for k in range(12):
+        step = np.ptp(raw[:, k]) / 65_535 / raw[:, k].std()  # wrsamp's gain: the lead's range
+        assert np.max(np.abs(from_wfdb[k] - from_dicom[k])) <= 2 * step, LEADS[k]
+
+
+def test_bad_wfdb_records_are_their_rows_issues(tmp_path: Path) -> None:
+    """A truncated data file, a header naming a file outside its folder or none at all, too
+    few leads, invalid (non-finite) samples, a rate out of bounds, a header declaring more
+    samples than the limit: each a reason, checked before any sample is read, never a crash."""
+    from common.biosignals import wfdb_data_files
+
+    two = DataConfig(signal_channels=2)
+    header = _wfdb_from_the_ecg(tmp_path, "two", order=[0, 1])
+    assert wfdb_data_files(header) == ["two.dat"]
+    text = header.read_text()
+
+    def variant(name: str, new_text: str) -> Path:
+        (tmp_path / f"{name}.hea").write_text(new_text.replace("two", name, 1))
+        return tmp_path / f"{name}.hea"
+
+    data = (tmp_path / "two.dat").read_bytes()
+    (tmp_path / "cut.dat").write_bytes(data[: len(data) // 3])
+    with pytest.raises(SampleError, match=r"unreadable WFDB data|WFDB data gave"):
+        read_signal(variant("cut", text.replace("two.dat", "cut.dat")), two)
+    with pytest.raises(SampleError, match="unreadable WFDB header"):  # a path: wfdb refuses
+        read_signal(variant("escape", text.replace("two.dat", "../two.dat")), two)
+    (tmp_path / "elsewhere").mkdir()  # a plain name that is a link to another folder
+    (tmp_path / "elsewhere" / "real.dat").write_bytes(data)
+    (tmp_path / "linked.dat").symlink_to(tmp_path / "elsewhere" / "real.dat")
+    with pytest.raises(SampleError, match=r"WFDB header names data file 'linked\.dat' "
+                                          r"outside its folder"):
+        read_signal(variant("linked", text.replace("two.dat", "linked.dat")), two)
+    with pytest.raises(SampleError, match=r"WFDB data file 'gone\.dat' not found beside"):
+        read_signal(variant("gone", text.replace("two.dat", "gone.dat")), two)
+    with pytest.raises(SampleError, match=r"lead V1 \(data\.signal_leads\) not in this "
+                                          r"recording, which has I, II"):
+        read_signal(header, DataConfig(signal_channels=2, signal_leads=("I", "V1")))
+    with pytest.raises(SampleError, match=r"WFDB rate 0\.5 Hz outside 1\.\.1000000 Hz"):
+        read_signal(variant("slow", text.replace(" 1000 ", " 0.5 ", 1)), two)
+    huge = variant("huge", text.replace(" 10000", " 1000000000", 1))
+    with pytest.raises(SampleError, match=r"WFDB 1,000,000,000 samples × 2 channels = "
+                                          r"2,000 M samples > limit 32 M samples"):
+        read_signal(huge, two)
+    invalid = bytearray(data)
+    invalid[20_000:20_002] = (-32768).to_bytes(2, "little", signed=True)  # "no sample", 5 s in
+    (tmp_path / "gap.dat").write_bytes(bytes(invalid))
+    with pytest.raises(SampleError, match="1 NaN or infinite values"):
+        read_signal(variant("gap", text.replace("two.dat", "gap.dat")), two)
+    (tmp_path / "junk.hea").write_text("this is not a header\n")
+    with pytest.raises(SampleError, match="unreadable WFDB header"):
+        read_signal(tmp_path / "junk.hea", two)
+    (tmp_path / "multi.hea").write_text("multi/2 2 1000 20000\ntwo 10000\ntwo 10000\n")
+    with pytest.raises(SampleError, match="multi-segment WFDB record"):
+        read_signal(tmp_path / "multi.hea", two)
+
+
+def test_three_ecg_hospitals_train_a_private_securely_aggregated_round(tmp_path: Path) -> None:
+    """One hospital's ECGs as DICOM waveforms, one's as EDF+ (leads stored backwards), one's as
+    WFDB records (limb leads last), each with its notes: validated, then one round of real
+    DP-SGD (Opacus) at each, masked and summed by secure aggregation (real X25519, AES-GCM,
+    Shamir) through the real ClientApp, with the 12-lead model."""
     from client.app import make_client_app
     from client.ledger import PrivacyLedger
     from common.config import RunConfig
@@ -241,13 +316,15 @@ def test_two_ecg_hospitals_train_a_private_securely_aggregated_round(tmp_path: P
     from tests.inprocess import InProcessSites
 
     sites = []
-    for name, suffix in (("dicom-site", ".dcm"), ("edf-site", ".edf")):
+    for name, suffix in (("dicom-site", ".dcm"), ("edf-site", ".edf"), ("wfdb-site", ".hea")):
         site = tmp_path / name
         (site / "ecg").mkdir(parents=True)
         if suffix == ".dcm":
             shutil.copy(ECG, site / "ecg" / "a.dcm")
-        else:
+        elif suffix == ".edf":
             _edf_from_the_ecg(site / "ecg" / "a.edf", order=list(range(12))[::-1])
+        else:
+            _wfdb_from_the_ecg(site / "ecg", "a", order=[*range(6, 12), *range(6)])
         rows = [f"p{i},{i % 2},,{'atrial fibrillation' if i % 2 else 'sinus rhythm'},"
                 f"ecg/a{suffix}" for i in range(24)]
         (site / "manifest.csv").write_text("sample_id,label,image,text,signal\n"
@@ -268,7 +345,7 @@ def test_two_ecg_hospitals_train_a_private_securely_aggregated_round(tmp_path: P
     outcome = SecureAggregation(settings=config.secure_aggregation,
                                 exchange=hospitals.exchange).train(
         round_id="test/1", nodes=hospitals.nodes, weights=weights)
-    assert outcome.mean is not None and outcome.details["survivors"] == 2, outcome
+    assert outcome.mean is not None and outcome.details["survivors"] == 3, outcome
     assert outcome.mean["encoders.audio.features.0.weight"].shape[1] == 12
     assert all(np.isfinite(v).all() for v in outcome.mean.values())
     for site in sites:
@@ -334,3 +411,24 @@ def test_the_readmes_study_folder_loads_as_written(tmp_path: Path) -> None:
     assert loaded.labels.tolist() == [[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]]  # findings
     assert loaded.masks.tolist() == [[True, True, True], [True, True, True],
                                      [True, True, False]]
+
+
+def test_a_wfdb_records_data_file_is_part_of_the_site_caches_key(tmp_path: Path) -> None:
+    """The manifest names the header; a new data file beside the same header is a new
+    recording, so the cached arrays of the site are not used for it."""
+    import os
+
+    from common.sitecache import cache_key
+    from common.sitedata import read_manifest
+
+    site = tmp_path / "site"
+    (site / "ecg").mkdir(parents=True)
+    _wfdb_from_the_ecg(site / "ecg", "a", order=[0, 1])
+    (site / "manifest.csv").write_text("sample_id,label,image,text,signal\np1,0,,,ecg/a.hea\n")
+    config = DataConfig(signal_channels=2)
+    before = cache_key(site, config, read_manifest(site))
+    data = site / "ecg" / "a.dat"
+    data.write_bytes(data.read_bytes()[::-1])  # same size
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert cache_key(site, config, read_manifest(site)) != before
