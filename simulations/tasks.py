@@ -12,6 +12,7 @@ class Task(StrEnum):
     DEMO = "demo"  # synthetic chest films (simulations.demo_data)
     FASHION_MNIST = "fashion-mnist"  # real Fashion-MNIST pictures (simulations.fashion_mnist)
     FASHION_MNIST_10 = "fashion-mnist-10"  # its ten classes, pictures only
+    ECG12 = "ecg12"  # 12-lead ECGs, several findings a patient (simulations.ecg12)
 
 
 def task_config(task: Task) -> dict[str, object]:
@@ -20,7 +21,24 @@ def task_config(task: Task) -> dict[str, object]:
         from simulations.fashion_mnist import CONFIG_10
 
         return dict(CONFIG_10)
+    if task is Task.ECG12:
+        from simulations.ecg12 import CONFIG
+
+        return dict(CONFIG)
     return {}
+
+
+def task_config_toml(task: Task) -> str:
+    """:func:`task_config` as a run config file (``demo-data`` writes it beside the sites, for
+    ``validate-data --config`` and ``fedmm server``); empty when the task needs no keys."""
+    import json
+
+    sections: dict[str, list[str]] = {}
+    for dotted, value in task_config(task).items():
+        section, key = dotted.split(".", 1)
+        sections.setdefault(section, []).append(f"{key} = {json.dumps(value)}")
+    return "".join(f"[{section}]\n" + "\n".join(lines) + "\n"
+                   for section, lines in sections.items())
 
 
 def generate_task(task: Task, out_dir: Path, *, sites: int, samples_per_site: int, seed: int,
@@ -31,6 +49,11 @@ def generate_task(task: Task, out_dir: Path, *, sites: int, samples_per_site: in
 
         return generate_fashion_mnist_10(out_dir, sites=sites, samples_per_site=samples_per_site,
                                          seed=seed, scenario=scenario, test_samples=test_samples)
+    if task is Task.ECG12:
+        from simulations.ecg12 import generate_ecg12
+
+        return generate_ecg12(out_dir, sites=sites, samples_per_site=samples_per_site,
+                              seed=seed, scenario=scenario, test_samples=test_samples)
     if task is Task.FASHION_MNIST:
         from simulations.fashion_mnist import generate_fashion_mnist
 
