@@ -27,6 +27,7 @@ header before the data is decoded.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,16 +197,22 @@ def read_edf(path: Path, limits: ReadLimits, *, channels: int,
     return Recording(data, rate, tuple(names[i] for i in chosen))
 
 
+MAX_WFDB_HEADER_BYTES = 1 << 20  # a 64-lead header with long comments is a few kB
+
+
 def read_wfdb(path: Path, limits: ReadLimits, *, channels: int,
               leads: tuple[str, ...]) -> Recording:
     """The run's channels of the WFDB record whose header is ``path`` (optional extra
-    ``wfdb``), in the run's order and physical units; the header's channels, rate, length
-    and data files are checked against ``limits`` before any sample is read."""
+    ``wfdb``), in the run's order and physical units. The header is screened first as text
+    (:func:`_screen_wfdb_header`), then parsed; its channels, rate, length, skew and data files
+    are checked against ``limits`` before any sample is read, counting every sample wfdb
+    decodes (all channels of the record, not only the chosen ones)."""
     try:
         import wfdb
     except ImportError:
         raise SignalError("WFDB needs the optional extra: pip install 'fedmm[wfdb]'") from None
-    record_name = str(path.with_suffix(""))
+    _screen_wfdb_header(path, limits)
+    record_name = str(path.with_suffix(""))  # wfdb opens record_name + ".hea": this file
     try:
         header = wfdb.rdheader(record_name)
     except MemoryError:  # the row's issue says so (common.sitedata)
@@ -217,6 +224,9 @@ def read_wfdb(path: Path, limits: ReadLimits, *, channels: int,
     count = int(header.n_sig or 0)
     if not 1 <= count <= limits.max_signal_channels:
         raise SignalError(over_limit("WFDB channels", count, limits, "max_signal_channels"))
+    if any(int(n or 1) != 1 for n in header.samps_per_frame or []):
+        raise SignalError("multi-frequency WFDB record (samples per frame > 1): not "
+                          "supported; export every channel at one rate")
     _check_wfdb_files(path, [str(name) for name in header.file_name or []], limits)
     names = tuple(str(name).strip() for name in header.sig_name)
     chosen = channel_indices(count, names, channels=channels, leads=leads)
@@ -228,10 +238,13 @@ def read_wfdb(path: Path, limits: ReadLimits, *, channels: int,
     length = int(header.sig_len or 0)
     if length <= 0:
         raise SignalError("WFDB record has no samples")
-    if length * len(chosen) > limits.max_signal_samples:
-        raise SignalError(over_limit(f"WFDB {length:,} samples × {len(chosen)} channels =",
-                                     length * len(chosen), limits, "max_signal_samples",
-                                     "samples"))
+    skews = [int(k or 0) for k in header.skew or []]
+    if any(k < 0 for k in skews):
+        raise SignalError("WFDB header has a negative skew")
+    decoded = (length + max(skews, default=0)) * count  # wfdb decodes every channel
+    if decoded > limits.max_signal_samples:
+        raise SignalError(over_limit(f"WFDB {length:,} samples × {count} channels =",
+                                     decoded, limits, "max_signal_samples", "samples"))
     try:
         record = wfdb.rdrecord(record_name, channels=list(chosen), physical=True)
         data = np.asarray(record.p_signal, dtype=np.float64).T
@@ -243,6 +256,53 @@ def read_wfdb(path: Path, limits: ReadLimits, *, channels: int,
         raise SignalError(f"WFDB data gave {data.shape[1]} samples × {data.shape[0]} channels; "
                           f"the header says {length} × {len(chosen)}")
     return Recording(data, rate, tuple(names[i] for i in chosen))
+
+
+def _screen_wfdb_header(path: Path, limits: ReadLimits) -> None:
+    """What wfdb's parser is not asked to judge: the name ends in ``.hea`` exactly (wfdb
+    appends it to the record name, so ``.HEA`` would have it open another file), a regular
+    file of at most ``MAX_WFDB_HEADER_BYTES``, ASCII (wfdb drops other bytes, and with them
+    the file names they spell), a signal count within the limit with that many signal lines
+    and no more (wfdb parses each line slowly), and a rate that is a positive number."""
+    if path.suffix != ".hea":
+        raise SignalError(f"WFDB header '{path.name}' must end in '.hea' (lower case), as the "
+                          "wfdb reader opens it; rename it and its manifest cell")
+    if not path.is_file():
+        raise SignalError("WFDB header is not a regular file")
+    if path.stat().st_size > MAX_WFDB_HEADER_BYTES:
+        raise SignalError(f"WFDB header is {path.stat().st_size:,} bytes; a header is at most "
+                          f"{MAX_WFDB_HEADER_BYTES:,}")
+    raw = path.read_bytes()[:MAX_WFDB_HEADER_BYTES + 1]
+    if not raw.isascii():
+        raise SignalError("WFDB header holds non-ASCII bytes; WFDB headers are ASCII")
+    lines = _header_lines(raw.decode("ascii"))
+    if not lines or len(lines[0]) < 2:
+        raise SignalError("unreadable WFDB header (no record line)")
+    try:
+        signals = int(lines[0][1])
+    except ValueError:
+        raise SignalError(f"unreadable WFDB header (signal count '{lines[0][1]}')") from None
+    if "/" not in lines[0][0]:
+        if not 1 <= signals <= limits.max_signal_channels:
+            raise SignalError(over_limit("WFDB channels", signals, limits,
+                                         "max_signal_channels"))
+        if len(lines) - 1 > signals:
+            raise SignalError(f"WFDB header has {len(lines) - 1} signal lines for {signals} "
+                              "signals")
+    if len(lines[0]) > 2:
+        rate = lines[0][2].split("/")[0]
+        try:
+            valid = math.isfinite(float(rate)) and float(rate) > 0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise SignalError(f"unreadable WFDB rate '{rate}' in the header's record line")
+
+
+def _header_lines(text: str) -> list[list[str]]:
+    """A header's record and signal lines, split into fields (comments and blanks out)."""
+    return [line.split() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _check_wfdb_files(header: Path, files: list[str], limits: ReadLimits) -> None:
@@ -262,17 +322,19 @@ def _check_wfdb_files(header: Path, files: list[str], limits: ReadLimits) -> Non
                                          "max_file_bytes", "bytes"))
 
 
-def wfdb_data_files(header: Path, *, max_bytes: int = 1 << 16) -> list[str]:
+def wfdb_data_files(header: Path) -> list[str]:
     """The data files a WFDB header names (the first field of each signal line), read as
-    text without the ``wfdb`` package; [] for a header that cannot be read. The site cache
-    keys a record on them (a changed ``.dat`` is a changed recording)."""
+    text without the ``wfdb`` package; [] for a header that is not a regular file or cannot
+    be read. The site cache keys a record on them (a changed ``.dat`` is a changed
+    recording)."""
     try:
+        if not header.is_file():  # never open a FIFO or a device
+            return []
         with header.open("rb") as handle:
-            text = handle.read(max_bytes).decode("latin-1")
+            text = handle.read(MAX_WFDB_HEADER_BYTES).decode("latin-1")
     except OSError:
         return []
-    lines = [line.split() for line in text.splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = _header_lines(text)
     if not lines or len(lines[0]) < 2 or "/" in lines[0][0]:
         return []
     try:

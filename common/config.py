@@ -103,10 +103,19 @@ class DataConfig(_Section):
         if len({name.strip().lower() for name in names}) != len(names):
             raise ValueError("label_names names a label twice")
         bad = [n for n in names if not n.strip() or FINDING_SEPARATOR in n or "," in n
-               or n.strip().lstrip("-").isdigit()]
+               or _reads_as_an_index(n)]
         if bad:
             raise ValueError(f"label_names: {bad[0]!r} is empty, a number or holds ';' or ','")
         return self
+
+
+def _reads_as_an_index(name: str) -> bool:
+    """A name a label cell would read as a number ("+1", "1_0", "١")."""
+    try:
+        int(name)
+    except ValueError:
+        return False
+    return True
 
 
 class ModelConfig(_Section):

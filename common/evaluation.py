@@ -74,8 +74,9 @@ def evaluate_model(model: nn.Module, data: SiteData, *, data_config: DataConfig,
     if multilabel:
         metrics.update(finding_metrics(torch.sigmoid(logits.double()).numpy(), labels.numpy(),
                                        finite=finite.numpy()))
-    elif logits.shape[1] == 2:
-        metrics["auroc"] = auroc(logits.softmax(dim=1)[:, 1].numpy(), labels.numpy())
+    elif logits.shape[1] == 2:  # a row the model cannot score scores 0, as for findings
+        scores = torch.where(finite, logits.softmax(dim=1)[:, 1], torch.zeros(len(labels)))
+        metrics["auroc"] = auroc(scores.double().numpy(), labels.numpy())
     return metrics
 
 
@@ -129,9 +130,10 @@ def evaluate_weights(config: RunConfig, weights: Weights, data: SiteData, *,
 
 def held_out_figures(metrics: dict[str, Any]) -> dict[str, Any]:
     """The server's held-out test figures for a round record (``test_*``), a figure that is
-    not defined (a finding without positive or negative test rows) as ``None``."""
+    not defined (a finding without positive or negative test rows) or not finite (a diverged
+    model's loss) as ``None``: the records stay valid JSON."""
     def number(value: float) -> float | None:
-        return None if math.isnan(value) else float(value)
+        return float(value) if math.isfinite(value) else None
 
     figures: dict[str, Any] = {"test_loss": number(metrics["loss"]),
                                "test_accuracy": number(metrics["accuracy"])}

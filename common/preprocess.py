@@ -433,7 +433,11 @@ def read_signal(path: Path, config: DataConfig, *,
         bad = int(np.size(samples) - np.isfinite(samples).sum())
         raise SampleError(f"signal has {bad} NaN or infinite values; clean or drop this recording")
     fitted = _fit_length(samples, config.signal_length)
-    std = fitted.std(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = fitted.std(axis=1, keepdims=True)
+    if not np.all(np.isfinite(std)):  # values near the float limit: their squares overflow
+        raise SampleError("signal values too large to standardise (check the file's gain or "
+                          "units)")
     standardised = (fitted - fitted.mean(axis=1, keepdims=True)) / np.where(std > 1e-8, std, 1.0)
     if config.signal_features == "log_mel":
         return np.concatenate([log_mel(channel, config.signal_sample_rate)

@@ -52,10 +52,12 @@ def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow],
                 hasher.update(f"{cell}:{stat.st_size}:{stat.st_mtime_ns}".encode())
             except OSError:
                 hasher.update(f"{cell}:missing".encode())
-            if modality == "audio" and cell.lower().endswith(".hea"):  # and its data files
-                for name in wfdb_data_files(root / cell):
+            header = (root / cell).resolve()
+            if (modality == "audio" and cell.endswith(".hea")  # and its data files
+                    and header.is_relative_to(root)):  # a cell outside is refused anyway
+                for name in wfdb_data_files(header):
                     try:
-                        stat = (root / cell).parent.joinpath(name).stat()
+                        stat = header.parent.joinpath(name).stat()
                         hasher.update(f"+{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
                     except OSError:
                         hasher.update(f"+{name}:missing".encode())

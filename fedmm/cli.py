@@ -624,7 +624,7 @@ def _centralized_references(config: RunConfig, site_dirs: list[Path], test_dir: 
     if federated is not None:
         line += f" · federated: {federated:.3f}"
     console.print(line, highlight=False)
-    if "test_macro_auroc" in plain:  # findings: the figure that says more than exact match
+    if plain.get("test_macro_auroc") is not None:  # findings: says more than exact match
         parts = [f"centralized, no DP {plain['test_macro_auroc']:.3f}"]
         if dp is not None and dp.get("test_macro_auroc") is not None:
             parts.append(f"centralized DP-SGD {dp['test_macro_auroc']:.3f}")

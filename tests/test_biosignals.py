@@ -301,6 +301,74 @@ def test_bad_wfdb_records_are_their_rows_issues(tmp_path: Path) -> None:
         read_signal(tmp_path / "multi.hea", two)
 
 
+def test_wfdb_headers_are_screened_before_wfdb_parses_them(tmp_path: Path) -> None:
+    """What a hostile header could make the wfdb package do, refused from the header alone:
+    open another file (an upper-case suffix), read a file a dropped byte spells, parse a
+    megabyte of signal lines, allocate for a skew, decode more channels or frames than the
+    sample limit counts, or take an unreadable rate for its 250 Hz default."""
+    import shutil as files
+
+    two = DataConfig(signal_channels=2)
+    header = _wfdb_from_the_ecg(tmp_path, "two", order=[0, 1])
+    text = header.read_text()
+    record, first, second = text.splitlines()[:3]
+
+    def refused(name: str, content: str, pattern: str, config: DataConfig = two,
+                limits: ReadLimits | None = None) -> None:
+        (tmp_path / name).write_text(content, encoding="utf-8")
+        with pytest.raises(SampleError, match=pattern):
+            read_signal(tmp_path / name, config, **({"limits": limits} if limits else {}))
+
+    files.copy(tmp_path / "two.dat", tmp_path / "UP.dat")
+    refused("UP.HEA", text.replace("two", "UP"), r"must end in '\.hea' \(lower case\)")
+    refused("accent.hea", text.replace("two", "accent", 1).replace("two.dat", "twé.dat"),
+            "non-ASCII bytes")
+    refused("lines.hea", text.replace("two", "lines", 1) + (first + "\n") * 500,
+            "502 signal lines for 2 signals")
+    refused("big.hea", text.replace("two", "big", 1) + "#" * (1 << 20) + "\n",
+            r"WFDB header is 1,048,\d{3} bytes; a header is at most 1,048,576")
+    refused("fs.hea", text.replace("two", "fs", 1).replace(" 1000 ", " -100 ", 1),
+            "unreadable WFDB rate '-100'")
+    refused("nan.hea", text.replace("two", "nan", 1).replace(" 1000 ", " nan ", 1),
+            "unreadable WFDB rate 'nan'")
+    skewed = record.replace("two", "skew") + "\n" + "\n".join(
+        line.replace("two.dat 16", "two.dat 16:250000000") for line in (first, second)) + "\n"
+    refused("skew.hea", skewed, r"WFDB 10,000 samples × 2 channels = 500 M samples > limit")
+    framed = record.replace("two", "frames") + "\n" + "\n".join(
+        line.replace("two.dat 16", "two.dat 16x1000") for line in (first, second)) + "\n"
+    refused("frames.hea", framed, r"multi-frequency WFDB record \(samples per frame > 1\)")
+    # one channel chosen of two in one file: wfdb decodes both, and both count
+    refused("wide.hea", text.replace("two", "wide", 1),
+            r"WFDB 10,000 samples × 2 channels = 20,000 samples > limit 15,000",
+            config=DataConfig(signal_channels=1),
+            limits=ReadLimits(max_signal_samples=15_000))
+
+
+def test_a_fifo_named_like_a_header_is_a_missing_file_cached_or_not(tmp_path: Path) -> None:
+    """Nothing opens a FIFO the manifest names (it would block the load): not the reader,
+    not the site cache's key."""
+    import os
+
+    from common.sitecache import load_site_cached
+    from common.sitedata import load_site
+
+    site = tmp_path / "site"
+    (site / "ecg").mkdir(parents=True)
+    os.mkfifo(site / "ecg" / "a.hea")
+    (site / "manifest.csv").write_text("sample_id,label,image,text,signal\n"
+                                       "p0,0,,,ecg/a.hea\np1,1,,a note,\n")
+    config = DataConfig(min_usable_rows=1)
+    for data in (load_site(site, config), load_site_cached(site, config, tmp_path / "cache")):
+        [issue] = data.issues
+        assert issue.sample_id == "p0" and "not found" in issue.reason, issue
+
+
+def test_values_too_large_to_standardise_are_the_rows_issue(tmp_path: Path) -> None:
+    np.save(tmp_path / "huge.npy", np.full(1000, 1e300) * np.linspace(1, 2, 1000))
+    with pytest.raises(SampleError, match="too large to standardise"):
+        read_signal(tmp_path / "huge.npy", DataConfig())
+
+
 def test_three_ecg_hospitals_train_a_private_securely_aggregated_round(tmp_path: Path) -> None:
     """One hospital's ECGs as DICOM waveforms, one's as EDF+ (leads stored backwards), one's as
     WFDB records (limb leads last), each with its notes: validated, then one round of real

@@ -62,6 +62,8 @@ def test_a_label_cell_holds_findings_by_index_or_name() -> None:
     ({"label_names": ("a", "b")}, "label_names names 2 labels; num_classes is 4"),
     ({"label_names": ("a", "B", "b", "c")}, "names a label twice"),
     ({"label_names": ("a", "b", "c", "7")}, "'7' is empty, a number"),
+    ({"label_names": ("a", "b", "c", "+1")}, "'\\+1' is empty, a number"),
+    ({"label_names": ("a", "b", "c", "1_0")}, "'1_0' is empty, a number"),
     ({"label_names": ("a", "b", "c;d", "e")}, "holds ';' or ','"),
 ])
 def test_the_config_refuses_labels_it_could_not_read(fields: dict, message: str) -> None:
@@ -153,9 +155,10 @@ def test_per_finding_auroc_and_f1_and_their_macro_means() -> None:
     assert figures["f1-by-finding"] == [1.0, 1.0, 0.0]
     assert figures["macro-f1"] == pytest.approx(2 / 3)
     assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
-    shown = held_out_figures({"loss": 0.5, "accuracy": 0.25, **figures})
+    shown = held_out_figures({"loss": math.inf, "accuracy": 0.25, **figures})
     assert shown["test_auroc_by_finding"][2] is None and shown["test_macro_f1"] == figures[
         "macro-f1"]
+    assert shown["test_loss"] is None  # a diverged model's loss: not Infinity in the JSON
     # a row the model cannot score counts at 0 on every finding, not as NaN
     scores[0, 0] = np.nan
     worse = finding_metrics(scores, targets, finite=np.isfinite(scores).all(axis=1))
