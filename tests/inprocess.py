@@ -91,3 +91,20 @@ class InProcessSites:
             answer = self.app(message, self.contexts[node])
             replies.append(parse_reply(answer, self.site_of))
         return replies
+
+
+def one_secure_round(site_dirs: Sequence[Path], config: RunConfig, *, seed: int = 0
+                     ) -> tuple[Weights, Any]:
+    """The initial model's weights and the outcome of one securely aggregated round of the
+    real ClientApp at every site (real X25519, AES-GCM, Shamir; no Flower runtime)."""
+    from client.app import make_client_app
+    from common.models import build_model
+    from common.serialization import model_weights
+    from server.secure_aggregation import SecureAggregation
+
+    weights = model_weights(build_model(data=config.data, model=config.model, seed=seed))
+    hospitals = InProcessSites(make_client_app(), site_dirs, config)
+    outcome = SecureAggregation(settings=config.secure_aggregation,
+                                exchange=hospitals.exchange).train(
+        round_id="test/1", nodes=hospitals.nodes, weights=weights)
+    return weights, outcome

@@ -374,14 +374,10 @@ def test_three_ecg_hospitals_train_a_private_securely_aggregated_round(tmp_path:
     WFDB records (limb leads last), each with its notes: validated, then one round of real
     DP-SGD (Opacus) at each, masked and summed by secure aggregation (real X25519, AES-GCM,
     Shamir) through the real ClientApp, with the 12-lead model."""
-    from client.app import make_client_app
     from client.ledger import PrivacyLedger
     from common.config import RunConfig
-    from common.models import build_model
-    from common.serialization import model_weights
-    from server.secure_aggregation import SecureAggregation
     from simulations.demo_data import DEMO_POLICY
-    from tests.inprocess import InProcessSites
+    from tests.inprocess import one_secure_round
 
     sites = []
     for name, suffix in (("dicom-site", ".dcm"), ("edf-site", ".edf"), ("wfdb-site", ".hea")):
@@ -408,11 +404,7 @@ def test_three_ecg_hospitals_train_a_private_securely_aggregated_round(tmp_path:
     for site in sites:
         result = runner_validate(site, config, tmp_path)
         assert "24 rows, 24 usable, 0 bad" in result, result
-    weights = model_weights(build_model(data=config.data, model=config.model, seed=0))
-    hospitals = InProcessSites(make_client_app(), sites, config)
-    outcome = SecureAggregation(settings=config.secure_aggregation,
-                                exchange=hospitals.exchange).train(
-        round_id="test/1", nodes=hospitals.nodes, weights=weights)
+    _, outcome = one_secure_round(sites, config)
     assert outcome.mean is not None and outcome.details["survivors"] == 3, outcome
     assert outcome.mean["encoders.audio.features.0.weight"].shape[1] == 12
     assert all(np.isfinite(v).all() for v in outcome.mean.values())

@@ -172,17 +172,13 @@ def test_two_hospitals_train_a_private_securely_aggregated_multilabel_round(
     both through the real ClientApp, masked and summed by secure aggregation (X25519, AES-GCM,
     Shamir); the server evaluates the new model on its held-out folder with per-finding and
     macro figures, and the report shows them by name."""
-    from client.app import make_client_app
     from client.ledger import PrivacyLedger
     from common.evaluation import evaluate_weights
-    from common.models import build_model
-    from common.serialization import model_weights
     from common.sitedata import load_site
     from server.callbacks import build_summary
     from server.report import write_report
     from server.run_folder import RoundRecord, RunFolder
-    from server.secure_aggregation import SecureAggregation
-    from tests.inprocess import InProcessSites
+    from tests.inprocess import one_secure_round
 
     sites = []
     for name in ("site-01", "site-02"):
@@ -194,11 +190,7 @@ def test_two_hospitals_train_a_private_securely_aggregated_multilabel_round(
         "model": {"embed_dim": 8, "hidden_dim": 16},
         "training": {"rounds": 1, "local_epochs": 1, "batch_size": 16},
         "privacy": {"noise_multiplier": 1.0}})
-    weights = model_weights(build_model(data=config.data, model=config.model, seed=0))
-    hospitals = InProcessSites(make_client_app(), sites, config)
-    outcome = SecureAggregation(settings=config.secure_aggregation,
-                                exchange=hospitals.exchange).train(
-        round_id="test/1", nodes=hospitals.nodes, weights=weights)
+    weights, outcome = one_secure_round(sites, config)
     assert outcome.mean is not None and outcome.details["survivors"] == 2, outcome
     assert all(np.isfinite(v).all() for v in outcome.mean.values())
     for site in sites:
