@@ -52,10 +52,11 @@ def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow],
                 hasher.update(f"{cell}:{stat.st_size}:{stat.st_mtime_ns}".encode())
             except OSError:
                 hasher.update(f"{cell}:missing".encode())
-            header = (root / cell).resolve()
-            if (modality == "audio" and cell.endswith(".hea")  # and its data files
-                    and header.is_relative_to(root)):  # a cell outside is refused anyway
-                for name in wfdb_data_files(header):
+            if modality == "audio" and cell.endswith(".hea"):  # and its data files
+                header = (root / cell).resolve()
+                # a header outside the site is refused anyway: nothing of it is read here
+                names = wfdb_data_files(header) if header.is_relative_to(root) else []
+                for name in names:
                     try:
                         stat = header.parent.joinpath(name).stat()
                         hasher.update(f"+{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())

@@ -32,7 +32,7 @@ from common.config import (
 )
 from common.dashboard_http import DEFAULT_HOST, DEFAULT_PORT
 from common.sitedata import SiteDataError
-from server.run_folder import RoundRecord, RunFolder, RunFolderError
+from server.run_folder import HELD_OUT_SCORES, RoundRecord, RunFolder, RunFolderError
 from simulations.scenarios import Scenario
 from simulations.supervisor import SimulationJob
 from simulations.tasks import Task
@@ -427,9 +427,8 @@ class RoundDisplay:
         validation = "val (DP)" if record.evaluation_private else "val"
         for value, label in ((record.accuracy, f"{validation} acc"),
                              (record.test_accuracy, "test acc"),
-                             (record.test_auroc, "test AUROC"),
-                             (record.test_macro_auroc, "test macro AUROC"),
-                             (record.test_macro_f1, "test macro F1"),
+                             *((getattr(record, name), heading)
+                               for name, heading in HELD_OUT_SCORES),
                              (record.loss, f"{validation} loss")):
             if value is not None:
                 parts.append(f"{label} {value:.3f}")

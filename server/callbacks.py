@@ -17,7 +17,7 @@ from common.atomic import (
     remove_stale_temporaries,
 )
 from server.checkpoint import Checkpoint, list_checkpoints, save_checkpoint
-from server.run_folder import RoundRecord
+from server.run_folder import HELD_OUT_BY_FINDING, HELD_OUT_SCORES, RoundRecord
 from server.run_state import RunState
 
 
@@ -103,8 +103,7 @@ class FinalOutputs(Callback):
 def build_summary(state: RunState) -> dict[str, Any]:
     final: dict[str, Any] = {}
     for name in ("accuracy", "loss", "evaluation_private", "test_accuracy", "test_loss",
-                 "test_auroc", "test_macro_auroc", "test_macro_f1", "test_auroc_by_finding",
-                 "test_f1_by_finding"):
+                 *(name for name, _ in HELD_OUT_SCORES), *HELD_OUT_BY_FINDING):
         value = next((getattr(r, name) for r in reversed(state.rounds)
                       if getattr(r, name) is not None), None)
         if value is not None:

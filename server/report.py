@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write_json, atomic_write_text
-from server.run_folder import RoundRecord, RunFolder
+from server.run_folder import HELD_OUT_SCORES, RoundRecord, RunFolder
 
 REFERENCES_HEADING = "## Centralized references"
 
@@ -91,7 +91,7 @@ def write_report(folder: RunFolder, rounds: list[RoundRecord], summary: dict[str
         examples = "-" if last.num_examples is None else last.num_examples
         skipped = "-" if last.skipped_rows is None else last.skipped_rows
         lines.append(f"| {site} | {status} | {examples} | {skipped} |")
-    extra = [(name, heading) for name, heading in EXTRA_TEST_COLUMNS
+    extra = [(name, heading) for name, heading in HELD_OUT_SCORES
              if any(getattr(r, name) is not None for r in rounds)]
     lines += ["", "## Rounds", "",
               "| round | accuracy | loss | test acc | "
@@ -106,11 +106,6 @@ def write_report(folder: RunFolder, rounds: list[RoundRecord], summary: dict[str
     lines += finding_lines(rounds, summary)
     lines += ["", "![accuracy](accuracy.png) ![loss](loss.png) ![epsilon](epsilon.png)", ""]
     atomic_write_text(folder.report, "\n".join(lines))
-
-
-# held-out test figures shown as columns when a run has them (two classes; findings)
-EXTRA_TEST_COLUMNS = (("test_auroc", "test AUROC"), ("test_macro_auroc", "test macro AUROC"),
-                      ("test_macro_f1", "test macro F1"))
 
 
 def fmt(value: float | None) -> str:
@@ -145,7 +140,7 @@ def reference_lines(references: dict[str, Any]) -> list[str]:
     """The report's section on the pooled-data references and the two cost ratios."""
     plain, dp = references.get("non_private", {}), references.get("dp")
     # the held-out figures a reference has beyond accuracy (AUROC; findings' macro means)
-    extra = [(name, heading) for name, heading in EXTRA_TEST_COLUMNS if name in plain]
+    extra = [(name, heading) for name, heading in HELD_OUT_SCORES if name in plain]
 
     def figures(part: dict[str, Any]) -> str:
         return " | ".join(fmt(part.get(name)) for name in ("test_accuracy",

@@ -55,7 +55,12 @@ class SiteRound(BaseModel):
 
 
 # RoundRecord's metric fields, as the live view and the TensorBoard export show them
-SCORE_METRICS = ("accuracy", "test_accuracy", "test_auroc", "test_macro_auroc", "test_macro_f1")
+# the held-out test's figures beyond accuracy, with how they are headed (two classes: AUROC;
+# multi-label findings: macro means, and per-finding lists)
+HELD_OUT_SCORES = (("test_auroc", "test AUROC"), ("test_macro_auroc", "test macro AUROC"),
+                   ("test_macro_f1", "test macro F1"))
+HELD_OUT_BY_FINDING = ("test_auroc_by_finding", "test_f1_by_finding")
+SCORE_METRICS = ("accuracy", "test_accuracy", *(name for name, _ in HELD_OUT_SCORES))
 LOSS_METRICS = ("loss", "test_loss")
 
 

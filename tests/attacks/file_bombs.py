@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -38,17 +39,13 @@ def _wav_bytes(*, rate: int, channels: int = 1, width: int = 2, frames: bytes = 
     return b"RIFF" + struct.pack("<I", 4 + len(body) - 4) + body
 
 
-def _dicom(path: Path, *, rows: int, columns: int, deflated: bool, frames: int = 1) -> None:
+def _dataset(sop_class: str, *, deflated: bool) -> Any:
+    """An empty DICOM dataset of ``sop_class`` with its file meta (deflated or not)."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DeflatedExplicitVRLittleEndian,
-        ExplicitVRLittleEndian,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else \
         ExplicitVRLittleEndian
@@ -56,6 +53,13 @@ def _dicom(path: Path, *, rows: int, columns: int, deflated: bool, frames: int =
     dataset.file_meta = meta
     dataset.SOPClassUID, dataset.SOPInstanceUID = (meta.MediaStorageSOPClassUID,
                                                    meta.MediaStorageSOPInstanceUID)
+    return dataset
+
+
+def _dicom(path: Path, *, rows: int, columns: int, deflated: bool, frames: int = 1) -> None:
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    dataset = _dataset(SecondaryCaptureImageStorage, deflated=deflated)
     dataset.Rows, dataset.Columns, dataset.SamplesPerPixel = rows, columns, 1
     dataset.PhotometricInterpretation = "MONOCHROME2"
     dataset.BitsAllocated = dataset.BitsStored = 16
@@ -70,23 +74,10 @@ def _waveform(path: Path, *, samples: int, channels: int, deflated: bool,
               declared: int | None = None) -> None:
     """A 16-bit DICOM waveform (12-lead ECG storage) of zeros; ``declared``: the sample count
     its header claims, when that is a lie."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DeflatedExplicitVRLittleEndian,
-        ExplicitVRLittleEndian,
-        TwelveLeadECGWaveformStorage,
-        generate_uid,
-    )
+    from pydicom.dataset import Dataset
+    from pydicom.uid import TwelveLeadECGWaveformStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = TwelveLeadECGWaveformStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else \
-        ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = (meta.MediaStorageSOPClassUID,
-                                                   meta.MediaStorageSOPInstanceUID)
+    dataset = _dataset(TwelveLeadECGWaveformStorage, deflated=deflated)
     group = Dataset()
     group.MultiplexGroupLabel = "RHYTHM"
     group.NumberOfWaveformChannels = channels
