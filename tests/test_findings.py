@@ -142,6 +142,10 @@ def test_each_patients_gradient_is_still_clipped_to_c_under_every_mode(
         expected = reference_gradient(build(), batch, clip, loss=loss)
         assert relative_error(private_gradient(build, mode, batch, clip, loss=loss),
                               expected) < 1e-3
+        # teeth: the step wired to the multi-class loss (what training used before the findings
+        # loss existed) is caught by the same comparison
+        assert relative_error(private_gradient(build, mode, batch, clip),
+                              expected) > 1e-3
 
 
 def test_per_finding_auroc_and_f1_and_their_macro_means() -> None:
