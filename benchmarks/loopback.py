@@ -174,6 +174,7 @@ def run_loopback(*, root: Path, hospitals: int, rounds: int = 2, secure: bool = 
         "round_seconds": [r.seconds for r in records],
         "sites_ok": [r.sites_ok for r in records],
         "aggregated": [r.aggregated for r in records],
+        "secagg_degree": [(r.secure_aggregation or {}).get("degree") for r in records],
         "server_peak_rss_mib": round(memory.peak / 2**20, 1),
         "server_log": (root / "server" / "output.log").read_text(errors="replace")[-2000:],
     }

@@ -31,8 +31,10 @@ DEADLINE_FIXTURES = {"deployment", "weakened"}  # real deployments: round timeou
 def needs_a_quiet_machine(item: pytest.Item) -> bool:
     """Tests on deadlines (round timeouts, a kill mid-round, "stops within 10 s"): they run
     last, alone, after the main job has ended."""
-    return (item.get_closest_marker("deadlines") is not None
-            or bool(DEADLINE_FIXTURES & set(getattr(item, "fixturenames", ()))))
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if (callspec := getattr(item, "callspec", None)) is not None:
+        fixtures -= set(callspec.params)  # a parametrize argument of the same name is not one
+    return item.get_closest_marker("deadlines") is not None or bool(DEADLINE_FIXTURES & fixtures)
 
 
 def run_order(items: list[pytest.Item]) -> dict[str, int]:

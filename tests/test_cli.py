@@ -32,15 +32,12 @@ def test_help_paragraphs_wrap_evenly_at_any_width(command: list[str], width: int
     """Each paragraph of a command's help fills the terminal's lines (no docstring line break
     leaves a ragged short line mid-sentence), and nothing runs past the width."""
     import itertools
-    import os
-    import subprocess
-    import sys
 
-    result = subprocess.run([sys.executable, "-m", "fedmm", *command, "--help"],
-                            capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": str(width), "TERM": "dumb"})
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    # in-process: the same text `fedmm ... --help` prints in a terminal of that width
+    result = runner.invoke(app, [*command, "--help"], prog_name="fedmm",
+                           env={"COLUMNS": str(width), "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
     assert all(len(line) <= width for line in lines)
     prose = lines[lines.index(next(x for x in lines if x.strip().startswith("Usage"))) + 2:
                   next(i for i, x in enumerate(lines) if x.startswith(("╭", "+")))]

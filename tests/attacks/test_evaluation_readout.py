@@ -217,10 +217,10 @@ def test_a_row_that_scores_nan_moves_the_release_by_a_bounded_amount(site_copy) 
     assert torch.isnan(naive)
 
 
-@pytest.mark.parametrize("weakened", [False, True])
+@pytest.mark.parametrize("sanitising_off", [False, True])  # True: the weakened site
 def test_a_row_with_a_nan_gradient_does_not_show_in_the_reply(site_copy, monkeypatch,
-                                                              weakened) -> None:
-    if weakened:  # the sanitising of per-sample gradients switched off
+                                                              sanitising_off) -> None:
+    if sanitising_off:  # the sanitising of per-sample gradients switched off
         import client.training
 
         monkeypatch.setattr(client.training, "_drop_non_finite_samples", lambda optimizer: None)
@@ -231,7 +231,7 @@ def test_a_row_with_a_nan_gradient_does_not_show_in_the_reply(site_copy, monkeyp
     token = tokens_in_exactly_one_row(train)[0]
     sites.config = config
     [reply] = sites.exchange(sites.nodes, wire.TRAIN, poisoned(config, token))
-    if weakened:
+    if sanitising_off:
         assert reply.status == "failed" and reply.code == wire.DIVERGED  # the patient shows
     else:
         assert reply.status == "ok" and reply.update is not None
