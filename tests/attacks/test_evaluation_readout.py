@@ -7,11 +7,15 @@ site's own (size from its policy, order from its secret), metrics in DP runs tra
 through the policy's Gaussian mechanism (charged to the ledger), and the default policy sends
 none. Weakened — a policy that evaluates one patient and sends exact metrics — the same
 attack reads the label. The exact training loss is the same channel in a weaker form: DP
-rounds do not send it; a non-private round's exact loss gives the count of a label.
+rounds do not send it; a non-private round's exact loss gives the count of a label. With several
+findings a patient (multi-label), one crafted model per combination of findings makes the same
+attack read all of a patient's findings at once from exact metrics, and gets nothing from the
+Gaussian release, which stays the same two sums.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -31,6 +35,9 @@ from common.models import build_model
 from common.privacy import epsilon_for_history
 from common.randomness import RandomStream
 from common.serialization import model_weights
+from simulations.ecg12 import CONFIG as ECG12_DATA
+from simulations.ecg12 import FINDINGS, generate_ecg12
+from simulations.scenarios import Scenario
 from tests.inprocess import InProcessSites
 
 CLASSES = 4
@@ -118,19 +125,24 @@ def test_a_dp_release_hides_the_one_patient_and_is_charged(site_copy) -> None:
                                                                delta=config.privacy.delta))
 
 
-def guess_rate(noise_multiplier: float, site_copy: Path, trials: int = 4000) -> float:
-    """How often the attacker names the patient's label from one release per class guess:
-    the class whose noisy 'correct' is largest, over ``trials`` independent releases of the
-    real sums of the crafted models on the one-patient split."""
-    config = run_config(private=True)
+def released_sums(site_copy: Path, config: RunConfig, guesses: list[dict[str, np.ndarray]]
+                  ) -> list[ValidationSums]:
+    """The sums a site would release for each crafted model on its one-patient split (the
+    site's own code computes them; the noise is added by :func:`guess_rate`)."""
     site = resolve_site({"data-dir": str(site_copy)}, None)
     _, validation = site_split(site, config, load_model_inputs(site_copy, config, site.state))
     sums = []
-    for k in range(CLASSES):
-        metrics = evaluate_weights(config, crafted(config, k), validation, loss_bound=5.0)
+    for weights in guesses:
+        metrics = evaluate_weights(config, weights, validation, loss_bound=5.0)
         sums.append(ValidationSums(float(metrics["num-examples"]), float(metrics["correct"]),
                                    float(metrics["clipped-loss-sum"])))
-    truth = int(validation.labels[0])
+    return sums
+
+
+def guess_rate(noise_multiplier: float, sums: list[ValidationSums], truth: int,
+               trials: int = 4000) -> float:
+    """How often the attacker names the patient's label from one release per guess: the
+    guess whose noisy 'correct' is largest, over ``trials`` independent releases."""
     stream = RandomStream.from_seed("attack")
     hits = 0
     for _ in range(trials):
@@ -142,8 +154,74 @@ def guess_rate(noise_multiplier: float, site_copy: Path, trials: int = 4000) -> 
 
 def test_the_gaussian_release_leaves_the_attacker_near_chance(site_copy) -> None:
     (site_copy / "policy.toml").write_text(ONE_PATIENT, encoding="utf-8")
-    assert guess_rate(10.0, site_copy) < 0.30  # chance is 0.25
-    assert guess_rate(1e-3, site_copy) == 1.0  # weakened: no real noise
+    config = run_config(private=True)
+    sums = released_sums(site_copy, config, [crafted(config, k) for k in range(CLASSES)])
+    truth = int(validation_labels(site_copy, config)[0])
+    assert guess_rate(10.0, sums, truth) < 0.30  # chance is 0.25
+    assert guess_rate(1e-3, sums, truth) == 1.0  # weakened: no real noise
+
+
+# -- several findings a patient: the same attack, one crafted model per combination ---------
+PATTERNS = list(itertools.product([False, True], repeat=len(FINDINGS)))  # all 8 combinations
+
+
+def findings_config(*, private: bool) -> RunConfig:
+    data = {key.split(".", 1)[1]: value for key, value in ECG12_DATA.items()}
+    return RunConfig.model_validate({
+        "data": data, "model": {"embed_dim": 8, "hidden_dim": 16},
+        "training": {"batch_size": 64},
+        "privacy": {"enabled": private, "noise_multiplier": 1.0},
+        "secure_aggregation": {"enabled": False}})
+
+
+def crafted_findings(config: RunConfig, pattern: tuple[bool, ...]) -> dict[str, np.ndarray]:
+    """Zero weights; each finding's output bias +10 where ``pattern`` has it, -10 where not:
+    the model predicts exactly ``pattern`` for every patient."""
+    weights = model_weights(build_model(data=config.data, model=config.model, seed=0))
+    out = {name: np.zeros_like(value) for name, value in weights.items()}
+    for name, value in out.items():
+        if name.endswith("bias") and value.shape == (len(FINDINGS),):
+            value[:] = np.where(pattern, 10.0, -10.0)
+    return out
+
+
+@pytest.fixture
+def findings_site(tmp_path: Path) -> Path:
+    """A hospital of 60 patients with any of three findings each (``--task ecg12``)."""
+    [site] = generate_ecg12(tmp_path / "sites", sites=1, samples_per_site=60, seed=2,
+                            scenario=Scenario.IID, test_samples=0)
+    return site
+
+
+def test_the_weakened_site_gives_away_its_one_validation_patients_findings(
+        findings_site: Path) -> None:
+    """Exact metrics: the one crafted model that scores its patient right names all three of
+    the patient's findings at once."""
+    policy = ONE_PATIENT + "allow_non_private = true\nrequire_secure_aggregation = false\n"
+    sites = site_with(findings_site, policy)
+    config = findings_config(private=False)
+    answers = {p: evaluate(sites, config, crafted_findings(config, p)) for p in PATTERNS}
+    assert all(a.count == 1 and not a.private for a in answers.values())
+    [truth] = validation_labels(findings_site, config)
+    assert [p for p, a in answers.items() if a.correct == 1] == [tuple(truth > 0.5)]
+
+
+def test_a_dp_release_hides_the_one_patients_findings(findings_site: Path) -> None:
+    """What a multi-label site releases is the same two sums under the Gaussian mechanism (no
+    per-finding figure): the attacker is near chance (1 in 8); without real noise it is
+    certain."""
+    (findings_site / "policy.toml").write_text(ONE_PATIENT, encoding="utf-8")
+    config = findings_config(private=True)
+    sums = released_sums(findings_site, config,
+                         [crafted_findings(config, p) for p in PATTERNS])
+    [labels] = validation_labels(findings_site, config)
+    truth = PATTERNS.index(tuple(labels > 0.5))
+    assert guess_rate(10.0, sums, truth) < 0.2  # chance is 0.125
+    assert guess_rate(1e-3, sums, truth) == 1.0  # weakened: no real noise
+    sites = site_with(findings_site, ONE_PATIENT + "evaluation_noise_multiplier = 10.0\n")
+    report = evaluate(sites, config, crafted_findings(config, PATTERNS[truth]))
+    assert report.private and report.count != round(report.count)
+    assert report.auroc is None  # nothing per finding leaves the site
 
 
 def train_report(sites: InProcessSites, config: RunConfig, weights) -> wire.TrainReport:
