@@ -89,6 +89,16 @@ def _waveform(path: Path, *, samples: int, channels: int, deflated: bool,
     dataset.save_as(path, enforce_file_format=True)
 
 
+def _wfdb(path: Path, *, samples: int, data_bytes: int) -> None:
+    """A one-lead WFDB record (16-bit samples at 500 Hz) whose header declares ``samples`` and
+    whose data file is ``data_bytes`` of zeros, written sparse."""
+    record = path.stem
+    path.write_text(f"{record} 1 500 {samples}\n{record}.dat 16 200/mV 16 0 0 0 0 II\n",
+                    encoding="ascii")
+    with path.with_suffix(".dat").open("wb") as handle:
+        handle.truncate(data_bytes)
+
+
 def _npy_header_only(path: Path, shape: tuple[int, ...]) -> None:
     with path.open("wb") as handle:
         np.lib.format.write_array_header_1_0(
@@ -150,6 +160,13 @@ def build_bombs(site: Path) -> list[Bomb]:
         ".dcm")
     add("edf-garbage", "audio", "unreadable EDF/BDF",
         lambda p: p.write_bytes(b"0       " + b"\xff" * 2000), ".edf")
+    # WFDB: the header says how much to read, the data file holds it (sparse: costs no disk)
+    add("wfdb-sparse-600mb", "audio", "WFDB data file 'wfdb-sparse-600mb.dat' is "
+        "629,145,600 bytes > limit 268,435,456 bytes",
+        lambda p: _wfdb(p, samples=300 * 2**20, data_bytes=600 * 2**20), ".hea")
+    add("wfdb-declares-billions", "audio", "WFDB 1,000,000,000 samples × 1 channels = "
+        "1,000 M samples > limit 32 M samples",
+        lambda p: _wfdb(p, samples=1_000_000_000, data_bytes=2_000), ".hea")
     # .npy
     add("npy-declares-1e10", "image", "image array 100000×100000 = 10,000 M values > limit 40 M",
         lambda p: _npy_header_only(p, (100_000, 100_000)), ".npy")

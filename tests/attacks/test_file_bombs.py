@@ -28,7 +28,7 @@ from pathlib import Path
 from common.config import DataConfig
 from common.read_limits import ReadLimits
 from common.sitedata import load_site
-import pydicom, PIL.Image  # readers' imports before the baseline
+import pydicom, PIL.Image, wfdb  # readers' imports before the baseline
 
 def high_water_mib():  # this process's peak resident memory (ru_maxrss survives exec)
     for line in open("/proc/self/status"):
@@ -98,8 +98,9 @@ def test_the_loads_peak_memory_stays_bounded_and_without_limits_it_does_not(bomb
                                                                             loaded) -> None:
     """Measured: the load adds a few hundred MiB at most over the interpreter's own (the header
     read of the deflated DICOM, bounded by the file limit). Weakened (limits off, the reader
-    decodes what the header declares: the 67 M pixel DICOM frame, the 64 M pixel PNG, ...) the
-    same battery takes over 640 MiB or runs out of memory under the same 2 GiB limit."""
+    decodes what the header declares: the 67 M pixel DICOM frame, the 64 M pixel PNG, the 600 MB
+    WFDB data file, ...) the same battery takes over 640 MiB or runs out of memory under the
+    same 2 GiB limit."""
     bounded = loaded["peak_mib"] - loaded["baseline_mib"]
     assert bounded < 512, loaded
     weakened = _load(bomb_site[0], LIMITS_OFF)
@@ -109,4 +110,7 @@ def test_the_loads_peak_memory_stays_bounded_and_without_limits_it_does_not(bomb
     # the deflated ECG: refused above before pydicom inflated it; here inflated whole, then
     # its 1.8 GiB of samples do not fit
     assert "ran out of memory" in weakened["issues"]["bomb-ecg-deflate-480mb"], weakened
+    # the sparse WFDB record: refused above from the data file's size; here read whole, its
+    # 300 M samples do not fit as physical units
+    assert "ran out of memory" in weakened["issues"]["bomb-wfdb-sparse-600mb"], weakened
     assert weakened["peak_mib"] - weakened["baseline_mib"] > 2 * bounded
