@@ -41,7 +41,8 @@ def test_the_pooled_run_is_one_party_training_every_epoch_of_the_federation() ->
 
 def test_the_dp_reference_spends_the_runs_epsilon_on_the_pooled_data(demo) -> None:
     sites, test = demo
-    references = train_centralized(config=_config(), site_dirs=sites, test_dir=test)
+    # here, one after the other (the side-by-side test checks that two processes agree)
+    references = train_centralized(config=_config(), site_dirs=sites, test_dir=test, cores=1)
     plain, dp = references["non_private"], references["dp"]
     assert plain["examples"] == dp["examples"] == 64  # 2 × 40, 20 % kept for validation
     assert plain["epochs"] == dp["epochs"] == 3
