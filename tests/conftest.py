@@ -31,10 +31,23 @@ DEADLINE_FIXTURES = {"deployment", "weakened"}  # real deployments: round timeou
 def needs_a_quiet_machine(item: pytest.Item) -> bool:
     """Tests on deadlines (round timeouts, a kill mid-round, "stops within 10 s"): they run
     last, alone, after the main job has ended."""
-    fixtures = set(getattr(item, "fixturenames", ()))
-    if (callspec := getattr(item, "callspec", None)) is not None:
-        fixtures -= set(callspec.params)  # a parametrize argument of the same name is not one
+    fixtures = set(getattr(item, "fixturenames", ())) - direct_parameters(item)
     return item.get_closest_marker("deadlines") is not None or bool(DEADLINE_FIXTURES & fixtures)
+
+
+def direct_parameters(item: pytest.Item) -> set[str]:
+    """The names ``parametrize`` gives values to directly: they are no fixture, whatever they
+    are called (an indirect one is: its fixture runs)."""
+    names: set[str] = set()
+    for marker in item.iter_markers("parametrize"):
+        argnames = marker.args[0] if marker.args else marker.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = [name.strip() for name in argnames.split(",") if name.strip()]
+        indirect = marker.kwargs.get("indirect", False)
+        names |= {name for name in argnames
+                  if not (indirect is True or (isinstance(indirect, list | tuple)
+                                               and name in indirect))}
+    return names
 
 
 def run_order(items: list[pytest.Item]) -> dict[str, int]:
@@ -61,12 +74,17 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what does not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Unit tests first, then the end-to-end tests without deadlines, then the files with tests
-    on deadlines (each group in file order). When the README's main job is among the tests and
-    others run before the deadline group, it starts now, at the lowest priority, in the CPU
-    time pytest leaves idle (it runs on one core); the first test on deadlines waits for it to
-    end."""
+    on deadlines (each group in file order, but the README main job's test last in its
+    group). When the README's main job is among the tests and others run before the deadline
+    group, it starts now, at the lowest priority, in the CPU time pytest leaves idle (it runs
+    on one core); the first test on deadlines waits for it to end."""
     order = run_order(items)
-    items.sort(key=lambda item: order[item.module.__name__])
+    # within its group, the file with the main job's test last, and that test last in it:
+    # what runs before it shares the machine with the main job
+    main_job_file = {item.module.__name__ for item in items if item.name == MAIN_JOB_TEST}
+    items.sort(key=lambda item: (order[item.module.__name__],
+                                 item.module.__name__ in main_job_file,
+                                 item.name == MAIN_JOB_TEST))
     if (not config.option.collectonly and any(item.name == MAIN_JOB_TEST for item in items)
             and not all(needs_a_quiet_machine(item) for item in items)):
         folder = Path(tempfile.mkdtemp(prefix="fmmainjob", dir="/tmp"))

@@ -137,3 +137,15 @@ def run_cli(args: list[str], *, cwd: Path, timeout: float = 600,
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_run_config(folder: Path, **training: int) -> Path:
+    """``folder/run.toml``: the simulations' small run (a small model, 3 rounds of one local
+    epoch, DP-SGD at ε = 4), with ``training`` keys replaced."""
+    settings = {"rounds": 3, "local_epochs": 1, "batch_size": 16, "min_sites": 1, **training}
+    path = folder / "run.toml"
+    path.write_text('model_id = "e2e-model"\n[data]\nmin_usable_rows = 10\n'
+                    "[model]\nembed_dim = 8\nhidden_dim = 16\n[training]\n"
+                    + "".join(f"{key} = {value}\n" for key, value in settings.items())
+                    + "[privacy]\ntarget_epsilon = 4.0\n")
+    return path

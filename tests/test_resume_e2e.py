@@ -24,8 +24,7 @@ from common.processes import pids_mentioning
 from server.checkpoint import list_checkpoints, load_checkpoint
 from simulations.demo_data import generate_demo
 from simulations.scenarios import Scenario
-from tests.e2e import CliRun, RayCluster, read_jsonl, run_cli
-from tests.test_simulate_e2e import _write_config
+from tests.e2e import CliRun, RayCluster, read_jsonl, run_cli, write_run_config
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +44,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, ray: RayCluster
     """An uninterrupted run a (4 rounds, 2 demo sites of 50) that stopped runs must end equal to;
     ``new_data()`` makes a fresh copy of its data (same seed, same folders)."""
     root = tmp_path_factory.mktemp("reference")
-    config_path = _write_config(root, rounds=4)
+    config_path = write_run_config(root, rounds=4)
     with config_path.open("a") as handle:  # bit-for-bit equal runs need the same mode at both
         handle.write('grad_sample_mode = "hooks"\n')  # sites: auto measures each machine
     generate_demo(root / "a", sites=2, samples_per_site=50, seed=5, scenario=Scenario.IID,

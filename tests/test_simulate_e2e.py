@@ -21,38 +21,10 @@ from common.privacy import epsilon_for_history, noise_for_budget
 from common.sitedata import load_site, split_train_validation
 from simulations.demo_data import DEMO_POLICY, generate_demo
 from simulations.scenarios import Scenario
-from tests.e2e import CliRun, MainJob, RayCluster, read_jsonl, run_cli
+from tests.e2e import CliRun, MainJob, RayCluster, read_jsonl, run_cli, write_run_config
 from tests.test_dashboard_browser import CHROMEDRIVER, RunWatch
 
 pytestmark = pytest.mark.slow
-
-CONFIG = """\
-model_id = "e2e-model"
-[data]
-min_usable_rows = 10
-[model]
-embed_dim = 8
-hidden_dim = 16
-[training]
-rounds = 3
-local_epochs = 1
-batch_size = 16
-min_sites = 1
-[privacy]
-target_epsilon = 4.0
-"""
-
-
-def _write_config(folder: Path, **training: int) -> Path:
-    text = CONFIG
-    for key, value in training.items():
-        text = text.replace(f"{key} = ", f"{key}_old = ") + ""
-        text = text.replace("[training]\n", f"[training]\n{key} = {value}\n")
-        text = "\n".join(line for line in text.splitlines() if f"{key}_old" not in line) + "\n"
-    path = folder / "run.toml"
-    path.write_text(text)
-    return path
-
 
 def _epsilon_after_rounds(site: Path, config_path: Path, rounds: int) -> float:
     config = load_config(config_path)
@@ -65,9 +37,8 @@ def _epsilon_after_rounds(site: Path, config_path: Path, rounds: int) -> float:
 @pytest.fixture(scope="module")
 def ray() -> Iterator[RayCluster]:
     """One Ray cluster for this file's simulations (``--ray-address``). Not for the README's
-    main job (typed as the README says), the interrupted runs (they stop Ray's start and check
-    that the run's own Ray is gone) or the pretrained-encoder run (its environment matters in
-    the actors)."""
+    main job (typed as the README says) or the pretrained-encoder run (its environment matters
+    in the actors)."""
     cluster = RayCluster()
     yield cluster
     cluster.stop()
@@ -83,7 +54,7 @@ def policy_run(tmp_path_factory: pytest.TempPathFactory, ray: RayCluster) -> dic
     data = root / "data"
     generate_demo(data, sites=4, samples_per_site=70, seed=11, scenario=Scenario.IID,
                   test_samples=60)
-    config_path = _write_config(root)
+    config_path = write_run_config(root)
     one = _epsilon_after_rounds(data / "site-03", config_path, 1)
     two = _epsilon_after_rounds(data / "site-03", config_path, 2)
     (data / "site-02" / "policy.toml").write_text("min_noise_multiplier = 50.0\n")
@@ -231,7 +202,7 @@ def test_secure_aggregation_gives_the_plaintext_model_within_the_quantisation_st
 
     generate_demo(tmp_path / "data", sites=3, samples_per_site=50, seed=3,
                   scenario=Scenario.MISSING_MODALITY, test_samples=0)
-    config_path = _write_config(tmp_path, rounds=1)
+    config_path = write_run_config(tmp_path, rounds=1)
     models, outputs = {}, {}
     for name, flags in (("secure", []), ("plain", ["--no-secure-agg"])):
         code, outputs[name] = run_cli(["simulate", "--data", str(tmp_path / "data"),
@@ -262,7 +233,7 @@ def test_pretrained_encoders_on_real_pictures_run_offline_and_cache_features_per
         tmp_path: Path, fashion_source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDMM_FASHION_MNIST_DIR", str(fashion_source))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
-    config_path = _write_config(tmp_path, rounds=2)
+    config_path = write_run_config(tmp_path, rounds=2)
     code, output = run_cli(["simulate", "--task", "fashion-mnist", "--encoders", "pretrained",
                             "--sites", "2", "--samples-per-site", "30", "--config",
                             str(config_path), "--out", str(tmp_path / "run")], cwd=tmp_path)
