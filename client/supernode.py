@@ -55,11 +55,12 @@ class PatchError(RuntimeError):
 
 class BackoffSleep:
     """``sleep`` for the SuperNode loop: idle polls back off from ``first_s`` (after each
-    message) doubling to ``limit_s``; short local waits take ``LOCAL_WAIT_S``."""
+    message, and on start: the server asks a hospital what it holds as soon as enough have
+    connected) doubling to ``limit_s``; short local waits take ``LOCAL_WAIT_S``."""
 
     def __init__(self, *, first_s: float = FIRST_POLL_S, limit_s: float = IDLE_POLL_S) -> None:
         self.first_s, self.limit_s = min(first_s, limit_s), limit_s
-        self.next_s = limit_s
+        self.next_s = self.first_s
 
     def message_arrived(self) -> None:
         self.next_s = self.first_s

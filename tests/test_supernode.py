@@ -17,13 +17,15 @@ def test_polls_back_off_after_a_message_and_local_waits_are_short(
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
     sleep = supernode.BackoffSleep()
-    for _ in range(2):
-        sleep(3)  # idle: Flower's 3 s
+    for _ in range(8):
+        sleep(3)  # just started: quick, then idle at Flower's 3 s
+    assert slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3, 3]
+    slept.clear()
     sleep.message_arrived()
     for _ in range(6):
         sleep(3)
     sleep(0.5)  # the wait for the executor's reply
-    assert slept == [3, 3, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, supernode.LOCAL_WAIT_S]
+    assert slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, supernode.LOCAL_WAIT_S]
     for _ in range(2):
         sleep(3)
     assert slept[-2:] == [3, 3]  # back to Flower's idle poll
@@ -50,12 +52,13 @@ def test_the_supernode_loop_is_patched(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setattr(time, "sleep", slept.append)
     assert loop._pull_and_store_message() is None
     assert not bell.wait(0)  # no message: the executor sleeps on
-    loop.time.sleep(3)  # the idle wait in Flower's loop
+    for _ in range(7):
+        loop.time.sleep(3)  # the idle wait in Flower's loop: quick after the start, then 3 s
     assert loop._pull_and_store_message() == 7  # a message: the next polls are quick
     assert bell.wait(0)  # ...and the executor is woken for it
     bell.close()
     loop.time.sleep(3)
-    assert slept == [3, supernode.FIRST_POLL_S]
+    assert slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3, supernode.FIRST_POLL_S]
     assert loop.time.monotonic is time.monotonic
     assert not supernode.patch_polling()  # already replaced: left alone
 
