@@ -198,6 +198,7 @@ def read_edf(path: Path, limits: ReadLimits, *, channels: int,
 
 
 MAX_WFDB_HEADER_BYTES = 1 << 20  # a 64-lead header with long comments is a few kB
+WFDB_HEADER_SUFFIX = ".hea"  # what the manifest names; wfdb appends it to the record name
 
 
 def read_wfdb(path: Path, limits: ReadLimits, *, channels: int,
@@ -212,7 +213,7 @@ def read_wfdb(path: Path, limits: ReadLimits, *, channels: int,
     except ImportError:
         raise SignalError("WFDB needs the optional extra: pip install 'fedmm[wfdb]'") from None
     _screen_wfdb_header(path, limits)
-    record_name = str(path.with_suffix(""))  # wfdb opens record_name + ".hea": this file
+    record_name = str(path.with_suffix(""))  # wfdb opens record_name + the suffix: this file
     try:
         header = wfdb.rdheader(record_name)
     except MemoryError:  # the row's issue says so (common.sitedata)
@@ -264,9 +265,9 @@ def _screen_wfdb_header(path: Path, limits: ReadLimits) -> None:
     file of at most ``MAX_WFDB_HEADER_BYTES``, ASCII (wfdb drops other bytes, and with them
     the file names they spell), a signal count within the limit with that many signal lines
     and no more (wfdb parses each line slowly), and a rate that is a positive number."""
-    if path.suffix != ".hea":
-        raise SignalError(f"WFDB header '{path.name}' must end in '.hea' (lower case), as the "
-                          "wfdb reader opens it; rename it and its manifest cell")
+    if path.suffix != WFDB_HEADER_SUFFIX:
+        raise SignalError(f"WFDB header '{path.name}' must end in '{WFDB_HEADER_SUFFIX}' (lower "
+                          "case), as the wfdb reader opens it; rename it and its manifest cell")
     if not path.is_file():
         raise SignalError("WFDB header is not a regular file")
     if path.stat().st_size > MAX_WFDB_HEADER_BYTES:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from common.biosignals import (
+    WFDB_HEADER_SUFFIX,
     SignalError,
     channel_indices,
     read_dicom_waveform,
@@ -52,10 +53,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".dcm"}
 _COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr")
 _WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _EIGHT_BIT_MODES = ("L", "1", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
-SIGNAL_SUFFIXES = {".wav", ".npy", ".dcm", ".edf", ".bdf", ".hea"}
 # the readers of recordings that carry their own rate and channel names (common.biosignals)
 RECORDING_READERS = {".dcm": read_dicom_waveform, ".edf": read_edf, ".bdf": read_edf,
-                     ".hea": read_wfdb}
+                     WFDB_HEADER_SUFFIX: read_wfdb}
+SIGNAL_SUFFIXES = {".wav", ".npy", *RECORDING_READERS}
 N_MELS = 32
 LOG_MEL_FFT = 64
 LOG_MEL_HOP = 16

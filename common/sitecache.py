@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_write_bytes
-from common.biosignals import wfdb_data_files
+from common.biosignals import WFDB_HEADER_SUFFIX, wfdb_data_files
 from common.config import MODALITIES, DataConfig
 from common.preprocess import note_is_a_file
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits
@@ -52,7 +52,7 @@ def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow],
                 hasher.update(f"{cell}:{stat.st_size}:{stat.st_mtime_ns}".encode())
             except OSError:
                 hasher.update(f"{cell}:missing".encode())
-            if modality == "audio" and cell.endswith(".hea"):  # and its data files
+            if modality == "audio" and cell.endswith(WFDB_HEADER_SUFFIX):  # and its data files
                 header = (root / cell).resolve()
                 # a header outside the site is refused anyway: nothing of it is read here
                 names = wfdb_data_files(header) if header.is_relative_to(root) else []

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from common.config import RunConfig
 from simulations.demo_data import generate_demo
 from simulations.fashion_mnist import FILES
 from simulations.scenarios import Scenario
-from tests.e2e import MainJob
+from tests.e2e import MainJob, RayCluster
 
 MAIN_JOB_TEST = "test_default_simulation_beats_chance_and_reports"
 _MAIN_JOB = pytest.StashKey[MainJob]()
@@ -133,6 +134,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def main_job(request: pytest.FixtureRequest, tmp_path: Path) -> MainJob:
     """The README's main job: the one started beside the unit tests, or one started now."""
     return request.config.stash.get(_MAIN_JOB, None) or MainJob(tmp_path, background=False)
+
+
+@pytest.fixture(scope="module")
+def ray() -> Iterator[RayCluster]:
+    """One :class:`RayCluster` per test file, for the simulations that only have to run. Not
+    for what is typed as the README says, runs stopped to check that their own Ray is gone, or
+    runs whose environment matters in the actors."""
+    cluster = RayCluster()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

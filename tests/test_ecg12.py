@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import RunConfig
+from common.config import RunConfig, apply_overrides
 from common.evaluation import auroc
 from simulations.demo_data import _lung_image
 from simulations.ecg12 import ANTERIOR, CONFIG, FINDINGS, LEADS, RATE, ecg12, generate_ecg12
@@ -34,8 +34,7 @@ def test_the_task_writes_multilabel_12_lead_sites_that_load_with_its_keys(tmp_pa
     generate_ecg12(tmp_path / "b", sites=2, samples_per_site=30, seed=3,
                    scenario=Scenario.MISSING_MODALITY, test_samples=20)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")  # same seed, same bytes
-    config = RunConfig.model_validate({"data": {k.split(".", 1)[1]: v
-                                                for k, v in CONFIG.items()}})
+    config = RunConfig.model_validate(apply_overrides({}, CONFIG))
     data = load_site(tmp_path / "a" / "site-01", config.data)
     assert not data.issues and len(data) == 30
     assert data.labels.shape == (30, 3) and data.signals.shape == (30, 12, 1000)

@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +29,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray() -> Iterator[RayCluster]:
-    """One Ray cluster for the runs that only have to run (``--ray-address``); the
-    interrupted runs start their own (what they stop includes it)."""
-    cluster = RayCluster()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory, ray: RayCluster
                   ) -> dict[str, Path]:
     """An uninterrupted run a (4 rounds, 2 demo sites of 50) that stopped runs must end equal to;
-    ``new_data()`` makes a fresh copy of its data (same seed, same folders)."""
+    ``_same_data()`` makes a fresh copy of its data (same seed, same folders)."""
     root = tmp_path_factory.mktemp("reference")
     config_path = write_run_config(root, rounds=4)
     with config_path.open("a") as handle:  # bit-for-bit equal runs need the same mode at both

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +31,6 @@ def _epsilon_after_rounds(site: Path, config_path: Path, rounds: int) -> float:
     plan = plan_round(len(train), config, noise_for_budget=noise_for_budget)
     return epsilon_for_history([[plan.noise_multiplier, plan.sample_rate, plan.steps * rounds]],
                                delta=config.privacy.delta)
-
-
-@pytest.fixture(scope="module")
-def ray() -> Iterator[RayCluster]:
-    """One Ray cluster for this file's simulations (``--ray-address``). Not for the README's
-    main job (typed as the README says) or the pretrained-encoder run (its environment matters
-    in the actors)."""
-    cluster = RayCluster()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="module")

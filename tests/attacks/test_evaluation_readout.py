@@ -10,7 +10,7 @@ attack reads the label. The exact training loss is the same channel in a weaker 
 rounds do not send it; a non-private round's exact loss gives the count of a label. With several
 findings a patient (multi-label), one crafted model per combination of findings makes the same
 attack read all of a patient's findings at once from exact metrics, and gets nothing from the
-Gaussian release, which stays the same two sums.
+Gaussian release, which stays the same (rows, rows right, clipped loss).
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ from client.private_evaluation import ValidationSums, gaussian_release
 from client.site import resolve_site
 from client.validation import site_split
 from common import wire
-from common.config import RunConfig
+from common.config import RunConfig, apply_overrides
 from common.evaluation import evaluate_weights
 from common.model_inputs import load_model_inputs
 from common.models import build_model
 from common.privacy import epsilon_for_history
 from common.randomness import RandomStream
 from common.serialization import model_weights
-from simulations.ecg12 import CONFIG as ECG12_DATA
 from simulations.ecg12 import FINDINGS, generate_ecg12
 from simulations.scenarios import Scenario
+from simulations.tasks import Task, task_config
 from tests.inprocess import InProcessSites
 
 CLASSES = 4
@@ -173,15 +173,19 @@ def test_the_gaussian_release_leaves_the_attacker_near_chance(site_copy) -> None
 
 # -- several findings a patient: the same attack, one crafted model per combination ---------
 PATTERNS = list(itertools.product([False, True], repeat=len(FINDINGS)))  # all 8 combinations
+# what an evaluation reply may carry: the (exact or released) sums, and for a release its noise
+# and accounting; spelled out here so that a new field, per finding or not, fails the tests
+EXACT_KEYS = {"count", "correct", "loss_sum", "loss_bound", "private"}
+PRIVATE_KEYS = EXACT_KEYS | {"noise_multiplier", "epsilon", "history"}
 
 
 def findings_config(*, private: bool) -> RunConfig:
-    data = {key.split(".", 1)[1]: value for key, value in ECG12_DATA.items()}
-    return RunConfig.model_validate({
-        "data": data, "model": {"embed_dim": 8, "hidden_dim": 16},
+    """The read-out's small run on the ``ecg12`` task's data keys (``--task ecg12``)."""
+    return RunConfig.model_validate(apply_overrides({
+        "model": {"embed_dim": 8, "hidden_dim": 16},
         "training": {"batch_size": 64},
         "privacy": {"enabled": private, "noise_multiplier": 1.0},
-        "secure_aggregation": {"enabled": False}})
+        "secure_aggregation": {"enabled": False}}, task_config(Task.ECG12)))
 
 
 def crafted_findings(config: RunConfig, pattern: tuple[bool, ...]) -> dict[str, np.ndarray]:
@@ -215,9 +219,9 @@ def test_the_weakened_site_gives_away_its_one_validation_patients_findings(
 
 
 def test_a_dp_release_hides_the_one_patients_findings(findings_site: Path) -> None:
-    """What a multi-label site releases is the same two sums under the Gaussian mechanism (no
-    per-finding figure): the attacker is near chance (1 in 8); without real noise it is
-    certain."""
+    """What a multi-label site releases is the same (rows, rows right, clipped loss) under the
+    Gaussian mechanism, no per-finding figure: the attacker is near chance (1 in 8); without
+    real noise it is certain."""
     (findings_site / "policy.toml").write_text(ONE_PATIENT, encoding="utf-8")
     config = findings_config(private=True)
     sums = released_sums(findings_site, config,
@@ -236,10 +240,6 @@ def test_a_dp_release_hides_the_one_patients_findings(findings_site: Path) -> No
     assert spend.history == [[10.0, 1.0, 1]] and spend.evaluations_released == 1
     # what left the site: the release and its accounting, nothing per finding
     assert released(sites, config, crafted_findings(config, PATTERNS[0])) == PRIVATE_KEYS
-
-
-EXACT_KEYS = {"count", "correct", "loss_sum", "loss_bound", "private"}
-PRIVATE_KEYS = EXACT_KEYS | {"noise_multiplier", "epsilon", "history"}
 
 
 def released(sites: InProcessSites, config: RunConfig, weights) -> set[str]:
