@@ -178,8 +178,7 @@ def ghost_matches_hooks(config: RunConfig, data: SiteData, weights: Weights) -> 
         load_weights(model, weights)
         return model
 
-    batch = list(dataset_of(data.subset(np.arange(min(len(data),
-                                                      config.training.batch_size)))).tensors)
+    batch = dataset_of(data).batch(np.arange(min(len(data), config.training.batch_size)))
     padding = {f"{name}.weight": module.padding_idx for name, module in build().named_modules()
                if isinstance(module, nn.Embedding) and module.padding_idx is not None}
     names = [name for name, _ in build().named_parameters()]

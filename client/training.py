@@ -209,8 +209,7 @@ def _calibration_model(config: RunConfig, device: torch.device) -> nn.Module:
 
 def _first_batch(data: SiteData, size: int, device: torch.device) -> list[torch.Tensor]:
     """Up to ``size`` samples of ``data`` as (image, tokens, signal, present, label) tensors."""
-    tensors = dataset_of(data.subset(np.arange(min(size, len(data))))).tensors
-    return [t.to(device) for t in tensors]
+    return [t.to(device) for t in dataset_of(data).batch(np.arange(min(size, len(data))))]
 
 
 def site_grad_sample_mode(config: RunConfig, data: SiteData, *, model: nn.Module,

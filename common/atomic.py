@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # some filesystems refuse to open folders
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -55,7 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def create_once(path: Path, data: bytes) -> bytes:
@@ -71,7 +71,7 @@ def create_once(path: Path, data: bytes) -> bytes:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return data
 
 

@@ -18,18 +18,38 @@ from torch import nn
 from common.config import DataConfig, RunConfig
 from common.models import build_model, select_device
 from common.models.losses import row_losses
+from common.rowstore import take
 from common.serialization import Weights, load_weights
 from common.sitedata import SiteData
 
 
-def dataset_of(data: SiteData) -> torch.utils.data.TensorDataset:
-    return torch.utils.data.TensorDataset(
-        torch.from_numpy(data.images),
-        torch.from_numpy(data.tokens),
-        torch.from_numpy(data.signals),
-        torch.from_numpy(data.masks),
-        torch.from_numpy(data.labels),
-    )
+class SiteDataset(torch.utils.data.Dataset):
+    """``data``'s samples as ``(image, tokens, signal, present, label)`` tensors, read a batch
+    at a time (a data loader asks :meth:`__getitems__` for a whole batch): rows on disk are
+    read once per batch, never all at once."""
+
+    def __init__(self, data: SiteData) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, index: Any) -> list[torch.Tensor]:
+        """Samples ``index`` as five batched tensors."""
+        index = np.asarray(index, dtype=np.int64)
+        data = self.data
+        return [torch.from_numpy(np.ascontiguousarray(take(rows, index)))
+                for rows in (data.images, data.tokens, data.signals, data.masks, data.labels)]
+
+    def __getitems__(self, index: list[int]) -> list[tuple[torch.Tensor, ...]]:
+        return list(zip(*self.batch(index), strict=True))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(tensor[0] for tensor in self.batch([index]))
+
+
+def dataset_of(data: SiteData) -> SiteDataset:
+    return SiteDataset(data)
 
 
 @torch.no_grad()

@@ -303,8 +303,8 @@ def model_inputs(data: SiteData, model: ModelConfig, cache_dir: Path | None, *,
     if model.encoders == "scattering":
         from common.scattering import scatter_site_images
 
-        return replace(data, images=scatter_site_images(
-            data.images, image_size=data.images.shape[-1], cache_dir=cache_dir))
+        return replace(data, images=scatter_site_images(  # read whole: small pictures only
+            np.asarray(data.images), image_size=data.images.shape[-1], cache_dir=cache_dir))
     if model.encoders != "pretrained":
         return data
     return attach_features(data, model, cache_dir, dicom_window=dicom_window)[0]

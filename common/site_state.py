@@ -5,7 +5,8 @@ name inside it is defined here and nowhere else::
 
     privacy_ledger.json      every DP-SGD step this site ran, per model (client/ledger.py)
     audit.jsonl              one line per message the site sent (client/audit_log.py)
-    cache/                   preprocessed site arrays (common/sitecache.py)
+    cache/                   preprocessed site arrays, row files read a batch at a time
+                             (common/sitecache.py, common/rowstore.py)
     features/                frozen pretrained features (common/features.py)
     grad_sample_mode.json    the per-sample-gradient mode measured here (client/grad_sample.py)
     noise_multipliers.json   σ found for a budget (common/privacy.py)

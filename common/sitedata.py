@@ -12,6 +12,12 @@ reason (:class:`RowIssue`). Whatever goes wrong reading one row (a file over the
 :class:`~common.read_limits.ReadLimits`, a decoder that crashes or runs out of memory) is that
 row's issue; the site trains on the rest. The same code serves ``fedmm validate-data`` and
 training, so what the validator accepts is exactly what training uses.
+
+Where the accepted rows' arrays go is a :class:`RowSink`'s business: memory
+(:class:`MemorySink`, the default) or row files on disk (:class:`common.sitecache.DiskSink`),
+so that a site larger than memory is read one row at a time and served a batch at a time
+(:mod:`common.rowstore`). ``images``, ``tokens`` and ``signals`` are then lazy rows: index them
+(``data.images[index]``) to read.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -36,6 +43,7 @@ from common.preprocess import (
     signal_shape,
 )
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
+from common.rowstore import RowFileError, Rows, UnkeptRows, select
 
 MANIFEST_NAME = "manifest.csv"
 SPLIT_SEED = 20_240_101  # train/validation split of every site, fixed across rounds and runs
@@ -74,7 +82,8 @@ class RowIssue:
 
 @dataclass
 class SiteData:
-    """Usable samples as arrays; ``masks[i, m]`` is True when modality ``m`` is present.
+    """Usable samples as arrays (``images``, ``tokens``, ``signals``: in memory or lazy rows on
+    disk, :mod:`common.rowstore`); ``masks[i, m]`` is True when modality ``m`` is present.
     ``rows[i]`` is sample i's manifest row (where its files are), so nothing reads the manifest
     again to find them; ``limits``: what its files were read under (anything reading them again
     reads them the same way)."""
@@ -82,9 +91,9 @@ class SiteData:
     site_dir: Path
     sample_ids: list[str]
     labels: np.ndarray
-    images: np.ndarray
-    tokens: np.ndarray
-    signals: np.ndarray
+    images: Rows
+    tokens: Rows
+    signals: Rows
     masks: np.ndarray
     issues: list[RowIssue] = field(default_factory=list)
     total_rows: int = 0
@@ -102,13 +111,14 @@ class SiteData:
         return {m: int(self.masks[:, i].sum()) for i, m in enumerate(MODALITIES)}
 
     def subset(self, index: np.ndarray) -> SiteData:
+        """Samples ``index``; rows on disk stay on disk (nothing is read)."""
         return SiteData(
             site_dir=self.site_dir,
             sample_ids=[self.sample_ids[i] for i in index],
             labels=self.labels[index],
-            images=self.images[index],
-            tokens=self.tokens[index],
-            signals=self.signals[index],
+            images=select(self.images, index),
+            tokens=select(self.tokens, index),
+            signals=select(self.signals, index),
             masks=self.masks[index],
             total_rows=len(index),
             rows=[self.rows[i] for i in index] if self.rows else [],
@@ -172,6 +182,51 @@ def _append_row(rows: list[ManifestRow], line: int, cells: list[str]) -> None:
         rows.append(ManifestRow(line, *values, problem=problem))
 
 
+class RowSink(Protocol):
+    """Where :func:`load_site` puts each accepted row's image, token ids and signal."""
+
+    def append(self, image: np.ndarray, tokens: np.ndarray, signal: np.ndarray) -> None:
+        """Keep one row's arrays; raises :class:`~common.rowstore.RowFileError` (the row's
+        issue, nothing kept) for values it cannot store."""
+
+    def finish(self) -> tuple[Rows, Rows, Rows]:
+        """Every kept row: images, tokens, signals."""
+
+
+class MemorySink:
+    """Rows kept in memory, stacked at the end."""
+
+    def __init__(self, config: DataConfig) -> None:
+        self.blanks = _blank_arrays(config)
+        self.kept: tuple[list[np.ndarray], ...] = ([], [], [])
+
+    def append(self, image: np.ndarray, tokens: np.ndarray, signal: np.ndarray) -> None:
+        for kept, array in zip(self.kept, (image, tokens, signal), strict=True):
+            kept.append(array)
+
+    def finish(self) -> tuple[Rows, Rows, Rows]:
+        images, tokens, signals = (np.stack(kept) if kept else blank[None][:0]
+                                   for kept, blank in zip(self.kept, self.blanks, strict=True))
+        return images, tokens, signals
+
+
+class ValidationSink:
+    """Rows checked and counted, not kept (``fedmm validate-data``: memory does not grow with
+    the site)."""
+
+    def __init__(self, config: DataConfig) -> None:
+        self.blanks = _blank_arrays(config)
+        self.count = 0
+
+    def append(self, image: np.ndarray, tokens: np.ndarray, signal: np.ndarray) -> None:
+        self.count += 1
+
+    def finish(self) -> tuple[Rows, Rows, Rows]:
+        images, tokens, signals = (UnkeptRows(count=self.count, row_shape=blank.shape,
+                                              served=blank.dtype) for blank in self.blanks)
+        return images, tokens, signals
+
+
 def _blank_arrays(config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     image = np.zeros((config.image_channels, config.image_size, config.image_size), np.float32)
     tokens = np.zeros(config.max_text_tokens, np.int64)
@@ -212,17 +267,19 @@ def _reason(error: Exception) -> str:
 
 
 def load_site(site_dir: Path, config: DataConfig, rows: list[ManifestRow] | None = None, *,
-              limits: ReadLimits = DEFAULT_READ_LIMITS) -> SiteData:
+              limits: ReadLimits = DEFAULT_READ_LIMITS, sink: RowSink | None = None
+              ) -> SiteData:
     """Read, validate and preprocess every row (``rows``: the manifest, when already read) under
-    the site's ``limits``; bad rows become :class:`RowIssue` entries."""
+    the site's ``limits``; bad rows become :class:`RowIssue` entries. The accepted rows'
+    arrays go to ``sink`` (default: memory), one row at a time."""
     site_dir = Path(site_dir)
     rows = read_manifest(site_dir, limits) if rows is None else rows
     blanks = _blank_arrays(config)
-    blank_image, blank_tokens, blank_signal = blanks
+    sink = sink if sink is not None else MemorySink(config)
     seen: set[str] = set()
     ids: list[str] = []
     usable_rows: list[ManifestRow] = []
-    labels, images, tokens, signals, masks = [], [], [], [], []
+    labels, masks = [], []
     issues: list[RowIssue] = []
     for row in rows:
         if row.problem:
@@ -248,22 +305,24 @@ def load_site(site_dir: Path, config: DataConfig, rows: list[ManifestRow] | None
         if isinstance(arrays, RowIssue):
             issues.append(arrays)
             continue
-        image, token_ids, signal = arrays
+        try:
+            sink.append(*arrays)
+        except RowFileError as error:
+            issues.append(RowIssue(row.line, row.sample_id, "row", f"cannot be kept: {error}"))
+            continue
         ids.append(row.sample_id)
         usable_rows.append(row)
         labels.append(label)
-        images.append(image)
-        tokens.append(token_ids)
-        signals.append(signal)
         masks.append(present)
     count = len(ids)
+    images, tokens, signals = sink.finish()
     return SiteData(
         site_dir=site_dir,
         sample_ids=ids,
         labels=stack_labels(labels, config),
-        images=np.stack(images) if count else blank_image[None][:0],
-        tokens=np.stack(tokens) if count else blank_tokens[None][:0],
-        signals=np.stack(signals) if count else blank_signal[None][:0],
+        images=images,
+        tokens=tokens,
+        signals=signals,
         masks=np.asarray(masks, dtype=bool).reshape(count, len(MODALITIES)),
         issues=issues,
         total_rows=len(rows),

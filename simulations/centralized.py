@@ -31,6 +31,7 @@ import numpy as np
 
 from common.config import RunConfig
 from common.model_inputs import load_model_inputs
+from common.rowstore import concatenate
 from common.sitedata import SiteData
 
 
@@ -39,9 +40,9 @@ def pool(parts: Sequence[SiteData]) -> SiteData:
         site_dir=Path("pooled"),
         sample_ids=[i for p in parts for i in p.sample_ids],
         labels=np.concatenate([p.labels for p in parts]),
-        images=np.concatenate([p.images for p in parts]),
-        tokens=np.concatenate([p.tokens for p in parts]),
-        signals=np.concatenate([p.signals for p in parts]),
+        images=concatenate([p.images for p in parts]),
+        tokens=concatenate([p.tokens for p in parts]),
+        signals=concatenate([p.signals for p in parts]),
         masks=np.concatenate([p.masks for p in parts]),
         total_rows=sum(len(p) for p in parts),
     )

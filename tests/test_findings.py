@@ -132,7 +132,7 @@ def test_each_patients_gradient_is_still_clipped_to_c_under_every_mode(
     config = RunConfig.model_validate({"data": MULTILABEL.model_dump(),
                                        "model": {"embed_dim": 8, "hidden_dim": 16}})
     data = load_site(as_findings(tmp_path / "site"), config.data).subset(np.arange(12))
-    batch = list(dataset_of(data).tensors)
+    batch = dataset_of(data).batch(range(len(data)))
     loss = partial(training_loss, config.data)
 
     def build() -> torch.nn.Module:

@@ -28,8 +28,7 @@ def _with(config: RunConfig, *, privacy: dict | None = None, **training: object)
 def test_copies_are_sample_major_and_only_pixels_and_signals_change(demo_root: Path,
                                                                      small_config) -> None:
     data = load_site(demo_root / "site-01", small_config.data)
-    batch = dataset_of(data).tensors
-    batch = [t[:5] for t in batch]
+    batch = dataset_of(data).batch(range(5))
     torch.manual_seed(0)
     image, tokens, signal, present, label = augment_copies(*batch, multiplicity=3)
     assert len(label) == 15
@@ -57,7 +56,7 @@ def test_gradient_entering_clipping_is_the_mean_of_the_copies(demo_root: Path, s
     k, samples = 3, 4
     data = load_site(demo_root / "site-01", small_config.data)
     torch.manual_seed(0)
-    rows = augment_copies(*(t[:samples] for t in dataset_of(data).tensors), multiplicity=k)
+    rows = augment_copies(*dataset_of(data).batch(range(samples)), multiplicity=k)
     model = build_model(data=small_config.data, model=small_config.model, seed=0).train()
     by_hand = copy.deepcopy(model)
     expected = []

@@ -1,3 +1,4 @@
+import os
 import shutil
 import wave
 from pathlib import Path
@@ -186,3 +187,35 @@ def test_a_policy_moves_the_read_limits_and_a_run_config_cannot(site_copy: Path)
     assert policy.read_limits == ReadLimits(max_image_pixels=100)
     with pytest.raises(ValidationError):
         RunConfig.model_validate({"data": {"read_limits": {"max_image_pixels": 10**12}}})
+
+
+def test_validation_keeps_no_rows_and_counts_what_training_keeps(site_copy: Path) -> None:
+    from common.rowstore import RowFileError
+    from common.sitedata import ValidationSink
+
+    (site_copy / "images" / os.listdir(site_copy / "images")[0]).write_bytes(b"not a png")
+    kept = load_site(site_copy, CONFIG)
+    checked = load_site(site_copy, CONFIG, sink=ValidationSink(CONFIG))
+    assert len(checked) == len(kept) == 59 and checked.issues == kept.issues
+    assert checked.images.shape == kept.images.shape
+    assert checked.label_counts() == kept.label_counts()
+    assert checked.modality_coverage() == kept.modality_coverage()
+    with pytest.raises(RowFileError, match="validated, not kept"):
+        checked.images[0]
+
+
+def test_a_row_its_sink_cannot_keep_is_that_rows_issue(site_copy: Path) -> None:
+    from common.rowstore import RowFileError
+    from common.sitedata import MemorySink
+
+    class RefusesTheThird(MemorySink):
+        def append(self, image, tokens, signal) -> None:
+            self.seen = getattr(self, "seen", 0) + 1
+            if self.seen == 3:
+                raise RowFileError("a value beyond what float16 holds")
+            super().append(image, tokens, signal)
+
+    data = load_site(site_copy, CONFIG, sink=RefusesTheThird(CONFIG))
+    assert len(data) == 59 and len(data.images) == 59
+    assert [issue.column for issue in data.issues] == ["row"]
+    assert "cannot be kept: a value beyond what float16 holds" in str(data.issues[0])

@@ -315,7 +315,7 @@ def test_a_row_that_scores_nan_moves_the_release_by_a_bounded_amount(site_copy) 
     from common.serialization import load_weights
 
     load_weights(model, poisoned(config, token))
-    *inputs, labels = dataset_of(validation).tensors
+    *inputs, labels = dataset_of(validation).batch(range(len(validation)))
     with torch.no_grad():
         naive = torch.nn.functional.cross_entropy(model.eval()(*inputs), labels,
                                                   reduction="none").clamp(max=5.0).sum()

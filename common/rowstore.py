@@ -1,0 +1,289 @@
+"""Per-sample arrays kept on disk and read a batch at a time: a site's preprocessed samples
+when the site does not fit in memory (numpy only).
+
+A row file is a raw C-order file of ``count`` rows of ``row_shape`` in a compact stored dtype
+(float16 pictures and signals, int32 token ids). :class:`DiskRows` serves it like a read-only
+array: ``rows[i]``, ``rows[index_array]`` and ``rows[a:b]`` return rows in the dtype the model
+takes (``served``: float32, int64), ``rows.view(index)`` is a subset without reading anything,
+and ``len`` and ``shape`` are what an array's would be. Reads use one ``pread`` per run of
+consecutive rows, never a memory map: the pages of a map a process has touched count in its
+resident memory, so one epoch over a mapped file would grow the process by the file's size;
+read this way, memory holds one batch. ``np.asarray(rows)`` reads every row (for what needs the
+whole array at once, e.g. scattering features of small pictures).
+
+:func:`take` and :func:`select` treat an in-memory array and on-disk rows alike;
+:func:`concatenate` pools sites without reading them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class RowFileError(ValueError):
+    """A row file does not hold what its description says (truncated, wrong size)."""
+
+
+class LazyRows(ABC):
+    """Rows ``base[index]`` of a row source that reads on demand; ``index`` None: all of them
+    in order. Indexing returns a numpy array of ``dtype``; :meth:`view` a lazy subset."""
+
+    def __init__(self, *, row_shape: tuple[int, ...], served: np.dtype,
+                 index: np.ndarray | None) -> None:
+        self.row_shape = tuple(int(n) for n in row_shape)
+        self.dtype = np.dtype(served)
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+
+    @property
+    @abstractmethod
+    def base_length(self) -> int:
+        """Rows in the underlying source."""
+
+    @abstractmethod
+    def _read_base(self, rows: np.ndarray) -> np.ndarray:
+        """Base rows ``rows`` (any order, repeats allowed) as a ``dtype`` array."""
+
+    @abstractmethod
+    def _with_index(self, index: np.ndarray) -> LazyRows:
+        """The same source with another index."""
+
+    def __len__(self) -> int:
+        return self.base_length if self.index is None else len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.row_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.row_shape)
+
+    def _base_rows(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions.min() < -len(self) or positions.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        positions = np.where(positions < 0, positions + len(self), positions)
+        return positions if self.index is None else self.index[positions]
+
+    def _positions(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            return np.arange(len(self))[key]
+        key = np.asarray(key)
+        if key.dtype == bool:
+            if key.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {key.shape} for {len(self)} rows")
+            return np.flatnonzero(key)
+        if not np.issubdtype(key.dtype, np.integer) and key.size:
+            raise IndexError(f"rows are indexed by integers, slices or masks, not {key.dtype}")
+        return key.astype(np.int64)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, slice) and np.ndim(key) == 0:  # one row
+            return self._read_base(self._base_rows(np.asarray([key]).astype(np.int64)))[0]
+        return self._read_base(self._base_rows(self._positions(key)))
+
+    def view(self, key: Any) -> LazyRows:
+        """Rows ``key`` (indices, a slice or a mask) as lazy rows: nothing is read."""
+        return self._with_index(self._base_rows(self._positions(key)))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+    def __iter__(self) -> Any:
+        for start in range(0, len(self), 256):
+            yield from self[start:start + 256]
+
+
+class _OpenFile:
+    """One read-only descriptor, shared by a file's views, closed with the last of them."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            os.close(self.fd)
+
+
+class DiskRows(LazyRows):
+    """Rows of a raw row file (see the module docstring), read with ``pread``."""
+
+    def __init__(self, path: Path, *, stored: str | np.dtype, served: str | np.dtype,
+                 row_shape: tuple[int, ...], count: int, index: np.ndarray | None = None,
+                 _file: _OpenFile | None = None) -> None:
+        super().__init__(row_shape=row_shape, served=np.dtype(served), index=index)
+        self.path = Path(path)
+        self.stored = np.dtype(stored)
+        self.count = int(count)
+        self.row_bytes = self.stored.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self._file = _file or self._open()
+
+    def _open(self) -> _OpenFile:
+        opened = _OpenFile(self.path)
+        size = os.fstat(opened.fd).st_size
+        if size != self.count * self.row_bytes:
+            raise RowFileError(f"{self.path}: {size} bytes, expected {self.count} rows × "
+                               f"{self.row_bytes} bytes")
+        return opened
+
+    @property
+    def base_length(self) -> int:
+        return self.count
+
+    def _with_index(self, index: np.ndarray) -> DiskRows:
+        return DiskRows(self.path, stored=self.stored, served=self.dtype,
+                        row_shape=self.row_shape, count=self.count, index=index,
+                        _file=self._file)
+
+    def _read_base(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        if not len(rows):
+            return out
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        # runs of consecutive rows: one read each
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(ordered)], strict=True):
+            first, count = int(ordered[start]), int(end - start)
+            raw = os.pread(self._file.fd, count * self.row_bytes, first * self.row_bytes)
+            if len(raw) != count * self.row_bytes:
+                raise RowFileError(f"{self.path}: rows {first}–{first + count - 1} are cut "
+                                   "short; the file changed while in use")
+            out[order[start:end]] = np.frombuffer(raw, self.stored).reshape(
+                count, *self.row_shape)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_file")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._file = self._open()
+
+
+class ChainedRows(LazyRows):
+    """Several row sources one after the other (sites pooled), read without copying them."""
+
+    def __init__(self, parts: Sequence[Rows], *, index: np.ndarray | None = None) -> None:
+        shapes = {tuple(part.shape[1:]) for part in parts}
+        dtypes = {np.dtype(part.dtype) for part in parts}
+        if len(shapes) != 1 or len(dtypes) != 1:
+            raise ValueError(f"rows of different shapes or dtypes: {shapes}, {dtypes}")
+        super().__init__(row_shape=shapes.pop(), served=dtypes.pop(), index=index)
+        self.parts = list(parts)
+        self.starts = np.cumsum([0, *(len(part) for part in self.parts)])
+
+    @property
+    def base_length(self) -> int:
+        return int(self.starts[-1])
+
+    def _with_index(self, index: np.ndarray) -> ChainedRows:
+        return ChainedRows(self.parts, index=index)
+
+    def _read_base(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        part_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for number, part in enumerate(self.parts):
+            where = np.flatnonzero(part_of == number)
+            if where.size:
+                out[where] = take(part, rows[where] - self.starts[number])
+        return out
+
+
+class UnkeptRows(LazyRows):
+    """As many rows as were read, none of them kept (a site validated, not loaded for
+    training): ``len`` and ``shape`` answer, reading raises :class:`RowFileError`."""
+
+    def __init__(self, *, count: int, row_shape: tuple[int, ...], served: str | np.dtype,
+                 index: np.ndarray | None = None) -> None:
+        super().__init__(row_shape=row_shape, served=np.dtype(served), index=index)
+        self.count = int(count)
+
+    @property
+    def base_length(self) -> int:
+        return self.count
+
+    def _with_index(self, index: np.ndarray) -> UnkeptRows:
+        return UnkeptRows(count=self.count, row_shape=self.row_shape, served=self.dtype,
+                          index=index)
+
+    def _read_base(self, rows: np.ndarray) -> np.ndarray:
+        raise RowFileError("these rows were validated, not kept; load the site to train on it")
+
+
+Rows = np.ndarray | LazyRows
+
+
+def take(rows: Rows, index: Any) -> np.ndarray:
+    """``rows[index]`` as an array, read now."""
+    return rows[np.asarray(index, dtype=np.int64)]
+
+
+def select(rows: Rows, index: Any) -> Rows:
+    """``rows[index]``: a copy of an in-memory array, a lazy view of rows on disk."""
+    if isinstance(rows, LazyRows):
+        return rows.view(np.asarray(index, dtype=np.int64))
+    return rows[np.asarray(index, dtype=np.int64)]
+
+
+def concatenate(parts: Sequence[Rows]) -> Rows:
+    """The rows of ``parts`` one after the other: an array when all are in memory."""
+    if all(isinstance(part, np.ndarray) for part in parts):
+        return np.concatenate(parts)
+    return ChainedRows(parts)
+
+
+class RowWriter:
+    """Appends rows to a new row file, converting each to the stored dtype."""
+
+    def __init__(self, path: Path, *, row_shape: tuple[int, ...],
+                 stored: str | np.dtype) -> None:
+        self.path = Path(path)
+        self.row_shape = tuple(int(n) for n in row_shape)
+        self.stored = np.dtype(stored)
+        self.count = 0
+        self._handle = self.path.open("xb")
+
+    def stored_form(self, row: np.ndarray) -> np.ndarray:
+        """``row`` as it will be stored; raises :class:`RowFileError` for a row of another
+        shape or with a value the stored dtype cannot hold."""
+        if tuple(row.shape) != self.row_shape:
+            raise RowFileError(f"row of shape {row.shape}, expected {self.row_shape}")
+        with np.errstate(over="ignore"):
+            stored = np.ascontiguousarray(row, dtype=self.stored)
+        if self.stored.kind == "f" and not np.isfinite(stored).all():
+            raise RowFileError(f"a value beyond what {self.stored} holds (largest "
+                               f"{np.finfo(self.stored).max:.0f})")
+        if self.stored.kind in "iu" and not np.array_equal(stored, row):
+            raise RowFileError(f"a value beyond what {self.stored} holds")
+        return stored
+
+    def append(self, row: np.ndarray) -> None:
+        self.append_stored(self.stored_form(row))
+
+    def append_stored(self, stored: np.ndarray) -> None:
+        """Append a row :meth:`stored_form` returned."""
+        self._handle.write(stored.tobytes())
+        self.count += 1
+
+    def close(self) -> None:
+        """Flush to disk (the caller renames the folder into place after)."""
+        if not self._handle.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+
+    def rows(self, *, served: str | np.dtype) -> DiskRows:
+        self.close()
+        return DiskRows(self.path, stored=self.stored, served=served,
+                        row_shape=self.row_shape, count=self.count)
