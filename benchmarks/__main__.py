@@ -11,8 +11,10 @@ rounds, fedmm's and Flower's legacy), ``scale`` (4/16/64 simulated hospitals), `
 ``utility`` (accuracy vs ε, centralized with and without DP, FL, each hospital alone,
 trainable vs pretrained encoders on both tasks), ``fashion_mnist`` (ten-class Fashion-MNIST
 over 10 hospitals: DP-FL, centralized DP-SGD and non-private beside Tramèr & Boneh 2021; needs
-Debian's dataset-fashion-mnist; ``--quick --only fashion_mnist``: a tenth of it) and
-``main_job`` (the README's main job, end to end).
+Debian's dataset-fashion-mnist; ``--quick --only fashion_mnist``: a tenth of it),
+``big_site`` (peak memory and DP-SGD throughput of one site of 5,000 and 50,000 patients at
+224 × 224; about 6 GB of disk, in ``$FEDMM_BIG_SITE_DIR`` or the temporary folder; ``--quick
+--only big_site``: 500 and 5,000) and ``main_job`` (the README's main job, end to end).
 
 ``--quick`` runs small versions of dp_cost, peer, secagg, scale and utility in under 3 minutes
 and writes them to benchmarks/quick/ (not over the full results).
@@ -33,7 +35,7 @@ from benchmarks.report import machine, update_sections
 from server.run_folder import RunFolder
 
 SECTIONS = ("dp_cost", "randomness", "peer", "secagg", "scale", "latency", "loopback",
-            "recipe", "utility", "fashion_mnist", "main_job")
+            "recipe", "utility", "fashion_mnist", "big_site", "main_job")
 QUICK_SECTIONS = ("dp_cost", "peer", "secagg", "scale", "utility")
 
 
@@ -143,6 +145,10 @@ def _section(name: str, *, quick: bool, resume: bool, command: str, only: tuple[
         results = plots.parent / "results" / "fashion_mnist.jsonl"
         return fashion_mnist.markdown(fashion_mnist.fashion_mnist(
             quick=quick, resume=resume, results=results), command)
+    if name == "big_site":
+        from benchmarks import big_site
+
+        return big_site.markdown(big_site.big_site(quick=quick), command)
     return main_job_markdown(main_job(), command)
 
 

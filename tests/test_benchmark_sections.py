@@ -75,3 +75,27 @@ def test_peer_report_says_whose_epsilon_covers_what() -> None:
     assert "| Flower Opacus example | 2.00 | 1.000 | 2.10 |" in text
     assert "fedmm's round takes 1.10× the peer's" in text
     assert "9.30 is the accountant's ε for all 8 rounds" in text
+
+
+def test_big_site_draws_patients_again_under_new_ids_and_measures_both_ways(
+        tmp_path: Path) -> None:
+    from benchmarks.big_site import build_site, markdown, measure
+    from common.sitedata import load_site, read_manifest
+
+    site = build_site(tmp_path, 90, distinct=30)
+    rows = read_manifest(site)
+    assert len({row.sample_id for row in rows}) == 90
+    assert rows[0].image == rows[30].image and rows[0].sample_id != rows[30].sample_id
+    from common.config import DataConfig
+
+    assert len(load_site(site, DataConfig()).issues) == 0
+    on_disk = measure(site, 2, in_memory=False, image_size=16)
+    in_memory = measure(site, 2, in_memory=True, image_size=16)
+    assert on_disk["patients"] == in_memory["patients"] == 90
+    assert on_disk["steps"] == in_memory["steps"] == 2
+    assert on_disk["cache_mb"] > 0 and in_memory["cache_mb"] == 0
+    larger = {**on_disk, "patients": 900, "peak_rss_mib": on_disk["peak_rss_mib"] * 1.1,
+              "cache_mb": on_disk["cache_mb"] * 10}
+    text = "\n".join(markdown([on_disk, in_memory, larger], "python -m benchmarks"))
+    assert "| 90 | row files on disk |" in text and "| 90 | in memory |" in text
+    assert "10× the patients: peak memory 1.10×" in text

@@ -1,0 +1,184 @@
+"""Sites that do not fit in memory: peak memory and DP-SGD throughput of one site of 5,000 and
+of 50,000 patients at ``image_size = 224``.
+
+Each size is measured in a fresh process (``python -m benchmarks.big_site SITE STEPS``), so
+that its peak resident memory (``ru_maxrss``) is its own: the site is read into its array cache
+(row files on disk, :mod:`common.sitecache`), then trains a fixed number of DP-SGD steps with
+Poisson batches (hooks mode; no calibration), as a hospital's round does. Disk: the cache's
+size. The site is built from the demo generator's patients, each drawn several times under its
+own sample id (the files are shared; every row is decoded, resized to 224 and stored on its own).
+For comparison, the same process also reports what the arrays of the site would take in memory
+as float32 (what reading a site took before the cache held row files), and the 5,000-patient
+site is also read the old way (every array in memory) in a process of its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.report import machine
+
+IMAGE_SIZE = 224
+DISTINCT_PATIENTS = 1000  # drawn again under new ids up to the site's size
+STEPS = 8
+BATCH = 64
+
+
+def build_site(folder: Path, patients: int, *, distinct: int = DISTINCT_PATIENTS) -> Path:
+    """A site of ``patients`` rows over ``distinct`` patients of the demo generator."""
+    from common.sitedata import COLUMNS, MANIFEST_NAME
+    from simulations.demo_data import generate_demo
+    from simulations.scenarios import Scenario
+
+    base = folder / "base"
+    if not (base / "site-01" / MANIFEST_NAME).is_file():
+        generate_demo(base, sites=1, samples_per_site=distinct, seed=0,
+                      scenario=Scenario.IID, test_samples=0)
+    source = base / "site-01"
+    with (source / MANIFEST_NAME).open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    site = folder / f"site-{patients}"
+    site.mkdir(exist_ok=True)
+    for name in ("images", "signals"):  # copies: a path may not leave its site
+        if not (site / name).exists():
+            shutil.copytree(source / name, site / name)
+    shutil.copy(source / "policy.toml", site / "policy.toml")
+    with (site / MANIFEST_NAME).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for number in range(patients):
+            row = dict(rows[number % len(rows)])
+            writer.writerow({**row, "sample_id": f"p{number:06d}"})
+    return site
+
+
+def config_for_benchmark(image_size: int = IMAGE_SIZE):
+    from common.config import RunConfig
+
+    return RunConfig.model_validate({
+        "data": {"image_size": image_size},
+        "training": {"batch_size": BATCH, "local_epochs": 1},
+        "privacy": {"grad_sample_mode": "hooks", "noise_multiplier": 1.0},
+    })
+
+
+def measure(site: Path, steps: int, *, in_memory: bool, image_size: int = IMAGE_SIZE) -> dict:
+    """Read ``site`` (into its row-file cache, or all in memory) and train ``steps`` DP-SGD
+    steps; peak memory of this process."""
+    import numpy as np
+    import torch
+
+    from client.training import RoundPlan, train_local
+    from common.features import model_inputs
+    from common.models import build_model
+    from common.serialization import model_weights
+    from common.site_state import SiteState
+    from common.sitecache import load_site_cached
+    from common.sitedata import load_site
+
+    torch.manual_seed(0)
+    config = config_for_benchmark(image_size)
+    state = SiteState(site.parent / f"state-{site.name}")
+    started = time.perf_counter()
+    if in_memory:
+        data = load_site(site, config.data)
+    else:
+        data = load_site_cached(site, config.data, state.cache_dir)
+    data = model_inputs(data, config.model, None)
+    read_seconds = time.perf_counter() - started
+    rss_after_read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    plan = RoundPlan(sample_rate=BATCH / len(data), steps=steps, noise_multiplier=1.0,
+                     steps_per_epoch=steps)
+    weights = model_weights(build_model(data=config.data, model=config.model, seed=0))
+    started = time.perf_counter()
+    result = train_local(config=config, global_weights=weights, data=data, plan=plan,
+                         history=[])
+    train_seconds = time.perf_counter() - started
+    cache_bytes = sum(path.stat().st_size for path in state.cache_dir.rglob("*")
+                      if path.is_file()) if not in_memory else 0
+    in_memory_bytes = sum(np.dtype(np.float32).itemsize * int(np.prod(rows.shape))
+                          for rows in (data.images, data.signals)) + 8 * int(
+        np.prod(data.tokens.shape))
+    return {
+        "benchmark": "big_site", "patients": len(data),
+        "arrays": "in memory" if in_memory else "row files on disk",
+        "read_seconds": round(read_seconds, 1),
+        "peak_rss_after_read_mib": round(rss_after_read / 2**20),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "steps": result.steps, "train_seconds": round(train_seconds, 1),
+        "samples_per_second": round(BATCH * result.steps / train_seconds, 1),
+        "cache_mb": round(cache_bytes / 1e6, 1),
+        "float32_arrays_mb": round(in_memory_bytes / 1e6, 1),
+    }
+
+
+def _measure_in_child(site: Path, steps: int, *, in_memory: bool) -> dict:
+    command = [sys.executable, "-m", "benchmarks.big_site", str(site), str(steps)]
+    if in_memory:
+        command.append("--in-memory")
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    if done.returncode != 0:
+        raise RuntimeError(f"big_site {site.name} failed:\n{done.stderr[-2000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def big_site(*, quick: bool) -> list[dict]:
+    sizes = (500, 5000) if quick else (5000, 50000)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fmbig", dir=os.environ.get("FEDMM_BIG_SITE_DIR")
+                                     ) as folder:
+        root = Path(folder)
+        for patients in sizes:
+            site = build_site(root, patients)
+            rows.append(_measure_in_child(site, STEPS, in_memory=False))
+            if patients == sizes[0]:
+                rows.append(_measure_in_child(site, STEPS, in_memory=True))
+    return rows
+
+
+def markdown(rows: list[dict], command: str) -> list[str]:
+    lines = [
+        "## Sites that do not fit in memory", "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}", "",
+        f"One site at `image_size = {IMAGE_SIZE}` (one grey channel), read into its array cache, "
+        f"then {STEPS} DP-SGD steps with Poisson batches of {BATCH} expected (hooks mode), each "
+        "size in a process of its own. The site's patients are the demo generator's "
+        f"{DISTINCT_PATIENTS}, each drawn again under a new id (each row is decoded, resized "
+        "and stored on its own). Peak memory is the process's `ru_maxrss`.", "",
+        "| patients | arrays | read (s) | peak memory after reading (MiB) | peak memory "
+        "(MiB) | samples / s | cache on disk (MB) | the arrays as float32 (MB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cache = f"{row['cache_mb']:,}" if row["cache_mb"] else "–"
+        lines.append(
+            f"| {row['patients']:,} | {row['arrays']} | {row['read_seconds']} | "
+            f"{row['peak_rss_after_read_mib']:,} | {row['peak_rss_mib']:,} | "
+            f"{row['samples_per_second']} | {cache} | {row['float32_arrays_mb']:,} |")
+    disk = [row for row in rows if row["arrays"] == "row files on disk"]
+    if len(disk) == 2:
+        small, large = disk
+        lines += ["", f"{large['patients'] // small['patients']}× the patients: peak memory "
+                  f"{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}×, throughput "
+                  f"{large['samples_per_second'] / small['samples_per_second']:.2f}×, cache "
+                  f"{large['cache_mb'] / small['cache_mb']:.1f}× on disk (2 bytes a pixel or "
+                  "signal value, 4 a token)."]
+    return lines
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(Path(sys.argv[1]), int(sys.argv[2]),
+                             in_memory="--in-memory" in sys.argv)))
