@@ -1,15 +1,18 @@
 """Per-sample arrays kept on disk and read a batch at a time: a site's preprocessed samples
 when the site does not fit in memory (numpy only).
 
-A row file is a raw C-order file of ``count`` rows of ``row_shape`` in a compact stored dtype
-(float16 pictures and signals, int32 token ids). :class:`DiskRows` serves it like a read-only
-array: ``rows[i]``, ``rows[index_array]`` and ``rows[a:b]`` return rows in the dtype the model
-takes (``served``: float32, int64), ``rows.view(index)`` is a subset without reading anything,
-and ``len`` and ``shape`` are what an array's would be. Reads use one ``pread`` per run of
-consecutive rows, never a memory map: the pages of a map a process has touched count in its
-resident memory, so one epoch over a mapped file would grow the process by the file's size;
-read this way, memory holds one batch. ``np.asarray(rows)`` reads every row (for what needs the
-whole array at once, e.g. scattering features of small pictures).
+A row file is a raw C-order file of ``count`` rows of ``row_shape``, each value stored as its
+:class:`RowFormat` says: a compact dtype, optionally fixed-point (``served = stored · scale +
+offset``), e.g. standardised pictures in [-2, 2] as uint16 (every level of a 16-bit scan kept),
+z-scored signals as float16, token ids as int32. :class:`DiskRows` serves it like a read-only
+array: ``rows[i]``, ``rows[index_array]``, ``rows[mask]`` and ``rows[a:b]`` return rows in the
+dtype the model takes (float32, int64), ``rows.view(index)`` is a subset without reading
+anything, and ``len`` and ``shape`` are what an array's would be. Reads use ``pread`` per run
+of consecutive rows (in pieces of at most 16 MiB), never a memory map: the pages of a map a
+process has touched count in its resident memory, so one epoch over a mapped file would grow
+the process by the file's size; read this way, memory holds one batch. ``np.asarray(rows)``
+reads every row (for what needs the whole array at once, e.g. scattering features of small
+pictures).
 
 :func:`take` and :func:`select` treat an in-memory array and on-disk rows alike;
 :func:`concatenate` pools sites without reading them.
@@ -19,12 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+READ_PIECE_BYTES = 16 * 2**20  # one pread at most: Linux reads at most ~2 GiB in one call
 
 
 class RowFileError(ValueError):
@@ -73,9 +80,16 @@ class LazyRows(ABC):
         return positions if self.index is None else self.index[positions]
 
     def _positions(self, key: Any) -> np.ndarray:
+        """Positions for a slice, a 1-D integer array or list, or a 1-D mask (rows are
+        indexed along their first axis only)."""
         if isinstance(key, slice):
             return np.arange(len(self))[key]
+        if isinstance(key, tuple):
+            raise IndexError("rows are indexed along their first axis only")
         key = np.asarray(key)
+        if key.ndim != 1:
+            raise IndexError(f"rows are indexed by one integer, a slice, a 1-D index or mask; "
+                             f"got a {key.ndim}-D index")
         if key.dtype == bool:
             if key.shape != (len(self),):
                 raise IndexError(f"boolean index of shape {key.shape} for {len(self)} rows")
@@ -85,8 +99,10 @@ class LazyRows(ABC):
         return key.astype(np.int64)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, slice) and np.ndim(key) == 0:  # one row
-            return self._read_base(self._base_rows(np.asarray([key]).astype(np.int64)))[0]
+        if (isinstance(key, int | np.integer) and not isinstance(key, bool)) or (
+                isinstance(key, np.ndarray) and key.ndim == 0
+                and np.issubdtype(key.dtype, np.integer)):  # one row
+            return self._read_base(self._base_rows(np.asarray([key], dtype=np.int64)))[0]
         return self._read_base(self._base_rows(self._positions(key)))
 
     def view(self, key: Any) -> LazyRows:
@@ -102,32 +118,100 @@ class LazyRows(ABC):
             yield from self[start:start + 256]
 
 
+@dataclass(frozen=True)
+class RowFormat:
+    """How values are stored: ``stored`` dtype, served as ``served``; with ``scale``,
+    fixed-point: ``stored = round((value − offset) / scale)``, within the stored dtype's
+    range."""
+
+    stored: str
+    served: str
+    scale: float | None = None
+    offset: float = 0.0
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        return np.dtype(self.stored)
+
+    @property
+    def served_dtype(self) -> np.dtype:
+        return np.dtype(self.served)
+
+    def encode(self, row: np.ndarray) -> np.ndarray:
+        """``row`` as stored; raises :class:`RowFileError` for a value the format cannot hold
+        (nothing is stored then)."""
+        dtype = self.stored_dtype
+        if (dtype.kind == "f" or self.scale is not None) and not np.isfinite(row).all():
+            raise RowFileError("a value that is NaN or infinite")
+        if self.scale is not None:
+            levels = np.rint((row.astype(np.float64) - self.offset) / self.scale)
+            info = np.iinfo(dtype)
+            if levels.size and (levels.min() < info.min or levels.max() > info.max):
+                low = self.offset + info.min * self.scale
+                high = self.offset + info.max * self.scale
+                raise RowFileError(f"a value outside [{low:g}, {high:g}], what {self.stored} "
+                                   "fixed-point holds here")
+            return np.ascontiguousarray(levels, dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = np.ascontiguousarray(row, dtype=dtype)
+        if dtype.kind == "f" and not np.isfinite(stored).all():
+            raise RowFileError(f"a value beyond what {self.stored} holds (largest "
+                               f"{np.finfo(dtype).max:.0f})")
+        if dtype.kind in "iu" and not np.array_equal(stored, row):
+            raise RowFileError(f"a value beyond what {self.stored} holds")
+        return stored
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        """Stored values as served."""
+        if self.scale is None:
+            return stored.astype(self.served_dtype)
+        return (stored.astype(np.float64) * self.scale + self.offset).astype(self.served_dtype)
+
+
 class _OpenFile:
-    """One read-only descriptor, shared by a file's views, closed with the last of them."""
+    """One read-only descriptor, shared by a file's views, closed with the last of them. A
+    link, a FIFO or anything but a plain file is refused (opening never blocks)."""
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise RowFileError(f"{path}: not a plain file")
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError, AttributeError, TypeError):
             os.close(self.fd)
 
 
+def open_plain_file(path: Path) -> Any:
+    """``path`` opened for binary reading if it is a plain file (no link, no FIFO: opening
+    never blocks); :class:`RowFileError` otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RowFileError(f"{path}: not a plain file")
+    return os.fdopen(fd, "rb")
+
+
 class DiskRows(LazyRows):
     """Rows of a raw row file (see the module docstring), read with ``pread``."""
 
-    def __init__(self, path: Path, *, stored: str | np.dtype, served: str | np.dtype,
-                 row_shape: tuple[int, ...], count: int, index: np.ndarray | None = None,
-                 _file: _OpenFile | None = None) -> None:
-        super().__init__(row_shape=row_shape, served=np.dtype(served), index=index)
+    def __init__(self, path: Path, *, form: RowFormat, row_shape: tuple[int, ...], count: int,
+                 index: np.ndarray | None = None, _file: _OpenFile | None = None) -> None:
+        super().__init__(row_shape=row_shape, served=form.served_dtype, index=index)
         self.path = Path(path)
-        self.stored = np.dtype(stored)
+        self.form = form
         self.count = int(count)
-        self.row_bytes = self.stored.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        self.row_bytes = form.stored_dtype.itemsize * int(np.prod(self.row_shape,
+                                                                  dtype=np.int64))
         self._file = _file or self._open()
 
     def _open(self) -> _OpenFile:
-        opened = _OpenFile(self.path)
+        try:
+            opened = _OpenFile(self.path)
+        except FileNotFoundError:
+            raise RowFileError(f"{self.path}: gone (the site's array cache was rebuilt); "
+                               "load the site again") from None
         size = os.fstat(opened.fd).st_size
         if size != self.count * self.row_bytes:
             raise RowFileError(f"{self.path}: {size} bytes, expected {self.count} rows × "
@@ -139,9 +223,8 @@ class DiskRows(LazyRows):
         return self.count
 
     def _with_index(self, index: np.ndarray) -> DiskRows:
-        return DiskRows(self.path, stored=self.stored, served=self.dtype,
-                        row_shape=self.row_shape, count=self.count, index=index,
-                        _file=self._file)
+        return DiskRows(self.path, form=self.form, row_shape=self.row_shape, count=self.count,
+                        index=index, _file=self._file)
 
     def _read_base(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.row_shape), self.dtype)
@@ -149,17 +232,31 @@ class DiskRows(LazyRows):
             return out
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
-        # runs of consecutive rows: one read each
+        # runs of consecutive rows, each read in pieces of at most READ_PIECE_BYTES
         breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
-        for start, end in zip(np.r_[0, breaks], np.r_[breaks, len(ordered)], strict=True):
-            first, count = int(ordered[start]), int(end - start)
-            raw = os.pread(self._file.fd, count * self.row_bytes, first * self.row_bytes)
-            if len(raw) != count * self.row_bytes:
+        per_piece = max(1, READ_PIECE_BYTES // max(self.row_bytes, 1))
+        for run_start, run_end in zip(np.r_[0, breaks], np.r_[breaks, len(ordered)],
+                                      strict=True):
+            for start in range(int(run_start), int(run_end), per_piece):
+                end = min(start + per_piece, int(run_end))
+                first, count = int(ordered[start]), end - start
+                stored = np.frombuffer(self._pread(first, count), self.form.stored_dtype)
+                out[order[start:end]] = self.form.decode(stored.reshape(count, *self.row_shape))
+        return out
+
+    def _pread(self, first: int, count: int) -> bytes:
+        """Rows ``first`` … ``first + count − 1``; a short read is retried, an empty one
+        means the file was cut."""
+        wanted, offset = count * self.row_bytes, first * self.row_bytes
+        pieces, got = [], 0
+        while got < wanted:
+            piece = os.pread(self._file.fd, wanted - got, offset + got)
+            if not piece:
                 raise RowFileError(f"{self.path}: rows {first}–{first + count - 1} are cut "
                                    "short; the file changed while in use")
-            out[order[start:end]] = np.frombuffer(raw, self.stored).reshape(
-                count, *self.row_shape)
-        return out
+            pieces.append(piece)
+            got += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -224,16 +321,22 @@ class UnkeptRows(LazyRows):
 Rows = np.ndarray | LazyRows
 
 
+def _index(index: Any) -> np.ndarray:
+    index = np.asarray(index)
+    return index if index.dtype == bool else index.astype(np.int64)
+
+
 def take(rows: Rows, index: Any) -> np.ndarray:
-    """``rows[index]`` as an array, read now."""
-    return rows[np.asarray(index, dtype=np.int64)]
+    """``rows[index]`` (indices or a mask) as an array, read now."""
+    return rows[_index(index)]
 
 
 def select(rows: Rows, index: Any) -> Rows:
-    """``rows[index]``: a copy of an in-memory array, a lazy view of rows on disk."""
+    """``rows[index]`` (indices or a mask): a copy of an in-memory array, a lazy view of rows
+    on disk."""
     if isinstance(rows, LazyRows):
-        return rows.view(np.asarray(index, dtype=np.int64))
-    return rows[np.asarray(index, dtype=np.int64)]
+        return rows.view(_index(index))
+    return rows[_index(index)]
 
 
 def concatenate(parts: Sequence[Rows]) -> Rows:
@@ -244,29 +347,21 @@ def concatenate(parts: Sequence[Rows]) -> Rows:
 
 
 class RowWriter:
-    """Appends rows to a new row file, converting each to the stored dtype."""
+    """Appends rows to a new row file in ``form``."""
 
-    def __init__(self, path: Path, *, row_shape: tuple[int, ...],
-                 stored: str | np.dtype) -> None:
+    def __init__(self, path: Path, *, row_shape: tuple[int, ...], form: RowFormat) -> None:
         self.path = Path(path)
         self.row_shape = tuple(int(n) for n in row_shape)
-        self.stored = np.dtype(stored)
+        self.form = form
         self.count = 0
         self._handle = self.path.open("xb")
 
     def stored_form(self, row: np.ndarray) -> np.ndarray:
         """``row`` as it will be stored; raises :class:`RowFileError` for a row of another
-        shape or with a value the stored dtype cannot hold."""
+        shape or with a value the format cannot hold."""
         if tuple(row.shape) != self.row_shape:
             raise RowFileError(f"row of shape {row.shape}, expected {self.row_shape}")
-        with np.errstate(over="ignore"):
-            stored = np.ascontiguousarray(row, dtype=self.stored)
-        if self.stored.kind == "f" and not np.isfinite(stored).all():
-            raise RowFileError(f"a value beyond what {self.stored} holds (largest "
-                               f"{np.finfo(self.stored).max:.0f})")
-        if self.stored.kind in "iu" and not np.array_equal(stored, row):
-            raise RowFileError(f"a value beyond what {self.stored} holds")
-        return stored
+        return self.form.encode(row)
 
     def append(self, row: np.ndarray) -> None:
         self.append_stored(self.stored_form(row))
@@ -276,14 +371,15 @@ class RowWriter:
         self._handle.write(stored.tobytes())
         self.count += 1
 
-    def close(self) -> None:
-        """Flush to disk (the caller renames the folder into place after)."""
+    def close(self, *, sync: bool = True) -> None:
+        """Flush to disk (``sync``; the caller renames the folder into place after), or only
+        close (a build given up)."""
         if not self._handle.closed:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            if sync:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
             self._handle.close()
 
-    def rows(self, *, served: str | np.dtype) -> DiskRows:
+    def rows(self) -> DiskRows:
         self.close()
-        return DiskRows(self.path, stored=self.stored, served=served,
-                        row_shape=self.row_shape, count=self.count)
+        return DiskRows(self.path, form=self.form, row_shape=self.row_shape, count=self.count)

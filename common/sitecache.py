@@ -8,21 +8,29 @@ site is read afresh. The cache lives in the site's *state* folder (never the dat
 may be read-only) and is written atomically; an unreadable cache entry is ignored and rebuilt.
 
 An entry is a folder ``site-<key>/``: one row file per array (``images.rows``, ``tokens.rows``,
-``signals.rows``: float16, int32, float16) and ``meta.npz`` (labels, masks, sample ids, the
-manifest rows and row issues, each row file's shape and dtypes). It is built row by row in a
-``.building-`` folder and renamed into place, so memory holds one row while it is built and a
-crash leaves no half entry. Disk: 2 bytes per pixel and per signal value, 4 per token.
+``signals.rows``, in the :data:`FORMATS` below) and ``meta.npz`` (labels, masks, sample ids, the
+manifest rows and row issues). Shapes and formats come from the data config (in the key), never
+from the entry. It is built row by row in a ``.building-`` folder and renamed into place, under
+the cache folder's lock (one build at a time; another process waits, then opens it), so memory
+holds one row while it is built and a crash leaves no half entry. Disk: 2 bytes per pixel and
+per signal value, 4 per token. An entry that is not whole is built again; one that cannot be
+read for another reason (permissions, no descriptors left) is a one-line error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import os
 import shutil
 import tempfile
-import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +40,15 @@ from common.biosignals import WFDB_HEADER_SUFFIX, wfdb_data_files
 from common.config import MODALITIES, DataConfig
 from common.preprocess import note_is_a_file
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits
-from common.rowstore import DiskRows, Rows, RowWriter
+from common.rowstore import (
+    DiskRows,
+    RowFileError,
+    RowFormat,
+    Rows,
+    RowWriter,
+    UnkeptRows,
+    open_plain_file,
+)
 from common.sitedata import (
     ManifestRow,
     RowIssue,
@@ -42,8 +58,8 @@ from common.sitedata import (
     read_manifest,
 )
 
-# 6: row files on disk (float16 pictures and signals); 5: multi-label rows (float32 findings);
-# 4: DICOM windowed, 16-bit grey
+# 6: row files on disk (uint16 fixed-point pictures, float16 signals); 5: multi-label rows
+# (float32 findings); 4: DICOM windowed, 16-bit grey
 CACHE_VERSION = "6"
 
 
@@ -80,24 +96,34 @@ def cache_key(site_dir: Path, config: DataConfig, rows: list[ManifestRow],
 
 
 ROW_FILES = {"images": "images.rows", "tokens": "tokens.rows", "signals": "signals.rows"}
-STORED = {"images": "float16", "tokens": "int32", "signals": "float16"}  # compact on disk
-SERVED = {"images": "float32", "tokens": "int64", "signals": "float32"}  # what the model takes
+# pictures are standardised into [-2, 2] (common.preprocess): uint16 fixed-point keeps every
+# level of a 16-bit scan; signals are z-scored (unbounded): float16, about 3 significant digits
+FORMATS = {
+    "images": RowFormat(stored="uint16", served="float32", scale=4 / 65535, offset=-2.0),
+    "tokens": RowFormat(stored="int32", served="int64"),
+    "signals": RowFormat(stored="float16", served="float32"),
+}
 META_FILE = "meta.npz"
 ENTRY_PREFIX = "site-"  # an entry: a folder site-<key>/ holding the row files and META_FILE
+BUILDING_PREFIX = ".building-"
+LOCK_FILE = ".lock"  # held while an entry is looked up and built: one build at a time
+
+
+def row_shapes(config: DataConfig) -> dict[str, tuple[int, ...]]:
+    from common.preprocess import signal_shape
+
+    return {"images": (config.image_channels, config.image_size, config.image_size),
+            "tokens": (config.max_text_tokens,), "signals": tuple(signal_shape(config))}
 
 
 class DiskSink:
     """Accepted rows written to row files in ``folder`` as they are read (one row in memory at
-    a time); pictures and signals as float16 (about 3 significant digits: a grey level of an
-    8-bit picture is 1/255), token ids as int32."""
+    a time), each in its :data:`FORMATS` entry."""
 
     def __init__(self, folder: Path, config: DataConfig) -> None:
-        from common.preprocess import signal_shape
-
-        shapes = {"images": (config.image_channels, config.image_size, config.image_size),
-                  "tokens": (config.max_text_tokens,), "signals": signal_shape(config)}
         self.writers = {name: RowWriter(Path(folder) / ROW_FILES[name], row_shape=shape,
-                                        stored=STORED[name]) for name, shape in shapes.items()}
+                                        form=FORMATS[name])
+                        for name, shape in row_shapes(config).items()}
 
     def append(self, image: np.ndarray, tokens: np.ndarray, signal: np.ndarray) -> None:
         arrays = {"images": image, "tokens": tokens, "signals": signal}
@@ -107,21 +133,42 @@ class DiskSink:
             writer.append_stored(stored[name])
 
     def finish(self) -> tuple[Rows, Rows, Rows]:
-        images, tokens, signals = (self.writers[name].rows(served=SERVED[name])
+        images, tokens, signals = (self.writers[name].rows()
                                    for name in ("images", "tokens", "signals"))
         return images, tokens, signals
 
-    def close(self) -> None:
+    def close(self, *, sync: bool) -> None:
         for writer in self.writers.values():
-            writer.close()
+            writer.close(sync=sync)
+
+
+class ValidationSink:
+    """Rows checked as :class:`DiskSink` checks them (a row it could not store is the same
+    row issue), counted, not kept: ``fedmm validate-data`` and ``fedmm client``'s check, in
+    memory that does not grow with the site."""
+
+    def __init__(self, config: DataConfig) -> None:
+        self.shapes = row_shapes(config)
+        self.count = 0
+
+    def append(self, image: np.ndarray, tokens: np.ndarray, signal: np.ndarray) -> None:
+        for name, array in (("images", image), ("tokens", tokens), ("signals", signal)):
+            if tuple(array.shape) != self.shapes[name]:
+                raise RowFileError(f"row of shape {array.shape}, expected {self.shapes[name]}")
+            FORMATS[name].encode(array)
+        self.count += 1
+
+    def finish(self) -> tuple[Rows, Rows, Rows]:
+        images, tokens, signals = (
+            UnkeptRows(count=self.count, row_shape=self.shapes[name],
+                       served=FORMATS[name].served_dtype)
+            for name in ("images", "tokens", "signals"))
+        return images, tokens, signals
 
 
 def _write_meta(folder: Path, data: SiteData) -> None:
     meta = {"total_rows": data.total_rows, "issues": [i.__dict__ for i in data.issues],
-            "rows": [dataclasses.asdict(row) for row in data.rows],
-            "row_files": {name: {"shape": list(getattr(data, name).shape[1:]),
-                                 "stored": STORED[name], "served": SERVED[name]}
-                          for name in ROW_FILES}}
+            "rows": [dataclasses.asdict(row) for row in data.rows]}
     buffer = io.BytesIO()
     np.savez(buffer, labels=data.labels, masks=data.masks,
              sample_ids=np.asarray(data.sample_ids, dtype=np.str_),
@@ -129,26 +176,35 @@ def _write_meta(folder: Path, data: SiteData) -> None:
     atomic_write_bytes(folder / META_FILE, buffer.getvalue())
 
 
-def _open_entry(site_dir: Path, folder: Path, limits: ReadLimits) -> SiteData:
-    """A cache entry as site data, its arrays lazy rows on disk; raises ``OSError``,
-    ``ValueError`` (:class:`RowFileError` included), ``KeyError`` or ``TypeError`` when it
-    is not a complete entry."""
-    with np.load(folder / META_FILE, allow_pickle=False) as arrays:
+# what an entry that is not whole raises when opened: it is then built again
+DAMAGED_ENTRY = (RowFileError, ValueError, KeyError, TypeError, AttributeError, EOFError,
+                 zipfile.BadZipFile, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _open_entry(site_dir: Path, folder: Path, config: DataConfig,
+                limits: ReadLimits) -> SiteData:
+    """A cache entry as site data, its arrays lazy rows on disk (shapes and formats from
+    ``config``, never from the entry); raises one of :data:`DAMAGED_ENTRY` when it is not a
+    whole entry, another ``OSError`` when it cannot be read now."""
+    with open_plain_file(folder / META_FILE) as handle, \
+            np.load(handle, allow_pickle=False) as arrays:
         meta = json.loads(str(arrays["meta"]))
         labels, masks = arrays["labels"], arrays["masks"]
         sample_ids = [str(s) for s in arrays["sample_ids"]]
-    rows = {name: DiskRows(folder / ROW_FILES[name], stored=spec["stored"],
-                           served=spec["served"], row_shape=tuple(spec["shape"]),
-                           count=len(sample_ids))
-            for name, spec in meta["row_files"].items()}
-    if len(labels) != len(sample_ids) or len(masks) != len(sample_ids):
-        raise ValueError(f"{folder}: {len(sample_ids)} samples but {len(labels)} labels")
+    count = len(sample_ids)
+    rows = [ManifestRow(**row) for row in meta["rows"]]
+    if len(labels) != count or masks.shape != (count, len(MODALITIES)) or len(rows) != count:
+        raise ValueError(f"{folder}: {count} samples, {len(labels)} labels, "
+                         f"{masks.shape} masks, {len(rows)} manifest rows")
+    arrays_on_disk = {name: DiskRows(folder / ROW_FILES[name], form=FORMATS[name],
+                                     row_shape=shape, count=count)
+                      for name, shape in row_shapes(config).items()}
     return SiteData(
         site_dir=site_dir, sample_ids=sample_ids, labels=labels, masks=masks,
-        images=rows["images"], tokens=rows["tokens"], signals=rows["signals"],
+        images=arrays_on_disk["images"], tokens=arrays_on_disk["tokens"],
+        signals=arrays_on_disk["signals"],
         issues=[RowIssue(**issue) for issue in meta["issues"]],
-        total_rows=int(meta["total_rows"]),
-        rows=[ManifestRow(**row) for row in meta["rows"]], limits=limits,
+        total_rows=int(meta["total_rows"]), rows=rows, limits=limits,
     )
 
 
@@ -156,21 +212,18 @@ def _build_entry(site_dir: Path, config: DataConfig, rows: list[ManifestRow],
                  limits: ReadLimits, cache_dir: Path, name: str) -> Path:
     """Read the site into a fresh folder beside the entry, then rename it into place (a crash
     leaves no half entry: only a ``.building-`` folder, removed by the next build)."""
-    building = Path(tempfile.mkdtemp(prefix=f".building-{name}-", dir=cache_dir))
+    building = Path(tempfile.mkdtemp(prefix=f"{BUILDING_PREFIX}{name}-", dir=cache_dir))
     try:
         sink = DiskSink(building, config)
         try:
             data = load_site(site_dir, config, rows, limits=limits, sink=sink)
-        finally:
-            sink.close()
+        except BaseException:
+            sink.close(sync=False)
+            raise
         _write_meta(building, data)
+        fsync_dir(building)
         entry = cache_dir / name
-        try:
-            building.rename(entry)
-        except OSError:
-            if not (entry / META_FILE).is_file():  # not another process's finished entry
-                raise
-            shutil.rmtree(building, ignore_errors=True)
+        building.rename(entry)
         fsync_dir(cache_dir)
         return entry
     except BaseException:
@@ -180,23 +233,35 @@ def _build_entry(site_dir: Path, config: DataConfig, rows: list[ManifestRow],
 
 def _drop_other_entries(cache_dir: Path, keep: str) -> None:
     """Entries of an older key (the site or config changed), old single-file entries, and
-    builds a crash left behind. A process still reading a dropped entry keeps its open files."""
+    builds a crash left behind (called under the lock: no build is under way). A process
+    still reading a dropped entry keeps its open files."""
     for old in cache_dir.iterdir():
-        if old.name == keep or not old.name.startswith((ENTRY_PREFIX, ".building-")):
+        if old.name == keep or not old.name.startswith((ENTRY_PREFIX, BUILDING_PREFIX)):
             continue
-        if old.name.startswith(".building-") and _recent(old):
-            continue  # another process may be building it now
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink(missing_ok=True)
 
 
-def _recent(path: Path) -> bool:
+@contextlib.contextmanager
+def _build_lock(cache_dir: Path) -> Iterator[None]:
+    """The cache folder's lock: held while one process looks an entry up and builds it, so
+    that a second one waits and then opens the entry, and any ``.building-`` folder found
+    under it is a crash's leftover."""
+    fd = os.open(cache_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        return time.time() - path.stat().st_mtime < 3600
-    except OSError:
-        return False
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_free_space(cache_dir: Path, config: DataConfig, rows: int) -> None:
+    needed = _entry_bytes(config, rows)
+    free = shutil.disk_usage(cache_dir).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{_size(free)} free, about {_size(needed)} needed")
 
 
 def load_site_cached(site_dir: Path, config: DataConfig, cache_dir: Path | None, *,
@@ -210,30 +275,47 @@ def load_site_cached(site_dir: Path, config: DataConfig, cache_dir: Path | None,
         return load_site(site_dir, config, rows, limits=limits)
     cache_dir = Path(cache_dir)
     name = f"{ENTRY_PREFIX}{cache_key(site_dir, config, rows, limits)[:32]}"
-    entry = cache_dir / name
-    if entry.is_dir() and not entry.is_symlink():
-        try:
-            return _open_entry(site_dir, entry, limits)
-        except (OSError, ValueError, KeyError, TypeError):
-            shutil.rmtree(entry, ignore_errors=True)  # not a complete entry: rebuilt below
-    elif entry.exists() or entry.is_symlink():
-        entry.unlink()
     try:
+        opened = _open_existing(site_dir, cache_dir / name, config, limits)
+        if opened is not None:
+            return opened
         cache_dir.mkdir(parents=True, exist_ok=True)
-        entry = _build_entry(site_dir, config, rows, limits, cache_dir, name)
-        _drop_other_entries(cache_dir, keep=name)
+        with _build_lock(cache_dir):
+            opened = _open_existing(site_dir, cache_dir / name, config, limits)
+            if opened is not None:  # another process built it while this one waited
+                return opened
+            _drop_other_entries(cache_dir, keep=name)
+            _check_free_space(cache_dir, config, len(rows))
+            entry = _build_entry(site_dir, config, rows, limits, cache_dir, name)
+            return _open_entry(site_dir, entry, config, limits)
     except OSError as error:
         raise SiteDataError(
-            f"{cache_dir}: could not write the site's preprocessed arrays "
-            f"({error.strerror or error}); free disk space there (about "
-            f"{_entry_bytes(config, len(rows)) / 1e9:.1f} GB for this site) or point the "
-            "site's state folder elsewhere") from None
-    return _open_entry(site_dir, entry, limits)
+            f"{cache_dir}: could not write or read the site's preprocessed arrays "
+            f"({error.strerror or error}); they need about "
+            f"{_size(_entry_bytes(config, len(rows)))} of free disk there: free it, or point "
+            "the site's state folder elsewhere") from None
+
+
+def _open_existing(site_dir: Path, entry: Path, config: DataConfig,
+                   limits: ReadLimits) -> SiteData | None:
+    """The entry, or None when there is none or it is not whole (then it is removed)."""
+    if not (entry.exists() or entry.is_symlink()):
+        return None
+    if entry.is_dir() and not entry.is_symlink():
+        try:
+            return _open_entry(site_dir, entry, config, limits)
+        except DAMAGED_ENTRY:
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+    entry.unlink()
+    return None
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def _entry_bytes(config: DataConfig, rows: int) -> int:
-    from common.preprocess import signal_shape
-
-    per_row = (2 * config.image_channels * config.image_size ** 2 + 4 * config.max_text_tokens
-               + 2 * int(np.prod(signal_shape(config))))
+    per_row = sum(FORMATS[name].stored_dtype.itemsize * int(np.prod(shape))
+                  for name, shape in row_shapes(config).items())
     return per_row * rows

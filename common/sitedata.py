@@ -14,7 +14,8 @@ row's issue; the site trains on the rest. The same code serves ``fedmm validate-
 training, so what the validator accepts is exactly what training uses.
 
 Where the accepted rows' arrays go is a :class:`RowSink`'s business: memory
-(:class:`MemorySink`, the default) or row files on disk (:class:`common.sitecache.DiskSink`),
+(:class:`MemorySink`, the default), row files on disk (:class:`common.sitecache.DiskSink`) or
+nowhere (:class:`common.sitecache.ValidationSink`: checked and counted),
 so that a site larger than memory is read one row at a time and served a batch at a time
 (:mod:`common.rowstore`). ``images``, ``tokens`` and ``signals`` are then lazy rows: index them
 (``data.images[index]``) to read.
@@ -43,7 +44,7 @@ from common.preprocess import (
     signal_shape,
 )
 from common.read_limits import DEFAULT_READ_LIMITS, ReadLimits, over_limit
-from common.rowstore import RowFileError, Rows, UnkeptRows, select
+from common.rowstore import RowFileError, Rows, select
 
 MANIFEST_NAME = "manifest.csv"
 SPLIT_SEED = 20_240_101  # train/validation split of every site, fixed across rounds and runs
@@ -207,23 +208,6 @@ class MemorySink:
     def finish(self) -> tuple[Rows, Rows, Rows]:
         images, tokens, signals = (np.stack(kept) if kept else blank[None][:0]
                                    for kept, blank in zip(self.kept, self.blanks, strict=True))
-        return images, tokens, signals
-
-
-class ValidationSink:
-    """Rows checked and counted, not kept (``fedmm validate-data``: memory does not grow with
-    the site)."""
-
-    def __init__(self, config: DataConfig) -> None:
-        self.blanks = _blank_arrays(config)
-        self.count = 0
-
-    def append(self, image: np.ndarray, tokens: np.ndarray, signal: np.ndarray) -> None:
-        self.count += 1
-
-    def finish(self) -> tuple[Rows, Rows, Rows]:
-        images, tokens, signals = (UnkeptRows(count=self.count, row_shape=blank.shape,
-                                              served=blank.dtype) for blank in self.blanks)
         return images, tokens, signals
 
 

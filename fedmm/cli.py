@@ -177,7 +177,8 @@ def validate_data(
     from client.policy import load_policy
     from client.site import policy_path_of
     from common.findings import label_name
-    from common.sitedata import ValidationSink, image_readings, load_site
+    from common.sitecache import ValidationSink
+    from common.sitedata import image_readings, load_site
 
     config = build_config(config_file, {})
     try:
@@ -868,8 +869,8 @@ def client(
     from client.launcher import ClientLauncher, ClientSettings, JoinError, node_config
     from client.site import resolve_site
     from common.secagg.identity import IdentityError
-    from common.sitecache import load_site_cached
-    from common.sitedata import require_usable
+    from common.sitecache import ValidationSink
+    from common.sitedata import load_site, require_usable
 
     config = build_config(config_file, {})
     settings = ClientSettings(data_dir=data, server=server, ca=ca, key=key, policy=policy,
@@ -877,9 +878,9 @@ def client(
                               registration_wait_s=registration_wait, idle_poll_s=idle_poll)
     try:
         site = resolve_site(node_config(settings), None)  # as the ClientApp will: policy too
-        rows = require_usable(load_site_cached(  # the cache training reads next
-            site.data_dir, config.data, site.state.cache_dir,
-            limits=site.policy.read_limits), config.data)
+        rows = require_usable(load_site(site.data_dir, config.data,
+                                        limits=site.policy.read_limits,
+                                        sink=ValidationSink(config.data)), config.data)
     except (ConfigError, SiteDataError, IdentityError) as error:
         fail(str(error))
     console.print(f"site {site.site_id}: {len(rows)} usable rows"

@@ -15,6 +15,11 @@ from common.sitedata import SiteDataError, load_site
 CONFIG = DataConfig()
 
 
+def entries(cache: Path) -> list[Path]:
+    """What the cache folder holds besides its lock."""
+    return sorted(path for path in cache.iterdir() if path.name != sitecache.LOCK_FILE)
+
+
 def test_second_read_comes_from_the_cache(site_copy: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "cache"
@@ -28,7 +33,7 @@ def test_second_read_comes_from_the_cache(site_copy: Path, tmp_path: Path,
     assert second.sample_ids == first.sample_ids
     for name in ("labels", "images", "tokens", "signals", "masks"):
         assert np.array_equal(getattr(second, name), getattr(first, name))
-    assert len(list(cache.iterdir())) == 1
+    assert len(entries(cache)) == 1
 
 
 def test_a_changed_file_or_config_is_read_afresh(site_copy: Path, tmp_path: Path) -> None:
@@ -42,17 +47,30 @@ def test_a_changed_file_or_config_is_read_afresh(site_copy: Path, tmp_path: Path
     assert len(data.issues) == 1 and "truncated" in data.issues[0].reason
     other = load_site_cached(site_copy, DataConfig(image_size=16), cache)
     assert other.images.shape[2:] == (16, 16)
-    assert len(list(cache.iterdir())) == 1  # old entries are dropped
+    assert len(entries(cache)) == 1  # old entries are dropped
 
 
-@pytest.mark.parametrize("damage", ["garbage meta", "cut row file", "no meta", "a file"])
+@pytest.mark.parametrize("damage", ["garbage meta", "cut meta", "empty meta", "fifo meta",
+                                    "wrong counts", "cut row file", "no meta", "a file"])
 def test_corrupt_cache_entry_is_rebuilt_and_folder_errors_still_raise(
         site_copy: Path, tmp_path: Path, damage: str) -> None:
     cache = tmp_path / "cache"
     expected = load_site_cached(site_copy, CONFIG, cache).images[:]
-    entry = next(cache.iterdir())
+    entry = entries(cache)[0]
+    meta = entry / sitecache.META_FILE
     if damage == "garbage meta":
-        (entry / sitecache.META_FILE).write_bytes(b"garbage")
+        meta.write_bytes(b"garbage")
+    elif damage == "cut meta":
+        meta.write_bytes(meta.read_bytes()[:-200])
+    elif damage == "empty meta":
+        meta.write_bytes(b"")
+    elif damage == "fifo meta":  # opening it must not block
+        meta.unlink()
+        os.mkfifo(meta)
+    elif damage == "wrong counts":
+        with np.load(meta) as stored:
+            arrays = dict(stored)
+        np.savez(meta, **{**arrays, "masks": arrays["masks"][:-1]})
     elif damage == "cut row file":
         images = entry / sitecache.ROW_FILES["images"]
         images.write_bytes(images.read_bytes()[:-7])
@@ -63,20 +81,19 @@ def test_corrupt_cache_entry_is_rebuilt_and_folder_errors_still_raise(
         entry.write_bytes(b"garbage")
     again = load_site_cached(site_copy, CONFIG, cache)
     assert np.array_equal(again.images[:], expected)
-    assert [path.name for path in cache.iterdir()] == [entry.name]
+    assert [path.name for path in entries(cache)] == [entry.name]
     (site_copy / "manifest.csv").unlink()
     with pytest.raises(SiteDataError, match="missing"):
         load_site_cached(site_copy, CONFIG, cache)
 
 
-def test_cached_rows_are_the_decoded_ones_in_float16_read_a_batch_at_a_time(
+def test_cached_rows_are_the_decoded_ones_in_their_formats_read_a_batch_at_a_time(
         site_copy: Path, tmp_path: Path) -> None:
     fresh = load_site(site_copy, CONFIG)
     cached = load_site_cached(site_copy, CONFIG, tmp_path / "cache")
     assert isinstance(cached.images, DiskRows) and isinstance(cached.signals, DiskRows)
-    for name in ("images", "signals"):
-        assert np.array_equal(getattr(cached, name)[:],
-                              getattr(fresh, name).astype(np.float16).astype(np.float32))
+    assert np.abs(cached.images[:] - fresh.images).max() <= 2 / 65535 + 1e-6  # half a level
+    assert np.array_equal(cached.signals[:], fresh.signals.astype(np.float16).astype(np.float32))
     assert np.array_equal(cached.tokens[:], fresh.tokens) and cached.tokens.dtype == np.int64
     assert np.array_equal(cached.labels, fresh.labels)
     assert np.array_equal(cached.masks, fresh.masks)
@@ -102,7 +119,7 @@ def test_a_crash_while_building_leaves_no_entry(site_copy: Path, tmp_path: Path,
     monkeypatch.setattr(sitecache.DiskSink, "append", dies_at_the_third_row)
     with pytest.raises(KeyboardInterrupt):
         load_site_cached(site_copy, CONFIG, cache)
-    assert list(cache.iterdir()) == []
+    assert entries(cache) == []
     monkeypatch.setattr(sitecache.DiskSink, "append", real)
     assert len(load_site_cached(site_copy, CONFIG, cache)) == 60
 
@@ -122,8 +139,8 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_space(
         load_site_cached(site_copy, CONFIG, cache)
     message = str(caught.value)
     assert "\n" not in message and str(cache) in message
-    assert "No space left on device" in message and "GB for this site" in message
-    assert list(cache.iterdir()) == []
+    assert "No space left on device" in message and "MB of free disk there" in message
+    assert entries(cache) == []
 
 
 def test_a_load_reads_the_manifest_once(site_copy, monkeypatch) -> None:
@@ -159,3 +176,92 @@ def test_training_reads_the_site_from_its_row_files(site_copy: Path) -> None:
 
     data = load_model_inputs(site_copy, RunConfig())
     assert all(isinstance(rows, DiskRows) for rows in (data.images, data.tokens, data.signals))
+
+
+def test_a_cache_that_cannot_be_read_now_is_kept_and_named(
+        site_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    load_site_cached(site_copy, CONFIG, cache)
+    entry = entries(cache)[0]
+
+    def no_descriptors_left(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(sitecache, "_open_entry", no_descriptors_left)
+    with pytest.raises(SiteDataError, match="Too many open files"):
+        load_site_cached(site_copy, CONFIG, cache)
+    assert (entry / sitecache.META_FILE).is_file()  # not taken for a damaged entry
+
+
+def test_two_processes_at_once_build_it_once_and_a_crashs_leftover_goes(
+        site_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    cache = tmp_path / "cache"
+    leftover = cache / f"{sitecache.BUILDING_PREFIX}site-killed-build"
+    leftover.mkdir(parents=True)
+    (leftover / "images.rows").write_bytes(b"\0" * 4096)
+    builds: list[int] = []
+    real = sitecache.load_site
+
+    def counted(*args, **kwargs):
+        builds.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sitecache, "load_site", counted)
+    loaded: list = []
+    threads = [threading.Thread(  # separate lock descriptors: as two processes would hold
+        target=lambda: loaded.append(load_site_cached(site_copy, CONFIG, cache)))
+        for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(loaded) == 2 and builds == [1]
+    assert np.array_equal(loaded[0].images[:], loaded[1].images[:])
+    assert [path.name for path in entries(cache)] == [loaded[0].images.path.parent.name]
+
+
+def test_too_little_disk_is_said_before_anything_is_read(
+        site_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as shell
+
+    cache = tmp_path / "cache"
+    real = shell.disk_usage
+    monkeypatch.setattr(sitecache.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=1000))
+    monkeypatch.setattr(sitecache, "load_site", lambda *a, **k: pytest.fail("read the site"))
+    with pytest.raises(SiteDataError) as caught:
+        load_site_cached(site_copy, DataConfig(image_size=224), cache)
+    # 60 rows × (224² pixels + 1,000 signal values) × 2 bytes + 48 tokens × 4 bytes
+    assert "0.0 MB free, about 6.2 MB needed" in str(caught.value)
+    assert "6.2 MB of free disk there" in str(caught.value)
+    assert not any(path.name.startswith("site-") for path in cache.iterdir())
+
+
+def test_training_and_evaluation_read_one_batch_at_a_time(
+        site_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from client.training import RoundPlan, train_local
+    from common.config import RunConfig
+    from common.evaluation import evaluate_model
+    from common.model_inputs import load_model_inputs
+    from common.models import build_model
+    from common.serialization import model_weights
+
+    config = RunConfig.model_validate({
+        "model": {"embed_dim": 8, "hidden_dim": 16},
+        "training": {"batch_size": 8, "local_epochs": 1},
+        "privacy": {"grad_sample_mode": "hooks", "noise_multiplier": 1.0}})
+    data = load_model_inputs(site_copy, config)
+    reads: list[int] = []
+    real = DiskRows._read_base
+    monkeypatch.setattr(DiskRows, "_read_base",
+                        lambda self, rows: reads.append(len(rows)) or real(self, rows))
+    model = build_model(data=config.data, model=config.model, seed=0)
+    train_local(config=config, global_weights=model_weights(model), data=data,
+                plan=RoundPlan(sample_rate=8 / 60, steps=6, noise_multiplier=1.0,
+                               steps_per_epoch=6), history=[])
+    assert len(reads) >= 3 * 6 and max(reads) < 30  # Poisson batches of 8 expected, of 60
+    reads.clear()
+    evaluate_model(model, data, data_config=config.data, batch_size=16)
+    assert max(reads) == 16 and sum(reads) == 3 * 60

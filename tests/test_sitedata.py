@@ -189,12 +189,13 @@ def test_a_policy_moves_the_read_limits_and_a_run_config_cannot(site_copy: Path)
         RunConfig.model_validate({"data": {"read_limits": {"max_image_pixels": 10**12}}})
 
 
-def test_validation_keeps_no_rows_and_counts_what_training_keeps(site_copy: Path) -> None:
+def test_validation_keeps_no_rows_and_counts_what_training_keeps(site_copy: Path,
+                                                                 tmp_path: Path) -> None:
     from common.rowstore import RowFileError
-    from common.sitedata import ValidationSink
+    from common.sitecache import ValidationSink, load_site_cached
 
     (site_copy / "images" / os.listdir(site_copy / "images")[0]).write_bytes(b"not a png")
-    kept = load_site(site_copy, CONFIG)
+    kept = load_site_cached(site_copy, CONFIG, tmp_path / "cache")  # as training keeps them
     checked = load_site(site_copy, CONFIG, sink=ValidationSink(CONFIG))
     assert len(checked) == len(kept) == 59 and checked.issues == kept.issues
     assert checked.images.shape == kept.images.shape
