@@ -168,7 +168,9 @@ def min_max(values: np.ndarray) -> np.ndarray:
     scaled = values.astype(np.float32)
     scaled -= np.float32(low)
     scaled /= np.float32(high - low)
-    return scaled
+    # float32 rounds values far from zero (CT numbers after a LUT, wide integers): clip the
+    # last ulp back into [0, 1]
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
 def to_unit(stored: np.ndarray, header: Any, reading: DicomReading) -> np.ndarray:

@@ -105,7 +105,9 @@ def _scale_unit(array: np.ndarray) -> np.ndarray:
         return np.zeros_like(values)
     values -= np.float32(low)
     values /= np.float32(high - low)
-    return values
+    # float32 rounds values far from zero (float64 or wide integer arrays): clip the last ulp
+    # back into [0, 1], where every later step (and the site cache's format) expects them
+    return np.clip(values, 0.0, 1.0, out=values)
 
 
 def _as_hwc(array: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ pictures).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from abc import ABC, abstractmethod
@@ -168,15 +169,26 @@ class RowFormat:
         return (stored.astype(np.float64) * self.scale + self.offset).astype(self.served_dtype)
 
 
+def _open_plain(path: Path) -> int:
+    """A read-only descriptor on ``path`` if it is a plain file; a link, a FIFO, a socket or a
+    folder is :class:`RowFileError` (opening never blocks, a link is never followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise RowFileError(f"{path}: not a plain file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RowFileError(f"{path}: not a plain file")
+    return fd
+
+
 class _OpenFile:
-    """One read-only descriptor, shared by a file's views, closed with the last of them. A
-    link, a FIFO or anything but a plain file is refused (opening never blocks)."""
+    """One read-only descriptor, shared by a file's views, closed with the last of them."""
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
-            os.close(self.fd)
-            raise RowFileError(f"{path}: not a plain file")
+        self.fd = _open_plain(path)
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError, AttributeError, TypeError):
@@ -186,11 +198,7 @@ class _OpenFile:
 def open_plain_file(path: Path) -> Any:
     """``path`` opened for binary reading if it is a plain file (no link, no FIFO: opening
     never blocks); :class:`RowFileError` otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise RowFileError(f"{path}: not a plain file")
-    return os.fdopen(fd, "rb")
+    return os.fdopen(_open_plain(path), "rb")
 
 
 class DiskRows(LazyRows):
@@ -374,11 +382,15 @@ class RowWriter:
     def close(self, *, sync: bool = True) -> None:
         """Flush to disk (``sync``; the caller renames the folder into place after), or only
         close (a build given up)."""
-        if not self._handle.closed:
-            if sync:
-                self._handle.flush()
-                os.fsync(self._handle.fileno())
+        if self._handle.closed:
+            return
+        if sync:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
             self._handle.close()
+        else:  # given up (maybe for a full disk): what is buffered may not fit either
+            with contextlib.suppress(OSError):
+                self._handle.close()
 
     def rows(self) -> DiskRows:
         self.close()

@@ -121,9 +121,14 @@ class DiskSink:
     a time), each in its :data:`FORMATS` entry."""
 
     def __init__(self, folder: Path, config: DataConfig) -> None:
-        self.writers = {name: RowWriter(Path(folder) / ROW_FILES[name], row_shape=shape,
-                                        form=FORMATS[name])
-                        for name, shape in row_shapes(config).items()}
+        self.writers: dict[str, RowWriter] = {}
+        try:
+            for name, shape in row_shapes(config).items():
+                self.writers[name] = RowWriter(Path(folder) / ROW_FILES[name], row_shape=shape,
+                                               form=FORMATS[name])
+        except BaseException:
+            self.close(sync=False)
+            raise
 
     def append(self, image: np.ndarray, tokens: np.ndarray, signal: np.ndarray) -> None:
         arrays = {"images": image, "tokens": tokens, "signals": signal}
@@ -248,10 +253,26 @@ def _drop_other_entries(cache_dir: Path, keep: str) -> None:
 def _build_lock(cache_dir: Path) -> Iterator[None]:
     """The cache folder's lock: held while one process looks an entry up and builds it, so
     that a second one waits and then opens the entry, and any ``.building-`` folder found
-    under it is a crash's leftover."""
-    fd = os.open(cache_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    under it is a crash's leftover. Something else planted where the lock file goes (a link,
+    a folder) is removed; on a filesystem without locks the build goes on unlocked (its folder
+    is its own and lands with one rename)."""
+    path = cache_dir / LOCK_FILE
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
         yield
     finally:
         os.close(fd)
@@ -276,12 +297,12 @@ def load_site_cached(site_dir: Path, config: DataConfig, cache_dir: Path | None,
     cache_dir = Path(cache_dir)
     name = f"{ENTRY_PREFIX}{cache_key(site_dir, config, rows, limits)[:32]}"
     try:
-        opened = _open_existing(site_dir, cache_dir / name, config, limits)
+        opened = _open_existing(site_dir, cache_dir / name, config, limits, remove=False)
         if opened is not None:
             return opened
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _build_lock(cache_dir):
-            opened = _open_existing(site_dir, cache_dir / name, config, limits)
+            opened = _open_existing(site_dir, cache_dir / name, config, limits, remove=True)
             if opened is not None:  # another process built it while this one waited
                 return opened
             _drop_other_entries(cache_dir, keep=name)
@@ -289,25 +310,34 @@ def load_site_cached(site_dir: Path, config: DataConfig, cache_dir: Path | None,
             entry = _build_entry(site_dir, config, rows, limits, cache_dir, name)
             return _open_entry(site_dir, entry, config, limits)
     except OSError as error:
+        needed = _size(_entry_bytes(config, len(rows)))
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            advice = (f"they need about {needed} of free disk there: free it, or point the "
+                      "site's state folder elsewhere")
+        else:
+            advice = ("check the folder (its owner and permissions) and this process's limits, "
+                      "then start again")
         raise SiteDataError(
             f"{cache_dir}: could not write or read the site's preprocessed arrays "
-            f"({error.strerror or error}); they need about "
-            f"{_size(_entry_bytes(config, len(rows)))} of free disk there: free it, or point "
-            "the site's state folder elsewhere") from None
+            f"({error.strerror or error}"
+            f"{f': {error.filename}' if error.filename else ''}); {advice}") from None
 
 
-def _open_existing(site_dir: Path, entry: Path, config: DataConfig,
-                   limits: ReadLimits) -> SiteData | None:
-    """The entry, or None when there is none or it is not whole (then it is removed)."""
+def _open_existing(site_dir: Path, entry: Path, config: DataConfig, limits: ReadLimits, *,
+                   remove: bool) -> SiteData | None:
+    """The entry, or None when there is none or it is not whole; ``remove`` (only under the
+    lock: no build is landing meanwhile) removes a damaged one."""
     if not (entry.exists() or entry.is_symlink()):
         return None
     if entry.is_dir() and not entry.is_symlink():
         try:
             return _open_entry(site_dir, entry, config, limits)
         except DAMAGED_ENTRY:
-            shutil.rmtree(entry, ignore_errors=True)
+            if remove:
+                shutil.rmtree(entry, ignore_errors=True)
             return None
-    entry.unlink()
+    if remove:
+        entry.unlink()
     return None
 
 

@@ -212,3 +212,18 @@ def test_read_limits_are_the_sites_and_name_themselves(tmp_path: Path) -> None:
 def test_tokenizer_looks_only_for_the_words_it_keeps() -> None:
     ids = tokenize("a " * 5_000_000, CONFIG)  # 5 M words: the first max_text_tokens are kept
     assert ids.shape == (CONFIG.max_text_tokens,) and ids.all()
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(0).uniform(10_000, 10_050, (16, 16)),  # float64 far from zero
+    np.array([[16_777_217, 16_777_218], [16_777_219, 16_777_217]], np.int64)])  # past 2^24
+def test_pictures_far_from_zero_stay_in_the_unit_range(tmp_path: Path, values) -> None:
+    """float32 rounds such values; the picture still lands in [0, 1] (standardised [-2, 2]),
+    what the site cache's format holds."""
+    from common.sitecache import FORMATS
+
+    path = tmp_path / "far.npy"
+    np.save(path, values)
+    pixels = read_image_pixels(path)
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
+    FORMATS["images"].encode(read_image(path, DataConfig()))  # kept, not refused

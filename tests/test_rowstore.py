@@ -167,6 +167,10 @@ def test_fixed_point_keeps_every_level_of_a_16_bit_scan(tmp_path) -> None:
     assert np.abs(back - pictures).max() <= 4 / 65535 / 2 + 1e-6
     assert len(np.unique(back)) == 65536
     assert len(np.unique(pictures.astype(np.float16))) < 20000
+    edges = np.array([-2.0, np.nextafter(np.float32(-2), 0), -0.0, 0.0, 1e-40,
+                      np.nextafter(np.float32(2), 0), 2.0, np.float32(2.0000002)], np.float32)
+    back = FIXED.decode(FIXED.encode(edges))
+    assert np.abs(back - np.clip(edges, -2, 2)).max() <= 4 / 65535 / 2 + 1e-6
 
 
 def test_a_read_comes_in_pieces_and_short_reads_are_retried(tmp_path, array,
@@ -201,7 +205,7 @@ def test_a_link_or_fifo_in_place_of_a_row_file_is_refused_without_blocking(
         planted.symlink_to(tmp_path / "rows")
     else:
         os.mkfifo(planted)
-    with pytest.raises((RowFileError, OSError)):
+    with pytest.raises(RowFileError, match="not a plain file"):
         DiskRows(planted, form=HALF, row_shape=(2, 3, 3), count=23)
 
 

@@ -1,5 +1,6 @@
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,8 @@ def test_a_changed_file_or_config_is_read_afresh(site_copy: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("damage", ["garbage meta", "cut meta", "empty meta", "fifo meta",
-                                    "wrong counts", "cut row file", "no meta", "a file"])
+                                    "symlink meta", "wrong counts", "cut row file", "no meta",
+                                    "a file"])
 def test_corrupt_cache_entry_is_rebuilt_and_folder_errors_still_raise(
         site_copy: Path, tmp_path: Path, damage: str) -> None:
     cache = tmp_path / "cache"
@@ -67,6 +69,10 @@ def test_corrupt_cache_entry_is_rebuilt_and_folder_errors_still_raise(
     elif damage == "fifo meta":  # opening it must not block
         meta.unlink()
         os.mkfifo(meta)
+    elif damage == "symlink meta":  # even to a whole copy: a link is not followed
+        shutil.copy(meta, tmp_path / "elsewhere.npz")
+        meta.unlink()
+        meta.symlink_to(tmp_path / "elsewhere.npz")
     elif damage == "wrong counts":
         with np.load(meta) as stored:
             arrays = dict(stored)
@@ -188,8 +194,9 @@ def test_a_cache_that_cannot_be_read_now_is_kept_and_named(
         raise OSError(24, "Too many open files")
 
     monkeypatch.setattr(sitecache, "_open_entry", no_descriptors_left)
-    with pytest.raises(SiteDataError, match="Too many open files"):
+    with pytest.raises(SiteDataError, match="Too many open files") as caught:
         load_site_cached(site_copy, CONFIG, cache)
+    assert "free disk" not in str(caught.value)  # not the full-disk advice
     assert (entry / sitecache.META_FILE).is_file()  # not taken for a damaged entry
 
 
@@ -206,6 +213,7 @@ def test_two_processes_at_once_build_it_once_and_a_crashs_leftover_goes(
 
     def counted(*args, **kwargs):
         builds.append(1)
+        time.sleep(1.5)  # the second starts meanwhile and must wait on the lock
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sitecache, "load_site", counted)
@@ -215,6 +223,7 @@ def test_two_processes_at_once_build_it_once_and_a_crashs_leftover_goes(
         for _ in range(2)]
     for thread in threads:
         thread.start()
+        time.sleep(0.3)
     for thread in threads:
         thread.join(timeout=120)
     assert len(loaded) == 2 and builds == [1]
@@ -265,3 +274,19 @@ def test_training_and_evaluation_read_one_batch_at_a_time(
     reads.clear()
     evaluate_model(model, data, data_config=config.data, batch_size=16)
     assert max(reads) == 16 and sum(reads) == 3 * 60
+
+
+@pytest.mark.parametrize("planted", ["symlink", "folder"])
+def test_something_planted_where_the_lock_goes_is_replaced(site_copy: Path, tmp_path: Path,
+                                                          planted: str) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    lock = cache / sitecache.LOCK_FILE
+    if planted == "symlink":
+        (tmp_path / "elsewhere").write_text("x")
+        lock.symlink_to(tmp_path / "elsewhere")
+    else:
+        (lock / "inside").mkdir(parents=True)
+    assert len(load_site_cached(site_copy, CONFIG, cache)) == 60
+    assert lock.is_file() and not lock.is_symlink()
+    assert (tmp_path / "elsewhere").read_text() == "x" if planted == "symlink" else True

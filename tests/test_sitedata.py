@@ -190,14 +190,28 @@ def test_a_policy_moves_the_read_limits_and_a_run_config_cannot(site_copy: Path)
 
 
 def test_validation_keeps_no_rows_and_counts_what_training_keeps(site_copy: Path,
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    import common.sitedata as sitedata
     from common.rowstore import RowFileError
     from common.sitecache import ValidationSink, load_site_cached
 
     (site_copy / "images" / os.listdir(site_copy / "images")[0]).write_bytes(b"not a png")
+    real = sitedata._read_modalities
+
+    def one_signal_too_loud(row, *args):  # beyond float16: the cache cannot keep it
+        arrays = real(row, *args)
+        if row.sample_id == read_manifest(site_copy)[5].sample_id:
+            image, tokens, signal = arrays
+            return image, tokens, signal + 1e5
+        return arrays
+
+    monkeypatch.setattr(sitedata, "_read_modalities", one_signal_too_loud)
     kept = load_site_cached(site_copy, CONFIG, tmp_path / "cache")  # as training keeps them
     checked = load_site(site_copy, CONFIG, sink=ValidationSink(CONFIG))
-    assert len(checked) == len(kept) == 59 and checked.issues == kept.issues
+    assert len(checked) == len(kept) == 58 and checked.issues == kept.issues
+    assert any("cannot be kept: a value beyond what float16 holds" in str(issue)
+               for issue in kept.issues)
     assert checked.images.shape == kept.images.shape
     assert checked.label_counts() == kept.label_counts()
     assert checked.modality_coverage() == kept.modality_coverage()
