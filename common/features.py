@@ -35,6 +35,7 @@ import importlib.metadata
 import importlib.util
 import io
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -295,6 +296,37 @@ def attach_features(data: SiteData, model: ModelConfig, cache_dir: Path | None,
     return features, EncodingReport(reused, encoded)
 
 
+def _check_scattering_fits(data: SiteData, available: int | None = None) -> None:
+    """Scattering features are computed from every picture of a site at once: a site whose
+    pictures and coefficients would not fit in the memory available now stops with a
+    one-line message, not an out-of-memory kill."""
+    from common.scattering import output_shape
+    from common.sitedata import SiteDataError
+
+    channels, size = data.images.shape[1], data.images.shape[-1]
+    per_picture = 4 * (channels * size * size + math.prod(output_shape(channels=channels,
+                                                                       image_size=size)))
+    needed = 2 * per_picture * len(data)  # the pictures, the coefficients, a copy while hashed
+    available = _available_memory() if available is None else available
+    if available is not None and needed > available:
+        raise SiteDataError(
+            f"{data.site_dir}: scattering features of {len(data):,} pictures at {size} × {size} "
+            f"need about {needed / 1e9:.1f} GB of memory, {available / 1e9:.1f} GB are free; "
+            "they are for small pictures: set model.encoders = \"trainable\" (the default) or a "
+            "smaller data.image_size")
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes; None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def model_inputs(data: SiteData, model: ModelConfig, cache_dir: Path | None, *,
                  dicom_window: str = "file") -> SiteData:
     """What the model takes: ``data`` itself, with pretrained features attached (DICOM files
@@ -303,6 +335,7 @@ def model_inputs(data: SiteData, model: ModelConfig, cache_dir: Path | None, *,
     if model.encoders == "scattering":
         from common.scattering import scatter_site_images
 
+        _check_scattering_fits(data)
         return replace(data, images=scatter_site_images(  # read whole: small pictures only
             np.asarray(data.images), image_size=data.images.shape[-1], cache_dir=cache_dir))
     if model.encoders != "pretrained":

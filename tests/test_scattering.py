@@ -134,3 +134,26 @@ def test_a_scattering_model_trains_a_dp_sgd_round_on_a_site(demo_root: Path) -> 
     moved = result.weights["encoders.image.project.weight"] - initial[
         "encoders.image.project.weight"]
     assert np.isfinite(moved).all() and np.abs(moved).max() > 0
+
+
+def test_a_site_too_large_for_scattering_stops_with_one_line(tmp_path: Path) -> None:
+    from common.features import _check_scattering_fits
+    from common.rowstore import UnkeptRows
+    from common.sitedata import SiteData, SiteDataError
+
+    def site(patients: int) -> SiteData:
+        return SiteData(site_dir=tmp_path, sample_ids=[str(i) for i in range(patients)],
+                        labels=np.zeros(patients, np.int64),
+                        images=UnkeptRows(count=patients, row_shape=(1, 224, 224),
+                                          served="float32"),
+                        tokens=np.zeros((patients, 4), np.int64),
+                        signals=np.zeros((patients, 1, 8), np.float32),
+                        masks=np.ones((patients, 3), bool))
+
+    # 224²·4 + 81·56²·4 bytes a picture, twice: 2.43 MB; 50,000 need 121.7 GB
+    with pytest.raises(SiteDataError) as caught:
+        _check_scattering_fits(site(50_000), available=8 * 10**9)
+    message = str(caught.value)
+    assert "\n" not in message and "50,000 pictures at 224 × 224" in message
+    assert "121.7 GB of memory, 8.0 GB are free" in message and "trainable" in message
+    _check_scattering_fits(site(1000), available=8 * 10**9)  # 2.4 GB: fits
