@@ -114,10 +114,6 @@ class LazyRows(ABC):
         rows = self[:]
         return rows if dtype is None else rows.astype(dtype)
 
-    def __iter__(self) -> Any:
-        for start in range(0, len(self), 256):
-            yield from self[start:start + 256]
-
 
 @dataclass(frozen=True)
 class RowFormat:
@@ -138,9 +134,12 @@ class RowFormat:
     def served_dtype(self) -> np.dtype:
         return np.dtype(self.served)
 
-    def encode(self, row: np.ndarray) -> np.ndarray:
-        """``row`` as stored; raises :class:`RowFileError` for a value the format cannot hold
-        (nothing is stored then)."""
+    def encode(self, row: np.ndarray, *, row_shape: tuple[int, ...] | None = None
+               ) -> np.ndarray:
+        """``row`` as stored; raises :class:`RowFileError` for a row not of ``row_shape`` (when
+        given) or with a value the format cannot hold (nothing is stored then)."""
+        if row_shape is not None and tuple(row.shape) != tuple(row_shape):
+            raise RowFileError(f"row of shape {row.shape}, expected {tuple(row_shape)}")
         dtype = self.stored_dtype
         if (dtype.kind == "f" or self.scale is not None) and not np.isfinite(row).all():
             raise RowFileError("a value that is NaN or infinite")
@@ -362,14 +361,14 @@ class RowWriter:
         self.row_shape = tuple(int(n) for n in row_shape)
         self.form = form
         self.count = 0
-        self._handle = self.path.open("xb")
+        # patients' data: 0600, never through a link, never over another file
+        self._handle = os.fdopen(os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
 
     def stored_form(self, row: np.ndarray) -> np.ndarray:
         """``row`` as it will be stored; raises :class:`RowFileError` for a row of another
         shape or with a value the format cannot hold."""
-        if tuple(row.shape) != self.row_shape:
-            raise RowFileError(f"row of shape {row.shape}, expected {self.row_shape}")
-        return self.form.encode(row)
+        return self.form.encode(row, row_shape=self.row_shape)
 
     def append(self, row: np.ndarray) -> None:
         self.append_stored(self.stored_form(row))

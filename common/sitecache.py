@@ -56,6 +56,7 @@ from common.sitedata import (
     SiteDataError,
     load_site,
     read_manifest,
+    row_shapes,
 )
 
 # 6: row files on disk (uint16 fixed-point pictures, float16 signals); 5: multi-label rows
@@ -109,13 +110,6 @@ BUILDING_PREFIX = ".building-"
 LOCK_FILE = ".lock"  # held while an entry is looked up and built: one build at a time
 
 
-def row_shapes(config: DataConfig) -> dict[str, tuple[int, ...]]:
-    from common.preprocess import signal_shape
-
-    return {"images": (config.image_channels, config.image_size, config.image_size),
-            "tokens": (config.max_text_tokens,), "signals": tuple(signal_shape(config))}
-
-
 class DiskSink:
     """Accepted rows written to row files in ``folder`` as they are read (one row in memory at
     a time), each in its :data:`FORMATS` entry."""
@@ -158,9 +152,7 @@ class ValidationSink:
 
     def append(self, image: np.ndarray, tokens: np.ndarray, signal: np.ndarray) -> None:
         for name, array in (("images", image), ("tokens", tokens), ("signals", signal)):
-            if tuple(array.shape) != self.shapes[name]:
-                raise RowFileError(f"row of shape {array.shape}, expected {self.shapes[name]}")
-            FORMATS[name].encode(array)
+            FORMATS[name].encode(array, row_shape=self.shapes[name])
         self.count += 1
 
     def finish(self) -> tuple[Rows, Rows, Rows]:

@@ -211,10 +211,16 @@ class MemorySink:
         return images, tokens, signals
 
 
+def row_shapes(config: DataConfig) -> dict[str, tuple[int, ...]]:
+    """One sample's ``images``, ``tokens`` and ``signals`` row as preprocessing makes it."""
+    return {"images": (config.image_channels, config.image_size, config.image_size),
+            "tokens": (config.max_text_tokens,), "signals": tuple(signal_shape(config))}
+
+
 def _blank_arrays(config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    image = np.zeros((config.image_channels, config.image_size, config.image_size), np.float32)
-    tokens = np.zeros(config.max_text_tokens, np.int64)
-    return image, tokens, np.zeros(signal_shape(config), np.float32)
+    shapes = row_shapes(config)
+    return (np.zeros(shapes["images"], np.float32), np.zeros(shapes["tokens"], np.int64),
+            np.zeros(shapes["signals"], np.float32))
 
 
 def _read_modalities(

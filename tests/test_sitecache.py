@@ -290,3 +290,15 @@ def test_something_planted_where_the_lock_goes_is_replaced(site_copy: Path, tmp_
     assert len(load_site_cached(site_copy, CONFIG, cache)) == 60
     assert lock.is_file() and not lock.is_symlink()
     assert (tmp_path / "elsewhere").read_text() == "x" if planted == "symlink" else True
+
+
+def test_an_entry_is_the_sites_own_account_only(site_copy: Path, tmp_path: Path) -> None:
+    """Patients' preprocessed data: the entry folder 0700, every file in it 0600 (the state
+    folder around it is 0700 too, tests/attacks/test_local_user.py)."""
+    import stat
+
+    cache = tmp_path / "cache"
+    load_site_cached(site_copy, CONFIG, cache)
+    entry = entries(cache)[0]
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(path.stat().st_mode) for path in entry.iterdir()} == {0o600}
