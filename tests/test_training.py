@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from client.grad_sample import MODES, ModeMemo
-from client.training import plan_round, steps_per_epoch, train_local
+from client.training import finite_samples, plan_round, steps_per_epoch, train_local
 from common.config import RunConfig
 from common.evaluation import auroc, evaluate_weights
 from common.models import build_model
@@ -116,3 +116,17 @@ def test_binary_task_reports_auroc(demo_root: Path, small_config: RunConfig) -> 
     weights = model_weights(build_model(data=config.data, model=config.model, seed=0))
     metrics = evaluate_weights(config, weights, data)
     assert 0.0 <= metrics["auroc"] <= 1.0
+
+
+def test_finite_samples_flags_each_sample_with_an_infinite_or_nan_entry_anywhere() -> None:
+    weight, bias = torch.randn(6, 4, 3), torch.randn(6, 3)
+    weight[1, 2, 0] = float("nan")
+    bias[3, 1] = float("inf")
+    weight[4, 0, 0], weight[4, 3, 2] = float("inf"), -float("inf")  # their sum is NaN
+    assert finite_samples([weight, bias]).tolist() == [True, False, True, False, False, True]
+
+
+def test_finite_samples_sums_half_precision_without_overflow() -> None:
+    large = torch.full((2, 100), 60_000.0, dtype=torch.float16)  # each row sums past 65,504
+    large[1, 7] = float("nan")
+    assert finite_samples([large]).tolist() == [True, False]
