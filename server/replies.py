@@ -60,6 +60,17 @@ def parse_reply(reply: Message, site_of: Mapping[int, str]) -> SiteReply:
 
 POLL_INTERVAL_S = 0.2
 FIRST_POLL_S = 0.01
+
+
+def poll_limit_s(grid: Any) -> float:
+    """The longest wait between asks for replies: in simulation the grid reads the run's
+    state in this process (an ask costs microseconds), so every ``FIRST_POLL_S``; through a
+    SuperLink each ask is a request, so backing off to ``POLL_INTERVAL_S``."""
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    return FIRST_POLL_S if isinstance(grid, InMemoryGrid) else POLL_INTERVAL_S
+
+
 def patch_grid_object_pulls() -> bool:
     """Give the deployment grid :func:`quick_object_retries`; False if it no longer pulls
     objects through ``pull_objects``."""
@@ -73,12 +84,13 @@ def patch_grid_object_pulls() -> bool:
 
 def send_and_receive(grid: Any, messages: Sequence[Message], *, timeout: float) -> list[Message]:
     """``Grid.send_and_receive``, but asking for replies after 0.01 s, doubling to every
-    0.2 s: Flower's deployment grid waits 3 s between asks, which adds up to 3 s to every
-    message exchange of every round (in simulation replies come within milliseconds)."""
+    0.2 s (:func:`poll_limit_s`: in simulation, every 0.01 s): Flower's deployment grid waits
+    3 s between asks, which adds up to 3 s to every message exchange of every round, and a
+    doubling wait rounds each exchange of a simulation up to its next ask (0.15 s, 0.31 s)."""
     pending = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
-    interval = FIRST_POLL_S
+    interval, limit = FIRST_POLL_S, poll_limit_s(grid)
     while pending:
         arrived = list(grid.pull_messages(pending))
         replies += arrived
@@ -86,7 +98,7 @@ def send_and_receive(grid: Any, messages: Sequence[Message], *, timeout: float) 
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(interval)
-        interval = min(2 * interval, POLL_INTERVAL_S)
+        interval = min(2 * interval, limit)
     return replies
 
 

@@ -10,7 +10,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from common import wire
 from common.records import to_records
-from server.replies import POLL_INTERVAL_S, send_and_parse
+from server.replies import FIRST_POLL_S, POLL_INTERVAL_S, poll_limit_s, send_and_parse
 
 
 class SlowGrid:
@@ -76,3 +76,11 @@ def test_the_deployment_grid_retries_late_objects_sooner(monkeypatch) -> None:
     monkeypatch.setattr(grid, "pull_objects", grid.pull_objects)  # restored afterwards
     assert patch_grid_object_pulls()
     assert grid.pull_objects.quick_retries
+
+
+def test_a_simulations_grid_is_asked_at_the_first_polls_pace_a_superlinks_backs_off() -> None:
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    in_process = InMemoryGrid.__new__(InMemoryGrid)  # the kind of grid a simulation runs on
+    assert poll_limit_s(in_process) == FIRST_POLL_S
+    assert poll_limit_s(SlowGrid()) == POLL_INTERVAL_S
