@@ -34,8 +34,8 @@ from pathlib import Path
 from benchmarks.report import machine, update_sections
 from server.run_folder import RunFolder
 
-SECTIONS = ("dp_cost", "randomness", "peer", "secagg", "scale", "latency", "loopback",
-            "recipe", "utility", "fashion_mnist", "big_site", "main_job")
+SECTIONS = ("dp_cost", "finite_check", "randomness", "peer", "secagg", "scale", "latency",
+            "loopback", "recipe", "utility", "fashion_mnist", "big_site", "main_job")
 QUICK_SECTIONS = ("dp_cost", "peer", "secagg", "scale", "utility")
 
 
@@ -98,6 +98,10 @@ def _section(name: str, *, quick: bool, resume: bool, command: str, only: tuple[
         picture = charts.dp_cost_plot(rows, plots / "dp_cost.png")
         return [*dp_cost.markdown(rows, command), "",
                 f"![DP-SGD cost per mode]({relative(picture)})"]
+    if name == "finite_check":
+        from benchmarks import finite_check
+
+        return finite_check.markdown(finite_check.finite_check(quick=quick), command)
     if name == "randomness":
         from benchmarks import randomness
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import dp_cost, latency, peer, scale
+from benchmarks import dp_cost, finite_check, latency, peer, scale
 from benchmarks.plots import dp_cost_plot, scale_plot
 from server.run_folder import RoundRecord
 
@@ -105,3 +105,26 @@ def test_big_site_draws_patients_again_under_new_ids_and_measures_both_ways(
     assert "| 90 | row files, cache built here |" in text
     assert "10× the patients (cache reused): peak memory 1.10×" in text
     assert "by 104.9 kB a patient" in text  # 81 MiB over 810 more patients
+
+
+def test_the_finiteness_checks_compared_drop_the_same_samples() -> None:
+    import torch
+
+    from client.training import finite_samples
+
+    generator = torch.Generator().manual_seed(3)
+    samples = [torch.randn(40, 5, 3, generator=generator), torch.randn(40, 7, generator=generator)]
+    samples[0][4, 1, 2], samples[1][9, 0] = float("nan"), float("inf")
+    samples[0][17, 0, 0], samples[1][17, 6] = -float("inf"), float("inf")
+    assert torch.equal(finite_check.entry_by_entry(samples), finite_samples(samples))
+    assert finite_samples(samples).logical_not().nonzero().flatten().tolist() == [4, 9, 17]
+
+
+def test_finite_check_report_shows_each_run_and_the_ratio() -> None:
+    row = {"examples": 960, "epochs": 4, "repeats": 2, "before_median": 12.0,
+           "after_median": 10.0, "ratio": 0.833,
+           "seconds": {"entry by entry": [12.5, 11.5], "one sum per tensor": [10.25, 9.75]}}
+    text = "\n".join(finite_check.markdown(row, "python -m benchmarks --only finite_check"))
+    assert "| entry by entry (before) | 12.50, 11.50 | 12.0 | 1.00 |" in text
+    assert "| one sum per tensor (today) | 10.25, 9.75 | 10.0 | 0.83 |" in text
+    assert "Command: `python -m benchmarks --only finite_check`" in text
