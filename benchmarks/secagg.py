@@ -238,6 +238,7 @@ def secure_aggregation_cost(*, quick: bool) -> list[dict]:
 
     from flwr.simulation import run_simulation
 
+    from simulations.dispatch import patch_message_dispatch
     from simulations.runner import prepare_environment
 
     settings, rounds = _settings(quick), (2 if quick else 3)
@@ -251,6 +252,7 @@ def secure_aggregation_cost(*, quick: bool) -> list[dict]:
         builds = [lambda: fedmm_apps(settings, rounds, results),
                   lambda: legacy_apps(settings, rounds, False, results),
                   lambda: legacy_apps(settings, rounds, True, results)]
+        patch_message_dispatch()  # as `fedmm simulate` runs (all three variants alike)
         for build in builds:
             before = len(results)
             server_app, client_app = build()

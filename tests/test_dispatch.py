@@ -6,7 +6,11 @@ import inspect
 import threading
 from queue import Queue
 
+import pytest
+
 from simulations import dispatch
+
+pytestmark = pytest.mark.timeout(30)  # a loop that ignored its stop would hang, not fail
 
 
 class State:

@@ -10,7 +10,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from common import wire
 from common.records import to_records
-from server.replies import FIRST_POLL_S, POLL_INTERVAL_S, poll_limit_s, send_and_parse
+from server.replies import (
+    FIRST_POLL_S,
+    IN_PROCESS_POLL_S,
+    POLL_INTERVAL_S,
+    poll_limit_s,
+    send_and_parse,
+)
 
 
 class SlowGrid:
@@ -78,9 +84,40 @@ def test_the_deployment_grid_retries_late_objects_sooner(monkeypatch) -> None:
     assert grid.pull_objects.quick_retries
 
 
-def test_a_simulations_grid_is_asked_at_the_first_polls_pace_a_superlinks_backs_off() -> None:
-    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+class InProcessGrid(SlowGrid):
+    """A simulation's grid: it reads a ``LinkState`` in this process."""
 
-    in_process = InMemoryGrid.__new__(InMemoryGrid)  # the kind of grid a simulation runs on
-    assert poll_limit_s(in_process) == FIRST_POLL_S
-    assert poll_limit_s(SlowGrid()) == POLL_INTERVAL_S
+    def __init__(self) -> None:
+        from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+        super().__init__()
+        self.state = InMemoryLinkState.__new__(InMemoryLinkState)
+
+
+class Wrapper:
+    """A grid wrapped as the SecAgg+ benchmark wraps it: attributes forwarded."""
+
+    def __init__(self, grid) -> None:
+        self.grid = grid
+
+    def __getattr__(self, name):
+        return getattr(self.grid, name)
+
+
+@pytest.mark.parametrize("grid, limit", [
+    (SlowGrid(), POLL_INTERVAL_S), (InProcessGrid(), IN_PROCESS_POLL_S),
+    (Wrapper(InProcessGrid()), IN_PROCESS_POLL_S), (Wrapper(SlowGrid()), POLL_INTERVAL_S)])
+def test_asks_double_from_the_first_poll_to_the_limit_of_the_grids_kind(
+        monkeypatch, grid, limit) -> None:
+    import server.replies
+
+    slept: list[float] = []
+    monkeypatch.setattr(server.replies.time, "sleep", slept.append)
+    clock = iter(range(0, 10_000))
+    monkeypatch.setattr(server.replies.time, "monotonic", lambda: next(clock) * 0.01)
+    config = wire.RoundConfig(run_config="{}", round=1, run_id="r")
+    send_and_parse(grid, [99], "evaluate", config=config, arrays=None, extra=None,
+                   timeout=1.0, group_id="1", site_of={99: "site-99"})  # never answers
+    assert poll_limit_s(grid) == limit
+    assert slept[:3] == [FIRST_POLL_S, 2 * FIRST_POLL_S, 4 * FIRST_POLL_S]
+    assert max(slept) == limit and slept[-1] == limit
