@@ -84,14 +84,14 @@ def measure(site: Path, steps: int, *, in_memory: bool, image_size: int = IMAGE_
     from common.randomness import RandomStream
     from common.serialization import model_weights
     from common.site_state import SiteState
-    from common.sitecache import load_site_cached
+    from common.sitecache import ENTRY_PREFIX, load_site_cached
     from common.sitedata import load_site
 
     torch.manual_seed(0)
     config = config_for_benchmark(image_size)
     state = SiteState(site.parent / f"state-{site.name}")
     reused = state.cache_dir.is_dir() and any(
-        path.name.startswith("site-") for path in state.cache_dir.iterdir())
+        path.name.startswith(ENTRY_PREFIX) for path in state.cache_dir.iterdir())
     started = time.perf_counter()
     if in_memory:
         data = load_site(site, config.data)

@@ -121,3 +121,17 @@ def test_asks_double_from_the_first_poll_to_the_limit_of_the_grids_kind(
     assert poll_limit_s(grid) == limit
     assert slept[:3] == [FIRST_POLL_S, 2 * FIRST_POLL_S, 4 * FIRST_POLL_S]
     assert max(slept) == limit and slept[-1] == limit
+
+
+def test_a_deployments_server_app_does_not_load_the_link_state_to_choose_its_polls() -> None:
+    """``poll_limit_s`` reads what is loaded; importing Flower's LinkState would bring in
+    SQLAlchemy and Alembic (1.6 s of a ServerApp's start) for a grid that has none."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from server.replies import poll_limit_s, POLL_INTERVAL_S; "
+            "assert poll_limit_s(object()) == POLL_INTERVAL_S; "
+            "print('flwr.server.superlink.linkstate' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
